@@ -1,0 +1,45 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# The project's entry points. Kbuild itself reads ./Kbuild; this file is for people.
+#
+#   make            build muserload.ko (against the project's debug kernel, built if needed,
+#                   or against KDIR=<a built Rust-enabled kernel tree>)
+#   make test       build everything and run every test in the guests (README)
+#   make demo       boot the guest and run the demo
+#   make shell      a shell in the guest (FLAVOUR=debug|leakcheck|plain)
+#   make kernel     build the FLAVOUR kernel (default debug)
+#   make prereqs    install what the build needs (Debian 12, root)
+#   make clean      remove the cached build outputs of the module and userspace
+
+FLAVOUR ?= debug
+
+.PHONY: all module test demo shell kernel prereqs clean
+
+all: module
+
+module:
+ifdef KDIR
+	@vm/build-module.sh $(KDIR)
+else
+	@vm/install-prereqs.sh
+	@vm/build-module.sh "$$(vm/build-kernel.sh $(FLAVOUR))"
+endif
+
+test:
+	@vm/test.sh
+
+demo:
+	@vm/demo.sh
+
+shell:
+	@FLAVOUR=$(FLAVOUR) vm/shell.sh
+
+kernel: prereqs
+	@vm/build-kernel.sh $(FLAVOUR)
+
+prereqs:
+	@vm/install-prereqs.sh
+
+clean:
+	@. vm/env.sh && rm -rf "$$MUSERLOAD_CACHE/module" "$$MUSERLOAD_CACHE/target" \
+		"$$MUSERLOAD_CACHE/payload" "$$MUSERLOAD_CACHE/results"

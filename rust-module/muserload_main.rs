@@ -1,0 +1,46 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! muserload: post-copy memory loading for userspace.
+//!
+//! `/dev/muserload` is a misc device whose every open is a load object: the memory a
+//! post-copy VMM maps as guest RAM, plus the control channel that loads pages into it.
+//! Documentation/muserload.rst describes the model and the ABI; the ABI itself is
+//! `include/uapi/linux/muserload.h`.
+//!
+//! Files, one concept each:
+//! - [`misc`]: the misc device registration, with the node mode the kernel crate lacks.
+//! - [`object`]: the per-open object and its ioctl dispatch.
+//! - [`api`]: the handshake ioctl.
+//! - [`uapi`]: the ABI, generated from the uapi header.
+
+use kernel::prelude::*;
+
+mod api;
+mod misc;
+mod object;
+mod uapi;
+
+module! {
+    type: MuserloadModule,
+    name: "muserload",
+    authors: ["The muserload developers"],
+    description: "Post-copy memory loading for userspace",
+    license: "GPL",
+}
+
+/// The module: owns the registration of `/dev/muserload`.
+#[pin_data]
+struct MuserloadModule {
+    #[pin]
+    _device: misc::MiscDeviceWithMode<object::Object>,
+}
+
+impl kernel::InPlaceModule for MuserloadModule {
+    fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
+        try_pin_init!(Self {
+            // 0666: every open is a separate object, so the node's mode is not what isolates
+            // users (as for /dev/kvm); no root is needed to migrate a VM.
+            _device <- misc::MiscDeviceWithMode::register(c"muserload", 0o666),
+        })
+    }
+}

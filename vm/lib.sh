@@ -1,0 +1,37 @@
+# Build steps shared by vm/test.sh and vm/demo.sh; sourced, never run.
+# Each function prints progress on stderr and its result (a path) on stdout.
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+top=$(dirname "$here")
+# shellcheck source=vm/env.sh
+. "$here/env.sh"
+
+# The unpacked kernel source (for kselftest_harness.h, checkpatch.pl, .rustfmt.toml).
+kernel_source() {
+	compgen -G "$MUSERLOAD_CACHE/src/linux-source-$KERNEL_SERIES*" | sort -V | tail -n 1
+}
+
+# Builds the selftests and the userspace crates' test binaries (static, musl) and lays them
+# out as the guest expects: PAYLOAD/tests/{kselftest,libtest}/ and PAYLOAD/bin/.
+build_payload() {
+	local payload="$MUSERLOAD_CACHE/payload" target="$MUSERLOAD_CACHE/target"
+	rm -rf "$payload"
+	mkdir -p "$payload/tests/kselftest" "$payload/tests/libtest" "$payload/bin"
+	make -s -C "$top/selftests" KSRC="$(kernel_source)" OUTPUT="$payload/tests/kselftest" >&2 ||
+		return 1
+	local musl=(--manifest-path "$top/userspace/Cargo.toml" --target x86_64-unknown-linux-musl)
+	CARGO_TARGET_DIR=$target cargo build -q --release "${musl[@]}" --examples >&2 || return 1
+	cp "$target/x86_64-unknown-linux-musl/release/examples/handshake" "$payload/bin/"
+	# Integration tests need /dev/muserload, so they run in the guest only.
+	CARGO_TARGET_DIR=$target cargo test -q --release "${musl[@]}" --tests --no-run \
+		--message-format=json 2>/dev/null |
+		python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["kind"] == ["test"] and m["executable"]:
+        print(m["target"]["name"], m["executable"])' |
+		while read -r name exe; do cp "$exe" "$payload/tests/libtest/$name"; done
+	[[ -n "$(ls "$payload/tests/libtest")" ]] || return 1
+	echo "$payload"
+}

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# `make test`: installs what is missing, builds the kernels, the module, the selftests and
+# the userspace crates, runs the host checks, then the whole suite in the debug guest
+# (KASAN, lockdep, DEBUG_VM) and again in the leak-check guest (kmemleak, scanned after the
+# suite). Prints KTAP-style results and, last, "N passed, N failed". Exits non-zero on any
+# failure, timeout or kernel splat.
+#
+# Environment: FLAVOURS (default "debug leakcheck"), and those of vm/run-guest.sh.
+set -uo pipefail
+
+. "$(cd "$(dirname "$0")" && pwd)/lib.sh"
+results="$MUSERLOAD_CACHE/results"
+mkdir -p "$results"
+
+pass=0 fail=0 skip=0 n=0
+result() { # result STATUS NAME
+	n=$((n + 1))
+	if [[ "$1" == 0 ]]; then
+		pass=$((pass + 1))
+		echo "ok $n $2"
+	else
+		fail=$((fail + 1))
+		echo "not ok $n $2"
+	fi
+}
+finish() {
+	echo "# Totals: pass:$pass fail:$fail skip:$skip"
+	if ((skip)); then echo "$pass passed, $fail failed, $skip skipped"; else echo "$pass passed, $fail failed"; fi
+	((fail == 0))
+	exit
+}
+# step NAME COMMAND...: runs a host step, its output as KTAP diagnostics; a failed
+# build step ends the run, since nothing after it could run.
+step() {
+	local name=$1
+	shift
+	echo "# $name" >&2
+	"$@" > >(sed 's/^/# /') 2>&1
+	local status=$?
+	result $status "$name"
+	return $status
+}
+
+echo "TAP version 13"
+step "install prerequisites" "$here/install-prereqs.sh" || finish
+
+src=$(kernel_source)
+declare -A kdir ko
+for flavour in ${FLAVOURS:-debug leakcheck}; do
+	step "build $flavour kernel" "$here/build-kernel.sh" "$flavour" || finish
+	kdir[$flavour]=$("$here/build-kernel.sh" --dir "$flavour")
+	step "build module for $flavour" "$here/build-module.sh" "${kdir[$flavour]}" || finish
+	ko[$flavour]=$("$here/build-module.sh" "${kdir[$flavour]}" 2>/dev/null)
+done
+
+step "build selftests and userspace" build_payload || finish
+payload=$(build_payload 2>/dev/null)
+
+step "rustfmt: module" rustfmt --check --edition 2021 --config-path "$src/.rustfmt.toml" \
+	"$top"/rust-module/*.rs
+step "rustfmt: userspace" cargo fmt --manifest-path "$top/userspace/Cargo.toml" --all -- --check
+step "clippy: userspace" env CARGO_TARGET_DIR="$MUSERLOAD_CACHE/target" \
+	cargo clippy -q --manifest-path "$top/userspace/Cargo.toml" --all-targets -- -D warnings
+step "checkpatch: C" "$src/scripts/checkpatch.pl" --no-tree --quiet --terse --show-types \
+	-f "$top"/include/uapi/linux/muserload.h "$top"/selftests/*.c
+
+for flavour in ${FLAVOURS:-debug leakcheck}; do
+	log="$results/console-$flavour.log" ktap="$results/ktap-$flavour.txt"
+	echo "# guest: $flavour kernel (console: $log)"
+	"$here/run-guest.sh" test "${kdir[$flavour]}" "${ko[$flavour]}" "$payload" "$log" |
+		tee "$ktap" | sed 's/^/  /'
+	status=${PIPESTATUS[0]}
+	read -r p f s < <(awk -f "$here/ktap-totals.awk" "$ktap")
+	pass=$((pass + p)) fail=$((fail + f)) skip=$((skip + s))
+	echo "# $flavour guest: $p passed, $f failed, $s skipped"
+	[[ $status == 124 ]] && echo "# $flavour guest: timed out"
+	result "$status" "$flavour guest ran to power-off"
+	step "$flavour guest: no kernel splat" "$here/splats.sh" "$log"
+done
+finish
