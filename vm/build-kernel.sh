@@ -87,4 +87,8 @@ start=$SECONDS
 "${make_k[@]}" -s
 log "built $flavour in $((SECONDS - start)) s"
 touch "$out/.muserload-built"
+# Builds of this flavour for older configs are never used again.
+for old in "$MUSERLOAD_CACHE/kernel/"*-"$flavour"-*; do
+	[[ "$old" == "$out" ]] || rm -rf "$old"
+done
 echo "$out"
