@@ -60,7 +60,8 @@ install_packages() {
 		log "installing ${missing[*]}"
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 	fi
-	if ! dpkg-query -W -f='${Version}\n' qemu-system-x86 2>/dev/null | grep -q 'bpo12'; then
+	if ! dpkg-query -W -f='${Status} ${Version}\n' qemu-system-x86 2>/dev/null |
+		grep -q '^install ok installed .*bpo12'; then
 		apt_update_once
 		log "installing ${backports_packages[*]} from bookworm-backports"
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \

@@ -17,6 +17,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 mode=$1 kdir=$2 module=$3 payload=$4 log=$5
 
+# A stale log must not stand in for this run's.
+rm -f "$log"
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 # mktemp makes a 0700 directory, which would be the guest's / and lock out other users.

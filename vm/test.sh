@@ -61,8 +61,12 @@ step "rustfmt: module" rustfmt --check --edition 2021 --config-path "$src/.rustf
 step "rustfmt: userspace" cargo fmt --manifest-path "$top/userspace/Cargo.toml" --all -- --check
 step "clippy: userspace" env CARGO_TARGET_DIR="$MUSERLOAD_CACHE/target" \
 	cargo clippy -q --manifest-path "$top/userspace/Cargo.toml" --all-targets -- -D warnings
-step "checkpatch: C" "$src/scripts/checkpatch.pl" --no-tree --quiet --terse --show-types \
-	-f "$top"/include/uapi/linux/muserload.h "$top"/selftests/*.c
+checkpatch=("$src/scripts/checkpatch.pl" --no-tree --quiet --terse --show-types)
+step "checkpatch: uapi header" "${checkpatch[@]}" -f "$top"/include/uapi/linux/muserload.h
+# The selftests are userspace: volatile forces the memory accesses they test, and there is
+# no __aligned() macro outside the kernel.
+step "checkpatch: selftests" "${checkpatch[@]}" --ignore VOLATILE,PREFER_DEFINED_ATTRIBUTE_MACRO \
+	-f "$top"/selftests/*.c "$top"/selftests/*.h
 
 for flavour in ${FLAVOURS:-debug leakcheck}; do
 	log="$results/console-$flavour.log" ktap="$results/ktap-$flavour.txt"
