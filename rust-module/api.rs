@@ -2,17 +2,18 @@
 
 //! `MUSERLOAD_IOC_API`: the handshake in which caller and module agree on a version.
 
-use crate::uapi::{
-    muserload_api,
-    MUSERLOAD_API, //
-};
+use crate::uapi::*;
 use kernel::{
     prelude::*,
     uaccess::UserSlice, //
 };
 
-/// The feature bits this module supports; each later feature adds its bit here.
-const SUPPORTED_FEATURES: u64 = 0;
+/// The feature bits this module supports.
+const SUPPORTED_FEATURES: u64 = (MUSERLOAD_FEATURE_SIGNAL
+    | MUSERLOAD_FEATURE_QUEUE
+    | MUSERLOAD_FEATURE_MOVE
+    | MUSERLOAD_FEATURE_LOADV
+    | MUSERLOAD_FEATURE_STATS) as u64;
 
 /// Handles `MUSERLOAD_IOC_API` on the `struct muserload_api` at `arg`.
 ///

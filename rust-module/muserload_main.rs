@@ -9,16 +9,32 @@
 //!
 //! Files, one concept each:
 //! - [`misc`]: the misc device registration, with the node mode the kernel crate lacks.
-//! - [`object`]: the per-open object and its ioctl dispatch.
+//! - [`object`]: the per-open object, its pages and state, setup, arm, ioctl dispatch.
+//! - [`vma`]: `vm_operations_struct` and `struct vm_fault` behind a safe API.
+//! - [`fault`]: what a fault does: map, zero-fill, signal, or queue and wait.
+//! - [`load`]: the loads (MOVE, COPY, ZERO, WAKE; ranged and vectored).
+//! - [`events`]: queue mode's events and the events descriptor.
+//! - [`wait`]: hashed wait queues for faults that wait for a page.
+//! - [`signal`]: signal mode's signal with `si_addr`.
+//! - [`anon_file`]: anonymous-inode files (the events descriptor, the object's mapping).
+//! - [`stats`]: per-object counters.
 //! - [`api`]: the handshake ioctl.
 //! - [`uapi`]: the ABI, generated from the uapi header.
 
 use kernel::prelude::*;
 
+mod anon_file;
 mod api;
+mod events;
+mod fault;
+mod load;
 mod misc;
 mod object;
+mod signal;
+mod stats;
 mod uapi;
+mod vma;
+mod wait;
 
 module! {
     type: MuserloadModule,

@@ -1,43 +1,395 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The load object: what each open of `/dev/muserload` creates.
+//!
+//! An object owns two arrays of pages indexed by page offset, guest memory and staging,
+//! sized once by `MUSERLOAD_IOC_SETUP`, and one state word per guest page saying whether
+//! it is armed (not loaded), in which mode, and whether its fault event was queued.
+//!
+//! # Locking
+//!
+//! Lock order: the mmap lock (or a per-VMA lock, in a fault) → [`Object::pages`] →
+//! `i_mmap_rwsem` (in `unmap_mapping_range()`) → page table locks (in `vm_insert_page()`).
+//! The ioctls translate addresses under the mmap read lock and drop it before they take
+//! `pages`. Nothing that may fault on user memory (`copy_from_user`) runs under `pages`,
+//! since that fault may be one of this object's.
+//!
+//! The state words are written under `pages` and read without it, with acquire ordering,
+//! by sleeping faults (which may not take a mutex once their task state is set).
 
 use crate::{
+    anon_file::PrivateMapping,
     api,
-    uapi::{
-        muserload_api,
-        MUSERLOAD_IOC_API, //
+    events::EventQueue,
+    stats::Stats,
+    uapi::*,
+    vma::{
+        self,
+        ObjectRange, //
+    },
+    wait::{
+        WaitQueue,
+        WAIT_BUCKETS, //
     },
 };
 use kernel::{
+    alloc::flags::{
+        __GFP_ZERO, //
+        GFP_KERNEL_ACCOUNT,
+    },
     fs::File,
     miscdevice::{
         MiscDevice,
         MiscDeviceRegistration, //
     },
+    mm::virt::VmaNew,
+    new_mutex,
+    page::{
+        Page,
+        PAGE_SHIFT,
+        PAGE_SIZE, //
+    },
     prelude::*,
+    sync::{
+        atomic::{
+            Acquire,
+            Atomic,
+            AtomicFlag,
+            Relaxed,
+            Release, //
+        },
+        Arc,
+        ArcBorrow,
+        Mutex,
+        SetOnce, //
+    },
     uaccess::{
         UserPtr,
         UserSlice, //
     },
 };
 
+/// State word bits of a guest page. Bits 0-7 hold the signal of signal mode (0: queue mode).
+pub(crate) const STATE_SIGNAL_MASK: u32 = 0xff;
+/// The page is armed: not loaded.
+pub(crate) const STATE_ARMED: u32 = 1 << 8;
+/// Queue mode: the page's fault event was queued (one per page per arming).
+pub(crate) const STATE_REPORTED: u32 = 1 << 9;
+
+/// The sizes of an object and the state words of its guest pages.
+pub(crate) struct Layout {
+    /// Guest memory pages.
+    pub(crate) guest_pages: usize,
+    /// Staging pages.
+    pub(crate) staging_pages: usize,
+    /// One state word per guest page.
+    states: KVVec<Atomic<u32>>,
+}
+
+impl Layout {
+    /// The state word of guest page `index`.
+    pub(crate) fn state(&self, index: usize) -> &Atomic<u32> {
+        &self.states[index]
+    }
+
+    /// Whether guest page `index` is armed, as a sleeping fault sees it.
+    pub(crate) fn armed(&self, index: usize) -> bool {
+        self.states[index].load(Acquire) & STATE_ARMED != 0
+    }
+}
+
+/// Where an object offset lies.
+pub(crate) enum Region {
+    /// Guest page of this index.
+    Guest(usize),
+    /// Staging page of this index.
+    Staging(usize),
+}
+
+impl Layout {
+    /// The region and page index of byte offset `offset`, if it is in the object.
+    pub(crate) fn region(&self, offset: u64) -> Option<Region> {
+        if offset >= MUSERLOAD_STAGING_OFFSET {
+            let index = usize::try_from((offset - MUSERLOAD_STAGING_OFFSET) >> PAGE_SHIFT).ok()?;
+            (index < self.staging_pages).then_some(Region::Staging(index))
+        } else {
+            let index = usize::try_from(offset >> PAGE_SHIFT).ok()?;
+            (index < self.guest_pages).then_some(Region::Guest(index))
+        }
+    }
+
+    /// The first guest page index of `[offset, offset + len)`, if the whole range is guest
+    /// memory; EINVAL otherwise.
+    pub(crate) fn guest_range(&self, offset: u64, len: u64) -> Result<usize> {
+        let end = offset.checked_add(len).ok_or(EINVAL)?;
+        if end > (self.guest_pages as u64) << PAGE_SHIFT {
+            return Err(EINVAL);
+        }
+        Ok((offset >> PAGE_SHIFT) as usize)
+    }
+
+    /// The first staging page index of `[offset, offset + len)`, if the whole range is
+    /// staging; EINVAL otherwise.
+    pub(crate) fn staging_range(&self, offset: u64, len: u64) -> Result<usize> {
+        let start = offset.checked_sub(MUSERLOAD_STAGING_OFFSET).ok_or(EINVAL)?;
+        let end = start.checked_add(len).ok_or(EINVAL)?;
+        if end > (self.staging_pages as u64) << PAGE_SHIFT {
+            return Err(EINVAL);
+        }
+        Ok((start >> PAGE_SHIFT) as usize)
+    }
+}
+
+/// The pages an object owns. A slot without a page reads as zeros (if not armed).
+pub(crate) struct Pages {
+    pub(crate) guest: KVVec<Option<Page>>,
+    pub(crate) staging: KVVec<Option<Page>>,
+}
+
+/// A new zeroed page, charged to the current task's memory cgroup.
+pub(crate) fn zeroed_page() -> Result<Page> {
+    Ok(Page::alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO)?)
+}
+
 /// One open of `/dev/muserload`.
-pub(crate) struct Object;
+#[pin_data]
+pub(crate) struct Object {
+    /// The pages. See the lock order at the top of this file.
+    #[pin]
+    pub(crate) pages: Mutex<Pages>,
+    /// Set once, by `MUSERLOAD_IOC_SETUP`.
+    layout: SetOnce<Layout>,
+    /// Queue mode's fault events and their readers.
+    #[pin]
+    pub(crate) events: EventQueue,
+    /// Threads waiting for guest pages, hashed by page index.
+    #[pin]
+    waitqs: [WaitQueue; WAIT_BUCKETS],
+    /// Set by `MUSERLOAD_IOC_ABORT` or when the events descriptor is closed.
+    aborted: AtomicFlag,
+    /// Set when the events descriptor was created (there is one per object).
+    events_created: AtomicFlag,
+    pub(crate) stats: Stats,
+    /// This object's own address space, which every mapping of it is linked into.
+    pub(crate) mapping: PrivateMapping,
+}
+
+impl Object {
+    /// The layout, once the object is set up.
+    pub(crate) fn layout(&self) -> Option<&Layout> {
+        self.layout.as_ref()
+    }
+
+    /// The wait queue of guest page `index`.
+    pub(crate) fn waitq(&self, index: usize) -> &WaitQueue {
+        &self.waitqs[index % WAIT_BUCKETS]
+    }
+
+    /// Wakes every bucket whose bit is set in `buckets` (bit `i`: bucket `i`).
+    pub(crate) fn wake_buckets(&self, mut buckets: u64) {
+        while buckets != 0 {
+            let i = buckets.trailing_zeros() as usize;
+            self.waitqs[i].wake_all();
+            buckets &= buckets - 1;
+        }
+    }
+
+    /// The bucket bit of guest page `index`, for [`Object::wake_buckets`].
+    pub(crate) fn bucket_bit(index: usize) -> u64 {
+        1 << (index % WAIT_BUCKETS)
+    }
+
+    /// Whether the object was aborted (explicitly or by its resolver going away).
+    pub(crate) fn aborted(&self) -> bool {
+        self.aborted.load(Acquire)
+    }
+
+    /// Aborts: every waiter and every later fault on an unloaded page gets SIGBUS, and
+    /// readers of the events descriptor see end of file.
+    pub(crate) fn abort(&self) {
+        self.aborted.store(true, Release);
+        self.wake_buckets(u64::MAX);
+        self.events.wake_readers();
+    }
+
+    /// Translates `[addr, addr + len)` of the caller's mapping of this object.
+    pub(crate) fn range(&self, addr: u64, len: u64) -> Result<(&Layout, u64)> {
+        let layout = self.layout().ok_or(EINVAL)?;
+        let task = kernel::current!();
+        // A kernel thread has no address space to name: nothing to translate.
+        let mm = task.mm().ok_or(EINVAL)?;
+        let range = ObjectRange::lookup(mm, self, addr, len)?;
+        Ok((layout, range.offset))
+    }
+
+    fn setup(&self, arg: UserSlice) -> Result<isize> {
+        let setup: muserload_setup = arg.reader().read()?;
+        let page_mask = PAGE_SIZE as u64 - 1;
+        if setup.flags != 0
+            || setup.size == 0
+            || setup.size & page_mask != 0
+            || setup.size > MUSERLOAD_STAGING_OFFSET
+            || setup.staging_size & page_mask != 0
+            || setup.staging_size > u64::from(MUSERLOAD_STAGING_MAX)
+        {
+            return Err(EINVAL);
+        }
+        let guest_pages = usize::try_from(setup.size >> PAGE_SHIFT).map_err(|_| EINVAL)?;
+        let staging_pages = (setup.staging_size >> PAGE_SHIFT) as usize;
+
+        // Serialise setups on `pages`: the arrays and the layout go in together.
+        let mut pages = self.pages.lock();
+        if self.layout().is_some() {
+            return Err(EBUSY);
+        }
+        let mut states = KVVec::with_capacity(guest_pages, GFP_KERNEL_ACCOUNT)?;
+        let mut guest = KVVec::with_capacity(guest_pages, GFP_KERNEL_ACCOUNT)?;
+        let mut staging = KVVec::with_capacity(staging_pages, GFP_KERNEL_ACCOUNT)?;
+        for _ in 0..guest_pages {
+            states
+                .push_within_capacity(Atomic::new(0))
+                .map_err(|_| ENOMEM)?;
+            guest.push_within_capacity(None).map_err(|_| ENOMEM)?;
+        }
+        for _ in 0..staging_pages {
+            staging.push_within_capacity(None).map_err(|_| ENOMEM)?;
+        }
+        *pages = Pages { guest, staging };
+        self.layout.populate(Layout {
+            guest_pages,
+            staging_pages,
+            states,
+        });
+        Ok(0)
+    }
+
+    fn arm(&self, arg: UserSlice) -> Result<isize> {
+        let arm: muserload_arm = arg.reader().read()?;
+        if arm.flags != 0 {
+            return Err(EINVAL);
+        }
+        if arm.signal != 0 {
+            crate::signal::check(arm.signal)?;
+        }
+        let (layout, offset) = self.range(arm.start, arm.len)?;
+        let first = layout.guest_range(offset, arm.len)?;
+        let count = (arm.len >> PAGE_SHIFT) as usize;
+
+        let mut discarded = KVec::new();
+        let mut pages = self.pages.lock();
+        let mut newly_armed = 0;
+        for index in first..first + count {
+            if let Some(page) = pages.guest[index].take() {
+                discarded.push(page, GFP_KERNEL)?;
+            }
+            let state = layout.state(index);
+            let old = state.load(Relaxed);
+            // Re-arming keeps an event already queued: its page has not been loaded.
+            let reported = if old & STATE_ARMED != 0 {
+                old & STATE_REPORTED
+            } else {
+                newly_armed += 1;
+                0
+            };
+            state.store(STATE_ARMED | reported | arm.signal, Release);
+        }
+        // Unmap under `pages`, so that no fault maps a discarded page again in between.
+        self.mapping.unmap(offset, arm.len);
+        drop(pages);
+        self.stats.armed(newly_armed);
+        drop(discarded);
+        Ok(0)
+    }
+
+    fn create_events(self: ArcBorrow<'_, Self>, flags: usize) -> Result<isize> {
+        let known = (MUSERLOAD_EVENTS_NONBLOCK | MUSERLOAD_EVENTS_CLOEXEC) as usize;
+        if flags & !known != 0 {
+            return Err(EINVAL);
+        }
+        if self.events_created.xchg(true, Relaxed) {
+            return Err(EBUSY);
+        }
+        let fd = crate::events::create_fd(self.into(), flags as u32);
+        if fd.is_err() {
+            self.events_created.store(false, Relaxed);
+        }
+        Ok(fd? as isize)
+    }
+}
 
 #[vtable]
 impl MiscDevice for Object {
-    type Ptr = Pin<KBox<Self>>;
+    type Ptr = Arc<Self>;
 
-    fn open(_file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<Self::Ptr> {
-        KBox::pin(Object, GFP_KERNEL).map_err(Into::into)
+    fn open(file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<Self::Ptr> {
+        let mapping = PrivateMapping::new()?;
+        mapping.attach(file);
+        Arc::pin_init(
+            try_pin_init!(Object {
+                pages <- new_mutex!(Pages {
+                    guest: KVVec::new(),
+                    staging: KVVec::new(),
+                }),
+                layout: SetOnce::new(),
+                events <- EventQueue::new(),
+                waitqs <- pin_init::pin_init_array_from_fn(|_| {
+                    WaitQueue::new(c"muserload_page", kernel::static_lock_class!())
+                }),
+                aborted: AtomicFlag::new(false),
+                events_created: AtomicFlag::new(false),
+                stats: Stats::new(),
+                mapping,
+            }),
+            GFP_KERNEL,
+        )
     }
 
-    fn ioctl(_me: Pin<&Self>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
-        let arg = UserPtr::from_addr(arg);
+    fn mmap(me: ArcBorrow<'_, Self>, _file: &File, vma: &VmaNew) -> Result {
+        let layout = me.layout().ok_or(EINVAL)?;
+        // SAFETY: `vma` is being set up by `mmap`, so `vm_pgoff` is stable.
+        let offset = (unsafe { (*vma.as_ptr()).vm_pgoff } as u64) << PAGE_SHIFT;
+        let len = (vma.end() - vma.start()) as u64;
+        if offset >= MUSERLOAD_STAGING_OFFSET {
+            layout.staging_range(offset, len)?;
+        } else {
+            layout.guest_range(offset, len)?;
+        }
+        vma::install(vma)
+    }
+
+    fn ioctl(me: ArcBorrow<'_, Self>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+        let user = |size| UserSlice::new(UserPtr::from_addr(arg), size);
         match cmd {
-            MUSERLOAD_IOC_API => api::handshake(UserSlice::new(arg, size_of::<muserload_api>())),
+            MUSERLOAD_IOC_API => api::handshake(user(size_of::<muserload_api>())),
+            MUSERLOAD_IOC_SETUP => me.setup(user(size_of::<muserload_setup>())),
+            MUSERLOAD_IOC_ARM => me.arm(user(size_of::<muserload_arm>())),
+            MUSERLOAD_IOC_LOAD => crate::load::load(&me, user(size_of::<muserload_load>())),
+            MUSERLOAD_IOC_LOADV => crate::load::loadv(&me, user(size_of::<muserload_loadv>())),
+            MUSERLOAD_IOC_EVENTS => me.create_events(arg),
+            MUSERLOAD_IOC_ABORT => {
+                me.abort();
+                Ok(0)
+            }
+            MUSERLOAD_IOC_STATS => {
+                user(size_of::<muserload_stats>())
+                    .writer()
+                    .write(&me.stats.snapshot())?;
+                Ok(0)
+            }
             _ => Err(ENOTTY),
         }
     }
+}
+
+/// The current thread's id in its own pid namespace (`task_pid_vnr(current)`).
+pub(crate) fn current_tid() -> u32 {
+    // SAFETY: `current` is a valid task; a null namespace means its own active one.
+    let tid = unsafe {
+        kernel::bindings::__task_pid_nr_ns(
+            kernel::bindings::get_current(),
+            kernel::bindings::pid_type_PIDTYPE_PID,
+            core::ptr::null_mut(),
+        )
+    };
+    tid as u32
 }

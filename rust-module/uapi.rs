@@ -12,7 +12,12 @@
 )]
 
 use kernel::{
-    ioctl::_IOWR,
+    ioctl::{
+        _IO,
+        _IOR,
+        _IOW,
+        _IOWR, //
+    },
     transmute::{
         AsBytes,
         FromBytes, //
@@ -21,11 +26,40 @@ use kernel::{
 
 include!("uapi_generated.rs");
 
-/// `MUSERLOAD_IOC_API`: the handshake.
 pub(crate) const MUSERLOAD_IOC_API: u32 =
     _IOWR::<muserload_api>(MUSERLOAD_IOCTL_BASE, _MUSERLOAD_API);
+pub(crate) const MUSERLOAD_IOC_SETUP: u32 =
+    _IOW::<muserload_setup>(MUSERLOAD_IOCTL_BASE, _MUSERLOAD_SETUP);
+pub(crate) const MUSERLOAD_IOC_ARM: u32 =
+    _IOW::<muserload_arm>(MUSERLOAD_IOCTL_BASE, _MUSERLOAD_ARM);
+pub(crate) const MUSERLOAD_IOC_LOAD: u32 =
+    _IOWR::<muserload_load>(MUSERLOAD_IOCTL_BASE, _MUSERLOAD_LOAD);
+pub(crate) const MUSERLOAD_IOC_LOADV: u32 =
+    _IOWR::<muserload_loadv>(MUSERLOAD_IOCTL_BASE, _MUSERLOAD_LOADV);
+pub(crate) const MUSERLOAD_IOC_EVENTS: u32 = _IO(MUSERLOAD_IOCTL_BASE, _MUSERLOAD_EVENTS);
+pub(crate) const MUSERLOAD_IOC_ABORT: u32 = _IO(MUSERLOAD_IOCTL_BASE, _MUSERLOAD_ABORT);
+pub(crate) const MUSERLOAD_IOC_STATS: u32 =
+    _IOR::<muserload_stats>(MUSERLOAD_IOCTL_BASE, _MUSERLOAD_STATS);
 
-// SAFETY: `muserload_api` holds only integers: any bit pattern is a valid value.
-unsafe impl FromBytes for muserload_api {}
-// SAFETY: `muserload_api` holds only `u64`s: it has no padding.
-unsafe impl AsBytes for muserload_api {}
+/// Marks ABI structs as plain data for user copies.
+macro_rules! plain_data {
+    ($($t:ty),*) => {$(
+        // SAFETY: The uapi structs hold only integers, laid out without padding (every field
+        // is naturally aligned and the sizes are multiples of 8): any bit pattern is valid and
+        // every byte is initialised.
+        unsafe impl FromBytes for $t {}
+        // SAFETY: As above.
+        unsafe impl AsBytes for $t {}
+    )*};
+}
+
+plain_data!(
+    muserload_api,
+    muserload_setup,
+    muserload_arm,
+    muserload_load,
+    muserload_vec,
+    muserload_loadv,
+    muserload_event,
+    muserload_stats
+);

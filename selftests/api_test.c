@@ -48,8 +48,9 @@ TEST_F(api, handshake)
 
 	ASSERT_EQ(0, ioctl(self->fd, MUSERLOAD_IOC_API, &api));
 	ASSERT_EQ(MUSERLOAD_API, api.api);
-	/* No feature is defined yet: the module must not claim one. */
-	ASSERT_EQ(0, api.features);
+	ASSERT_EQ(MUSERLOAD_FEATURE_SIGNAL | MUSERLOAD_FEATURE_QUEUE |
+		  MUSERLOAD_FEATURE_MOVE | MUSERLOAD_FEATURE_LOADV |
+		  MUSERLOAD_FEATURE_STATS, api.features);
 }
 
 TEST_F(api, handshake_twice)

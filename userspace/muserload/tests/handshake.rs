@@ -1,11 +1,14 @@
 //! Handshake with the module. Runs in the guest, where `/dev/muserload` exists.
 
-use muserload::{Error, Object};
+use muserload::{features, Error, Object};
+
+const ALL: u64 =
+    features::SIGNAL | features::QUEUE | features::MOVE | features::LOADV | features::STATS;
 
 #[test]
 fn open_and_handshake() {
-    let object = Object::open(0).expect("open and handshake");
-    assert_eq!(object.features(), 0, "no feature is defined yet");
+    let object = Object::open(ALL).expect("open and handshake");
+    assert_eq!(object.features(), ALL);
 }
 
 #[test]
@@ -13,7 +16,7 @@ fn unknown_feature_is_refused() {
     match Object::open(1 << 63) {
         Err(Error::Features { missing, supported }) => {
             assert_eq!(missing, 1 << 63);
-            assert_eq!(supported, 0);
+            assert_eq!(supported, ALL);
         }
         other => panic!("expected Error::Features, got {other:?}"),
     }

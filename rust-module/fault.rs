@@ -1,0 +1,177 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! What a fault on a mapping of an object does, modelled on `handle_userfault()`.
+//!
+//! - A page the object has is mapped. A page neither loaded nor armed is zero-filled, as
+//!   anonymous memory would be; so is a staging page, afresh after each MOVE took it.
+//! - An armed page in signal mode: the configured signal goes to the faulting thread with
+//!   `si_addr` the faulting address. A user-mode access returns to userspace, where the
+//!   handler runs and the access is retried. A kernel-mode access (GUP from `KVM_RUN`,
+//!   `copy_to_user()`) releases the fault lock and asks for a retry: GUP that may be
+//!   interrupted (`KVM_RUN`) then returns `EINTR` with the signal pending; its retry, and
+//!   any access that can only be retried (`copy_to_user()`), get SIGBUS, so the system call
+//!   fails with `EFAULT` and the handler runs on its return.
+//! - An armed page in queue mode: the first waiter queues one event; every waiter releases
+//!   the fault lock, sleeps until the page is loaded (or the object is aborted, or a signal
+//!   it admits arrives) and asks for a retry. `RETRY_NOWAIT` never sleeps, and a fault that
+//!   cannot be retried gets SIGBUS.
+//! - Once the object is aborted, a fault on an armed page gets SIGBUS.
+
+use crate::{
+    object::{
+        zeroed_page,
+        Layout,
+        Object,
+        Region,
+        STATE_ARMED,
+        STATE_REPORTED,
+        STATE_SIGNAL_MASK, //
+    },
+    stats::Counter,
+    uapi::{
+        muserload_event,
+        MUSERLOAD_EVENT_KERNEL,
+        MUSERLOAD_EVENT_WRITE, //
+    },
+    vma::{
+        Fault,
+        FaultResult, //
+    },
+};
+use kernel::{
+    page::Page,
+    sync::{
+        atomic::Release,
+        Arc, //
+    },
+    time::{
+        Instant,
+        Monotonic, //
+    },
+};
+
+/// Handles `fault` on a mapping of `object`.
+pub(crate) fn handle(object: Arc<Object>, fault: Fault) -> FaultResult {
+    let Some(layout) = object.layout() else {
+        return FaultResult::SigBus;
+    };
+    match layout.region(fault.offset()) {
+        None => FaultResult::SigBus,
+        Some(Region::Staging(index)) => {
+            let mut pages = object.pages.lock();
+            map_or_zero_fill(&mut pages.staging[index], &fault)
+        }
+        Some(Region::Guest(index)) => guest(&object, layout, index, fault),
+    }
+}
+
+/// Maps the page in `slot`, zero-filling the slot first if it is empty.
+fn map_or_zero_fill(slot: &mut Option<Page>, fault: &Fault) -> FaultResult {
+    if slot.is_none() {
+        match zeroed_page() {
+            Ok(page) => *slot = Some(page),
+            Err(_) => return FaultResult::Oom,
+        }
+    }
+    match slot {
+        Some(page) => fault.insert(page),
+        None => FaultResult::Oom,
+    }
+}
+
+fn guest(object: &Arc<Object>, layout: &Layout, index: usize, fault: Fault) -> FaultResult {
+    let mut pages = object.pages.lock();
+    let state = layout.state(index).load(kernel::sync::atomic::Relaxed);
+    if state & STATE_ARMED == 0 {
+        return map_or_zero_fill(&mut pages.guest[index], &fault);
+    }
+    if object.aborted() {
+        return FaultResult::SigBus;
+    }
+    let access = fault.access();
+    let signal = state & STATE_SIGNAL_MASK;
+    if signal != 0 {
+        drop(pages);
+        return signal_mode(object, signal, fault);
+    }
+
+    // Queue mode.
+    if fault.nowait() {
+        // The caller keeps the fault lock and will try again in a way that may wait.
+        return FaultResult::Retry;
+    }
+    if !fault.may_retry() {
+        return FaultResult::SigBus;
+    }
+    if state & STATE_REPORTED == 0 {
+        let mut flags = 0;
+        if access.write {
+            flags |= MUSERLOAD_EVENT_WRITE;
+        }
+        if !access.user {
+            flags |= MUSERLOAD_EVENT_KERNEL;
+        }
+        let event = muserload_event {
+            address: fault.address() & !(kernel::page::PAGE_SIZE as u64 - 1),
+            offset: fault.offset(),
+            tid: crate::object::current_tid(),
+            flags,
+        };
+        if object.events.push(event).is_err() {
+            return FaultResult::Oom;
+        }
+        layout.state(index).store(state | STATE_REPORTED, Release);
+        let counter = if access.user {
+            Counter::FaultQueueUser
+        } else {
+            Counter::FaultQueueKernel
+        };
+        object.stats.add(counter, 1);
+    }
+    drop(pages);
+
+    let wait_state = fault.wait_state();
+    fault.release_lock();
+    object.stats.wait_begin();
+    let start = Instant::<Monotonic>::now();
+    object
+        .waitq(index)
+        .wait_until(wait_state, || !layout.armed(index) || object.aborted());
+    object.stats.wait_end(start.elapsed().as_nanos() as u64);
+    FaultResult::Retry
+}
+
+fn signal_mode(object: &Object, signal: u32, fault: Fault) -> FaultResult {
+    let access = fault.access();
+    if !access.user {
+        // Another thread's fault in our mm (KVM's async page fault worker) cannot be
+        // signalled to the thread that needs the page.
+        if fault.remote() {
+            return FaultResult::SigBus;
+        }
+        if fault.nowait() {
+            return FaultResult::Retry;
+        }
+        if fault.tried() || !fault.may_retry() {
+            // The signal went with the first try; an access that can only be retried ends
+            // here, so that the system call returns and the handler runs.
+            return FaultResult::SigBus;
+        }
+    }
+    if crate::signal::send_fault_signal(signal, fault.address()).is_err() {
+        // Blocked or ignored: the thread would fault again and again.
+        return FaultResult::SigBus;
+    }
+    let counter = if access.user {
+        Counter::FaultSignalUser
+    } else {
+        Counter::FaultSignalKernel
+    };
+    object.stats.add(counter, 1);
+    if access.user {
+        // Back to userspace: the handler runs, then the access is retried.
+        return FaultResult::NoPage;
+    }
+    fault.release_lock();
+    FaultResult::Retry
+}

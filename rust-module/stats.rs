@@ -1,0 +1,116 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Per-object statistics: `MUSERLOAD_IOC_STATS`.
+//!
+//! Plain relaxed atomics, updated where things happen and read without a lock: a snapshot
+//! is not one instant, which counters do not need.
+
+use crate::uapi::{
+    muserload_stats,
+    MUSERLOAD_WAIT_HIST_BUCKETS, //
+};
+use kernel::sync::atomic::{
+    Atomic,
+    Relaxed, //
+};
+
+const HIST: usize = MUSERLOAD_WAIT_HIST_BUCKETS as usize;
+
+/// The kinds of events a counter counts.
+#[derive(Clone, Copy)]
+pub(crate) enum Counter {
+    FaultSignalUser,
+    FaultSignalKernel,
+    FaultQueueUser,
+    FaultQueueKernel,
+    FaultWait,
+    LoadMove,
+    LoadCopy,
+    LoadZero,
+    Wake,
+    Eexist,
+}
+
+const COUNTERS: usize = Counter::Eexist as usize + 1;
+
+/// The statistics of one object.
+pub(crate) struct Stats {
+    counters: [Atomic<u64>; COUNTERS],
+    unloaded: Atomic<u64>,
+    waiters: Atomic<u64>,
+    wait_ns_total: Atomic<u64>,
+    wait_ns_max: Atomic<u64>,
+    wait_hist: [Atomic<u64>; HIST],
+}
+
+impl Stats {
+    pub(crate) const fn new() -> Self {
+        Self {
+            counters: [const { Atomic::new(0) }; COUNTERS],
+            unloaded: Atomic::new(0),
+            waiters: Atomic::new(0),
+            wait_ns_total: Atomic::new(0),
+            wait_ns_max: Atomic::new(0),
+            wait_hist: [const { Atomic::new(0) }; HIST],
+        }
+    }
+
+    /// Adds `n` to `counter`.
+    pub(crate) fn add(&self, counter: Counter, n: u64) {
+        self.counters[counter as usize].add(n, Relaxed);
+    }
+
+    /// Pages armed and not loaded: `n` more.
+    pub(crate) fn armed(&self, n: u64) {
+        self.unloaded.add(n, Relaxed);
+    }
+
+    /// Pages armed and not loaded: `n` fewer.
+    pub(crate) fn loaded(&self, n: u64) {
+        self.unloaded.fetch_sub(n, Relaxed);
+    }
+
+    /// A thread starts waiting for a page.
+    pub(crate) fn wait_begin(&self) {
+        self.add(Counter::FaultWait, 1);
+        self.waiters.add(1, Relaxed);
+    }
+
+    /// A thread stops waiting after `ns` nanoseconds.
+    pub(crate) fn wait_end(&self, ns: u64) {
+        self.waiters.fetch_sub(1, Relaxed);
+        self.wait_ns_total.add(ns, Relaxed);
+        let mut max = self.wait_ns_max.load(Relaxed);
+        while ns > max {
+            match self.wait_ns_max.cmpxchg(max, ns, Relaxed) {
+                Ok(_) => break,
+                Err(now) => max = now,
+            }
+        }
+        let us = ns / 1000;
+        let bucket = if us == 0 { 0 } else { us.ilog2() as usize };
+        self.wait_hist[bucket.min(HIST - 1)].add(1, Relaxed);
+    }
+
+    /// A snapshot for userspace.
+    pub(crate) fn snapshot(&self) -> muserload_stats {
+        let c = |counter: Counter| self.counters[counter as usize].load(Relaxed);
+        muserload_stats {
+            faults_signal_user: c(Counter::FaultSignalUser),
+            faults_signal_kernel: c(Counter::FaultSignalKernel),
+            faults_queue_user: c(Counter::FaultQueueUser),
+            faults_queue_kernel: c(Counter::FaultQueueKernel),
+            fault_waits: c(Counter::FaultWait),
+            loads_move: c(Counter::LoadMove),
+            loads_copy: c(Counter::LoadCopy),
+            loads_zero: c(Counter::LoadZero),
+            wakes: c(Counter::Wake),
+            eexist: c(Counter::Eexist),
+            unloaded: self.unloaded.load(Relaxed),
+            waiters: self.waiters.load(Relaxed),
+            wait_ns_total: self.wait_ns_total.load(Relaxed),
+            wait_ns_max: self.wait_ns_max.load(Relaxed),
+            wait_hist: core::array::from_fn(|i| self.wait_hist[i].load(Relaxed)),
+        }
+    }
+}

@@ -1,0 +1,307 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The mappings of an object: `vm_operations_struct` and page faults, behind a safe API.
+//!
+//! The kernel crate has no abstraction for `vm_operations_struct` or `struct vm_fault`, so
+//! this file is the one place that touches them through raw bindings. The rest of the module
+//! sees:
+//! - [`install`], called from `mmap`, which makes a vma one of ours;
+//! - [`Fault`], the fault being handled, with what the fault logic needs and nothing else;
+//! - [`ObjectRange::lookup`], which checks that an address range given to an ioctl lies in one
+//!   mapping of the caller's own object, and translates it to object offsets.
+//!
+//! A vma is ours if its `vm_ops` is [`VM_OPS`]; its `vm_file` is then an open
+//! `/dev/muserload`, whose `private_data` is an `Arc<Object>` (set by the kernel crate's
+//! miscdevice `open`, released by its `release` only after the last mapping is gone, since
+//! every vma holds a reference on its file).
+
+use crate::object::Object;
+use kernel::{
+    bindings,
+    mm::{
+        virt::{
+            VmaNew,
+            VmaRef, //
+        },
+        MmWithUser,
+    },
+    page::{
+        Page,
+        PAGE_SHIFT,
+        PAGE_SIZE, //
+    },
+    prelude::*,
+    sync::{
+        Arc,
+        ArcBorrow, //
+    },
+    types::ForeignOwnable,
+};
+
+/// `vm_fault_t` values, as the fault logic returns them.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum FaultResult {
+    /// The page is mapped (or the access is to be retried at once after a signal).
+    NoPage,
+    /// The fault lock was released (or, with `RETRY_NOWAIT`, the caller must not wait):
+    /// the fault will be retried.
+    Retry,
+    /// Deliver SIGBUS.
+    SigBus,
+    /// Out of memory.
+    Oom,
+}
+
+impl FaultResult {
+    fn as_raw(self) -> bindings::vm_fault_t {
+        (match self {
+            Self::NoPage => bindings::vm_fault_reason_VM_FAULT_NOPAGE,
+            Self::Retry => bindings::vm_fault_reason_VM_FAULT_RETRY,
+            Self::SigBus => bindings::vm_fault_reason_VM_FAULT_SIGBUS,
+            Self::Oom => bindings::vm_fault_reason_VM_FAULT_OOM,
+        }) as bindings::vm_fault_t
+    }
+}
+
+/// The `vm_operations_struct` of every mapping of an object.
+struct VmOps(bindings::vm_operations_struct);
+
+// SAFETY: The table is immutable; the raw pointers in it are functions and null.
+unsafe impl Sync for VmOps {}
+
+static VM_OPS: VmOps = VmOps(bindings::vm_operations_struct {
+    fault: Some(fault),
+    map_pages: Some(map_pages),
+    // SAFETY: All-zero is a valid `vm_operations_struct`: every callback absent.
+    ..unsafe { core::mem::zeroed() }
+});
+
+/// Makes `vma`, being created by `mmap` of `/dev/muserload`, a mapping of its object.
+///
+/// Shared mappings only: a private writable mapping would copy-on-write away from the
+/// object's page, so the guest would never see a later load. `VM_MIXEDMAP` lets the fault
+/// handler insert the object's pages; `VM_DONTEXPAND` keeps mremap from growing it.
+pub(crate) fn install(vma: &VmaNew) -> Result {
+    if vma.flags() & kernel::mm::virt::flags::SHARED == 0 {
+        return Err(EINVAL);
+    }
+    vma.set_mixedmap();
+    vma.set_dontexpand();
+    // SAFETY: The vma is being set up by `mmap` (so `vm_ops` may be written); `VM_OPS` is
+    // static and its callbacks only access vmas that are ours.
+    unsafe { (*vma.as_ptr()).vm_ops = &VM_OPS.0 };
+    Ok(())
+}
+
+/// The object behind `vma` if `vma` is a mapping of an object.
+fn object_of(vma: &VmaRef) -> Option<ArcBorrow<'_, Object>> {
+    let raw = vma.as_ptr();
+    // SAFETY: The caller holds the vma or mmap read lock (type invariant of `VmaRef`), so
+    // its fields are stable.
+    let (ops, file) = unsafe { ((*raw).vm_ops, (*raw).vm_file) };
+    if !core::ptr::eq(ops, &VM_OPS.0) {
+        return None;
+    }
+    // SAFETY: `vm_ops` is ours only on vmas made by `install`, whose `vm_file` is an open
+    // `/dev/muserload` with an `Arc<Object>` in `private_data`. The vma holds a reference on
+    // the file, so the crate's `release` (which takes the `Arc` back) has not run and cannot
+    // run while the vma lock is held, which bounds the borrow.
+    Some(unsafe { <Arc<Object> as ForeignOwnable>::borrow((*file).private_data) })
+}
+
+/// A range of a caller's mapping of its own object.
+pub(crate) struct ObjectRange {
+    /// The byte offset in the object of the range's first byte.
+    pub(crate) offset: u64,
+}
+
+impl ObjectRange {
+    /// Checks that `[addr, addr + len)` is page aligned, nonempty and lies in one mapping of
+    /// `object` in `mm`, and returns where it is in the object.
+    ///
+    /// EINVAL for a misaligned or empty range, EFAULT if no single mapping of `object`
+    /// covers it (unmapped, another file, or another object: a caller can only name its own).
+    pub(crate) fn lookup(mm: &MmWithUser, object: &Object, addr: u64, len: u64) -> Result<Self> {
+        let page_mask = PAGE_SIZE as u64 - 1;
+        if addr & page_mask != 0 || len & page_mask != 0 || len == 0 {
+            return Err(EINVAL);
+        }
+        let end = addr.checked_add(len).ok_or(EINVAL)?;
+        let start = usize::try_from(addr).map_err(|_| EINVAL)?;
+        let guard = mm.mmap_read_lock();
+        let vma = guard.vma_lookup(start).ok_or(EFAULT)?;
+        if end > vma.end() as u64 {
+            return Err(EFAULT);
+        }
+        match object_of(vma) {
+            Some(owner) if core::ptr::eq(&*owner, object) => {}
+            _ => return Err(EFAULT),
+        }
+        // SAFETY: The mmap read lock is held, so `vm_pgoff` is stable.
+        let pgoff = unsafe { (*vma.as_ptr()).vm_pgoff } as u64;
+        let offset = (pgoff << PAGE_SHIFT) + (addr - vma.start() as u64);
+        Ok(Self { offset })
+    }
+}
+
+/// Why the fault happened.
+pub(crate) struct FaultAccess {
+    /// A write access.
+    pub(crate) write: bool,
+    /// A user-mode access; otherwise the kernel touched the page for the task (GUP, as from
+    /// `KVM_RUN`, or `copy_to_user`).
+    pub(crate) user: bool,
+}
+
+/// A page fault on a mapping of an object, with the fault lock (mmap or per-VMA read lock)
+/// held.
+///
+/// # Invariants
+///
+/// `vmf` is the `struct vm_fault` being handled, its vma is ours, and its fault lock is held
+/// for as long as this value exists. It is consumed when the lock is released.
+pub(crate) struct Fault {
+    vmf: *mut bindings::vm_fault,
+}
+
+impl Fault {
+    fn flags(&self) -> u32 {
+        // SAFETY: By the type invariants `vmf` is valid.
+        unsafe { (*self.vmf).flags }
+    }
+
+    fn has(&self, flag: u32) -> bool {
+        self.flags() & flag != 0
+    }
+
+    /// The faulting page's byte offset in the object.
+    pub(crate) fn offset(&self) -> u64 {
+        // SAFETY: By the type invariants `vmf` is valid.
+        (unsafe { (*self.vmf).__bindgen_anon_1.pgoff } as u64) << PAGE_SHIFT
+    }
+
+    /// The faulting address (not page aligned).
+    pub(crate) fn address(&self) -> u64 {
+        // SAFETY: By the type invariants `vmf` is valid.
+        unsafe { (*self.vmf).__bindgen_anon_1.real_address as u64 }
+    }
+
+    /// What kind of access faulted.
+    pub(crate) fn access(&self) -> FaultAccess {
+        FaultAccess {
+            write: self.has(bindings::fault_flag_FAULT_FLAG_WRITE),
+            user: self.has(bindings::fault_flag_FAULT_FLAG_USER),
+        }
+    }
+
+    /// The caller cannot wait (`FAULT_FLAG_RETRY_NOWAIT`, as KVM's first, async attempt).
+    pub(crate) fn nowait(&self) -> bool {
+        self.has(bindings::fault_flag_FAULT_FLAG_RETRY_NOWAIT)
+    }
+
+    /// This is a retry of a fault that asked for one (`FAULT_FLAG_TRIED`).
+    pub(crate) fn tried(&self) -> bool {
+        self.has(bindings::fault_flag_FAULT_FLAG_TRIED)
+    }
+
+    /// GUP on behalf of another task (`FAULT_FLAG_REMOTE`).
+    pub(crate) fn remote(&self) -> bool {
+        self.has(bindings::fault_flag_FAULT_FLAG_REMOTE)
+    }
+
+    /// The fault lock may be released and the fault retried (`FAULT_FLAG_ALLOW_RETRY`).
+    pub(crate) fn may_retry(&self) -> bool {
+        self.has(bindings::fault_flag_FAULT_FLAG_ALLOW_RETRY)
+    }
+
+    /// How a wait for this fault may be interrupted.
+    ///
+    /// As `handle_userfault()` decides it, except that a kernel-mode access never waits
+    /// interruptibly: the x86 fault handler retries such a fault at once while a non-fatal
+    /// signal is pending, which would spin. So a vCPU waiting in `KVM_RUN` (queue mode)
+    /// returns when its page is loaded, the object is aborted, or it is killed.
+    pub(crate) fn wait_state(&self) -> crate::wait::WaitState {
+        use crate::wait::WaitState;
+        if self.has(bindings::fault_flag_FAULT_FLAG_INTERRUPTIBLE)
+            && self.has(bindings::fault_flag_FAULT_FLAG_USER)
+        {
+            WaitState::Interruptible
+        } else if self.has(bindings::fault_flag_FAULT_FLAG_KILLABLE) {
+            WaitState::Killable
+        } else {
+            WaitState::Uninterruptible
+        }
+    }
+
+    /// Maps `page` at the faulting address.
+    pub(crate) fn insert(&self, page: &Page) -> FaultResult {
+        // SAFETY: By the type invariants the fault lock is held on an vma of ours, which
+        // has `VM_MIXEDMAP` (set by `install`); `page` is an order-0 page that the module
+        // owns (not anonymous, not slab). `vm_insert_page` takes its own reference.
+        let ret = unsafe {
+            bindings::vm_insert_page(
+                (*self.vmf).__bindgen_anon_1.vma,
+                (*self.vmf).__bindgen_anon_1.address,
+                page.as_ptr(),
+            )
+        };
+        match ret {
+            // EBUSY: a racing fault mapped it first.
+            0 => FaultResult::NoPage,
+            x if x == EBUSY.to_errno() => FaultResult::NoPage,
+            x if x == ENOMEM.to_errno() => FaultResult::Oom,
+            _ => FaultResult::SigBus,
+        }
+    }
+
+    /// Releases the fault lock, as `release_fault_lock()` does, so that the caller may sleep;
+    /// the fault must then return [`FaultResult::Retry`].
+    pub(crate) fn release_lock(self) {
+        let vma = {
+            // SAFETY: By the type invariants `vmf` is valid and its lock is held.
+            unsafe { (*self.vmf).__bindgen_anon_1.vma }
+        };
+        if self.has(bindings::fault_flag_FAULT_FLAG_VMA_LOCK) {
+            // SAFETY: The per-VMA read lock of `vma` is held; this releases it.
+            unsafe { bindings::vma_end_read(vma) };
+        } else {
+            // SAFETY: The mmap read lock of `vma`'s mm is held; this releases it.
+            unsafe { bindings::mmap_read_unlock((*vma).vm_mm) };
+        }
+        // INVARIANT: `self` is consumed: nothing can touch the vma any more.
+    }
+}
+
+/// The `fault` callback of [`VM_OPS`].
+///
+/// # Safety
+///
+/// Called by the kernel with a valid `vmf` whose vma is ours, with its fault lock held.
+unsafe extern "C" fn fault(vmf: *mut bindings::vm_fault) -> bindings::vm_fault_t {
+    // SAFETY: By the function's safety requirements the vma is valid and locked.
+    let vma = unsafe { VmaRef::from_raw((*vmf).__bindgen_anon_1.vma) };
+    let Some(object) = object_of(vma) else {
+        return FaultResult::SigBus.as_raw();
+    };
+    // Take a reference: the fault logic may release the fault lock and sleep, after which
+    // nothing keeps the file (and so the object) alive.
+    let object: Arc<Object> = object.into();
+    // INVARIANT: The kernel holds the fault lock on our vma until we return or release it.
+    crate::fault::handle(object, Fault { vmf }).as_raw()
+}
+
+/// The `map_pages` callback of [`VM_OPS`]: maps nothing around a fault.
+///
+/// Its presence lets user faults run under the per-VMA lock: without it the kernel sends
+/// them back to the mmap lock.
+///
+/// # Safety
+///
+/// Called by the kernel with a valid `vmf`.
+unsafe extern "C" fn map_pages(
+    _vmf: *mut bindings::vm_fault,
+    _start: kernel::ffi::c_ulong,
+    _end: kernel::ffi::c_ulong,
+) -> bindings::vm_fault_t {
+    0
+}

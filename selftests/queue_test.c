@@ -1,0 +1,315 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Queue mode: faults wait, the resolver reads one event per page from the
+ * events descriptor (read, poll, epoll) and loads; kernel-mode accesses wait
+ * too; the resolver going away or ABORT gives SIGBUS instead of a hang.
+ */
+#include <poll.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include "muserload_util.h"
+#include "kselftest_harness.h"
+
+#define GUEST_PAGES 64
+
+FIXTURE(queue)
+{
+	struct ml ml;
+};
+
+FIXTURE_SETUP(queue)
+{
+	ASSERT_EQ(0, ml_open(&self->ml, GUEST_PAGES * PAGE, 0));
+	ASSERT_EQ(0, ml_arm(&self->ml, self->ml.guest, GUEST_PAGES * PAGE, 0));
+}
+
+FIXTURE_TEARDOWN(queue)
+{
+	ml_close(&self->ml);
+}
+
+struct toucher {
+	pthread_t thread;
+	volatile char *addr;
+	int write;
+	uint64_t word;
+	pid_t tid;
+};
+
+static void *touch_main(void *arg)
+{
+	struct toucher *t = arg;
+
+	t->tid = syscall(SYS_gettid);
+	if (t->write)
+		*(volatile uint64_t *)t->addr = 0x5a5a;
+	else
+		t->word = *(volatile uint64_t *)t->addr;
+	return NULL;
+}
+
+TEST_F(queue, event_then_load)
+{
+	struct ml *ml = &self->ml;
+	struct muserload_event ev;
+	struct muserload_stats st;
+	struct toucher t = { .addr = ml->guest + 5 * PAGE + 24 };
+	char buf[PAGE] __attribute__((aligned(8)));
+	int events;
+
+	events = ioctl(ml->fd, MUSERLOAD_IOC_EVENTS, 0);
+	ASSERT_LE(0, events);
+	/* One events descriptor per object. */
+	EXPECT_EQ(-1, ioctl(ml->fd, MUSERLOAD_IOC_EVENTS, 0));
+	EXPECT_EQ(EBUSY, errno);
+
+	ASSERT_EQ(0, pthread_create(&t.thread, NULL, touch_main, &t));
+	ASSERT_EQ(sizeof(ev), read(events, &ev, sizeof(ev)));
+	EXPECT_EQ((uintptr_t)ml->guest + 5 * PAGE, ev.address);
+	EXPECT_EQ(5 * PAGE, ev.offset);
+	EXPECT_EQ(0, ev.flags);
+	ASSERT_EQ(0, ml_stats(ml, &st));
+	EXPECT_EQ(1, st.faults_queue_user);
+
+	ml_fill(buf, 77);
+	ASSERT_EQ(0, ml_load(ml, ml->guest + 5 * PAGE, buf, PAGE, MUSERLOAD_LOAD_COPY, NULL));
+	ASSERT_EQ(0, pthread_join(t.thread, NULL));
+	EXPECT_EQ(ev.tid, t.tid);
+	EXPECT_EQ(((uint64_t *)buf)[3], t.word);
+	ASSERT_EQ(0, ml_stats(ml, &st));
+	EXPECT_EQ(1, st.fault_waits);
+	EXPECT_EQ(0, st.waiters);
+	EXPECT_EQ(GUEST_PAGES - 1, st.unloaded);
+	EXPECT_LT(0, st.wait_ns_total);
+	close(events);
+}
+
+TEST_F(queue, write_fault_flag)
+{
+	struct ml *ml = &self->ml;
+	struct toucher t = { .addr = ml->guest, .write = 1 };
+	struct muserload_event ev;
+	int events = ioctl(ml->fd, MUSERLOAD_IOC_EVENTS, 0);
+
+	ASSERT_LE(0, events);
+	ASSERT_EQ(0, pthread_create(&t.thread, NULL, touch_main, &t));
+	ASSERT_EQ(sizeof(ev), read(events, &ev, sizeof(ev)));
+	EXPECT_EQ(MUSERLOAD_EVENT_WRITE, ev.flags);
+	ASSERT_EQ(0, ml_load(ml, ml->guest, NULL, PAGE, MUSERLOAD_LOAD_ZERO, NULL));
+	ASSERT_EQ(0, pthread_join(t.thread, NULL));
+	EXPECT_EQ(0x5a5a, *(uint64_t *)ml->guest);
+	close(events);
+}
+
+TEST_F(queue, read_rules)
+{
+	struct ml *ml = &self->ml;
+	struct muserload_event ev;
+	int events = ioctl(ml->fd, MUSERLOAD_IOC_EVENTS, MUSERLOAD_EVENTS_NONBLOCK);
+	struct pollfd pfd = { .fd = events, .events = POLLIN };
+
+	ASSERT_LE(0, events);
+	EXPECT_EQ(-1, read(events, &ev, sizeof(ev)));
+	EXPECT_EQ(EAGAIN, errno);
+	EXPECT_EQ(-1, read(events, &ev, sizeof(ev) - 1));
+	EXPECT_EQ(EINVAL, errno);
+	EXPECT_EQ(0, poll(&pfd, 1, 0));
+	EXPECT_EQ(-1, ioctl(ml->fd, MUSERLOAD_IOC_EVENTS, 1));
+	/* After ABORT a reader sees end of file and poll says so. */
+	ASSERT_EQ(0, ioctl(ml->fd, MUSERLOAD_IOC_ABORT));
+	EXPECT_EQ(0, read(events, &ev, sizeof(ev)));
+	EXPECT_EQ(1, poll(&pfd, 1, 0));
+	EXPECT_TRUE(pfd.revents & POLLHUP);
+	close(events);
+}
+
+TEST_F(queue, bad_event_flags)
+{
+	EXPECT_EQ(-1, ioctl(self->ml.fd, MUSERLOAD_IOC_EVENTS, 1));
+	EXPECT_EQ(EINVAL, errno);
+}
+
+#define RACERS 8
+
+/* N threads on one page: one event, all of them woken by one load. */
+TEST_F(queue, one_event_per_page)
+{
+	struct ml *ml = &self->ml;
+	struct toucher t[RACERS];
+	struct muserload_event ev[4];
+	struct muserload_stats st;
+	struct pollfd pfd;
+	char buf[PAGE] __attribute__((aligned(8)));
+	int events, i, epfd;
+	struct epoll_event eev = { .events = EPOLLIN };
+
+	events = ioctl(ml->fd, MUSERLOAD_IOC_EVENTS, MUSERLOAD_EVENTS_NONBLOCK);
+	ASSERT_LE(0, events);
+	epfd = epoll_create1(0);
+	ASSERT_LE(0, epfd);
+	ASSERT_EQ(0, epoll_ctl(epfd, EPOLL_CTL_ADD, events, &eev));
+	for (i = 0; i < RACERS; i++) {
+		t[i] = (struct toucher){ .addr = ml->guest + 9 * PAGE + i * 8 };
+		ASSERT_EQ(0, pthread_create(&t[i].thread, NULL, touch_main, &t[i]));
+	}
+	ASSERT_EQ(1, epoll_wait(epfd, &eev, 1, 10000));
+	/* Let every racer reach its wait. */
+	for (i = 0; i < 200; i++) {
+		ASSERT_EQ(0, ml_stats(ml, &st));
+		if (st.waiters == RACERS)
+			break;
+		usleep(10000);
+	}
+	EXPECT_EQ(RACERS, st.waiters);
+	ASSERT_EQ(sizeof(ev[0]), read(events, ev, sizeof(ev)));
+	pfd = (struct pollfd){ .fd = events, .events = POLLIN };
+	EXPECT_EQ(0, poll(&pfd, 1, 0));
+	ml_fill(buf, 9);
+	ASSERT_EQ(0, ml_load(ml, ml->guest + 9 * PAGE, buf, PAGE, MUSERLOAD_LOAD_COPY, NULL));
+	for (i = 0; i < RACERS; i++) {
+		ASSERT_EQ(0, pthread_join(t[i].thread, NULL));
+		EXPECT_EQ(((uint64_t *)buf)[i], t[i].word);
+	}
+	ASSERT_EQ(0, ml_stats(ml, &st));
+	EXPECT_EQ(1, st.faults_queue_user);
+	EXPECT_EQ(0, st.waiters);
+	close(epfd);
+	close(events);
+}
+
+/* Many pages, a resolver thread: everything arrives with the right content. */
+TEST_F(queue, resolver_serves_all)
+{
+	struct ml *ml = &self->ml;
+	struct ml_resolver r;
+	int i;
+
+	ASSERT_EQ(0, ml_resolver_start(&r, ml));
+	for (i = 0; i < GUEST_PAGES; i++)
+		ASSERT_TRUE(ml_check(ml->guest + i * PAGE, i));
+	EXPECT_EQ(GUEST_PAGES, r.served);
+	ml_resolver_stop(&r);
+}
+
+/* The kernel touching an unloaded page for the task (read() into it) waits too. */
+TEST_F(queue, kernel_mode_access)
+{
+	struct ml *ml = &self->ml;
+	struct ml_resolver r;
+	struct muserload_stats st;
+	char buf[64];
+	int p[2];
+
+	ASSERT_EQ(0, ml_resolver_start(&r, ml));
+	ASSERT_EQ(0, pipe(p));
+	memset(buf, 0x11, sizeof(buf));
+	ASSERT_EQ(sizeof(buf), write(p[1], buf, sizeof(buf)));
+	/* copy_to_user into page 3, copy_from_user out of page 4. */
+	ASSERT_EQ(sizeof(buf), read(p[0], ml->guest + 3 * PAGE, sizeof(buf)));
+	ASSERT_EQ(0, memcmp(ml->guest + 3 * PAGE, buf, sizeof(buf)));
+	ASSERT_EQ(sizeof(buf), write(p[1], ml->guest + 4 * PAGE, sizeof(buf)));
+	ASSERT_EQ(sizeof(buf), read(p[0], buf, sizeof(buf)));
+	ASSERT_EQ(0, memcmp(ml->guest + 4 * PAGE, buf, sizeof(buf)));
+	ASSERT_EQ(0, ml_stats(ml, &st));
+	EXPECT_EQ(2, st.faults_queue_kernel);
+	ml_resolver_stop(&r);
+	close(p[0]);
+	close(p[1]);
+}
+
+/* Closing the events descriptor (the resolver going away) wakes waiters with SIGBUS. */
+TEST_F(queue, resolver_close_sigbus)
+{
+	struct ml *ml = &self->ml;
+	struct muserload_event ev;
+	int events = ioctl(ml->fd, MUSERLOAD_IOC_EVENTS, 0);
+	int status;
+	pid_t pid;
+
+	ASSERT_LE(0, events);
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (pid == 0) {
+		/* The resolver is gone only once every copy of its descriptor is closed. */
+		close(events);
+		(void)*(volatile char *)(ml->guest + 2 * PAGE);
+		_exit(0);
+	}
+	ASSERT_EQ(sizeof(ev), read(events, &ev, sizeof(ev)));
+	EXPECT_EQ(2 * PAGE, ev.offset);
+	ASSERT_EQ(0, close(events));
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	ASSERT_TRUE(WIFSIGNALED(status));
+	EXPECT_EQ(SIGBUS, WTERMSIG(status));
+	/* Later faults on unloaded pages get SIGBUS at once. */
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (pid == 0) {
+		(void)*(volatile char *)(ml->guest + 3 * PAGE);
+		_exit(0);
+	}
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	ASSERT_TRUE(WIFSIGNALED(status));
+	EXPECT_EQ(SIGBUS, WTERMSIG(status));
+}
+
+/* ABORT with threads waiting. */
+TEST_F(queue, abort_wakes_with_sigbus)
+{
+	struct ml *ml = &self->ml;
+	struct muserload_stats st;
+	int status, i;
+	pid_t pid;
+
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (pid == 0) {
+		(void)*(volatile char *)(ml->guest + 7 * PAGE);
+		_exit(0);
+	}
+	for (i = 0; i < 500; i++) {
+		ASSERT_EQ(0, ml_stats(ml, &st));
+		if (st.waiters)
+			break;
+		usleep(10000);
+	}
+	ASSERT_EQ(1, st.waiters);
+	ASSERT_EQ(0, ioctl(ml->fd, MUSERLOAD_IOC_ABORT));
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	ASSERT_TRUE(WIFSIGNALED(status));
+	EXPECT_EQ(SIGBUS, WTERMSIG(status));
+}
+
+/* A waiting thread can be killed. */
+TEST_F(queue, kill_while_waiting)
+{
+	struct ml *ml = &self->ml;
+	struct muserload_stats st;
+	int status, i;
+	pid_t pid;
+
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (pid == 0) {
+		(void)*(volatile char *)(ml->guest + 8 * PAGE);
+		_exit(0);
+	}
+	for (i = 0; i < 500; i++) {
+		ASSERT_EQ(0, ml_stats(ml, &st));
+		if (st.waiters)
+			break;
+		usleep(10000);
+	}
+	ASSERT_EQ(1, st.waiters);
+	ASSERT_EQ(0, kill(pid, SIGKILL));
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	ASSERT_TRUE(WIFSIGNALED(status));
+	EXPECT_EQ(SIGKILL, WTERMSIG(status));
+	ASSERT_EQ(0, ml_stats(ml, &st));
+	EXPECT_EQ(0, st.waiters);
+}
+
+TEST_HARNESS_MAIN
