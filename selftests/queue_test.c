@@ -58,6 +58,7 @@ TEST_F(queue, event_then_load)
 	struct muserload_stats st;
 	struct toucher t = { .addr = ml->guest + 5 * PAGE + 24 };
 	char buf[PAGE] __attribute__((aligned(8)));
+	void *bad;
 	int events;
 
 	events = ioctl(ml->fd, MUSERLOAD_IOC_EVENTS, 0);
@@ -67,6 +68,12 @@ TEST_F(queue, event_then_load)
 	EXPECT_EQ(EBUSY, errno);
 
 	ASSERT_EQ(0, pthread_create(&t.thread, NULL, touch_main, &t));
+	/* A read into a bad buffer fails and loses nothing. */
+	bad = mmap(NULL, PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, bad);
+	EXPECT_EQ(-1, read(events, bad, sizeof(ev)));
+	EXPECT_EQ(EFAULT, errno);
+	munmap(bad, PAGE);
 	ASSERT_EQ(sizeof(ev), read(events, &ev, sizeof(ev)));
 	EXPECT_EQ((uintptr_t)ml->guest + 5 * PAGE, ev.address);
 	EXPECT_EQ(5 * PAGE, ev.offset);
