@@ -41,18 +41,6 @@ static int in_child(void (*fn)(struct ml *), struct ml *ml)
 	return status;
 }
 
-static void wait_for_waiters(struct ml *ml, unsigned int n)
-{
-	struct muserload_stats st;
-	int i;
-
-	for (i = 0; i < 500; i++) {
-		if (ml_stats(ml, &st) || st.waiters >= n)
-			return;
-		usleep(10000);
-	}
-}
-
 TEST_F(life, munmap_partial)
 {
 	struct ml *ml = &self->ml;
@@ -94,7 +82,7 @@ static void munmap_under_waiter(struct ml *ml)
 
 	waiter_ml = ml;
 	pthread_create(&t, NULL, touch_page2, NULL);
-	wait_for_waiters(ml, 1);
+	ml_wait_for_waiters(ml, 1);
 	again = mmap(NULL, GUEST_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, ml->fd, 0);
 	munmap(ml->guest, GUEST_PAGES * PAGE);
 	ml_load(ml, again + 2 * PAGE, NULL, PAGE, MUSERLOAD_LOAD_ZERO, NULL);
@@ -188,7 +176,7 @@ static void close_under_waiter(struct ml *ml)
 
 	waiter_ml = ml;
 	pthread_create(&t, NULL, touch_page2, NULL);
-	wait_for_waiters(ml, 1);
+	ml_wait_for_waiters(ml, 1);
 	close(ml->fd);
 	usleep(50000);
 	close(events);
@@ -212,7 +200,7 @@ static void exit_under_waiter(struct ml *ml)
 
 	waiter_ml = ml;
 	pthread_create(&t, NULL, touch_page2, NULL);
-	wait_for_waiters(ml, 1);
+	ml_wait_for_waiters(ml, 1);
 	_exit(7);
 }
 

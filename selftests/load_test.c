@@ -194,18 +194,6 @@ static void *wait_main(void *arg)
 	return NULL;
 }
 
-static void wait_for_waiters(struct ml *ml, unsigned int n)
-{
-	struct muserload_stats st;
-	int i;
-
-	for (i = 0; i < 500; i++) {
-		if (ml_stats(ml, &st) || st.waiters >= n)
-			return;
-		usleep(10000);
-	}
-}
-
 /* A load that loses the race to another load still wakes the page's waiters. */
 TEST_F(load, eexist_wakes)
 {
@@ -215,7 +203,7 @@ TEST_F(load, eexist_wakes)
 	struct muserload_stats st;
 
 	ASSERT_EQ(0, pthread_create(&w.thread, NULL, wait_main, &w));
-	wait_for_waiters(ml, 1);
+	ml_wait_for_waiters(ml, 1);
 	ml_fill(buf, 6);
 	/* The first load does not wake (DONTWAKE); the one that gets EEXIST does. */
 	ASSERT_EQ(0, ml_load(ml, ml->guest + 6 * PAGE, buf, PAGE,
@@ -238,7 +226,7 @@ TEST_F(load, dontwake_then_wake)
 	__u64 loaded;
 
 	ASSERT_EQ(0, pthread_create(&w.thread, NULL, wait_main, &w));
-	wait_for_waiters(ml, 1);
+	ml_wait_for_waiters(ml, 1);
 	ASSERT_EQ(0, ml_load(ml, ml->guest + 12 * PAGE, NULL, PAGE,
 			     MUSERLOAD_LOAD_ZERO | MUSERLOAD_LOAD_DONTWAKE, NULL));
 	usleep(50000);

@@ -103,6 +103,32 @@ static inline int ml_stats(struct ml *ml, struct muserload_stats *stats)
 	return ioctl(ml->fd, MUSERLOAD_IOC_STATS, stats) ? -errno : 0;
 }
 
+/* Waits up to 5 s for @n threads to wait on the object's pages; returns how many do. */
+static inline unsigned long long ml_wait_for_waiters(struct ml *ml, unsigned int n)
+{
+	struct muserload_stats st = { 0 };
+	int i;
+
+	for (i = 0; i < 500; i++) {
+		if (ml_stats(ml, &st) || st.waiters >= n)
+			break;
+		usleep(10000);
+	}
+	return st.waiters;
+}
+
+/* Forks a child that reads the byte at @addr and exits 0; returns its pid. */
+static inline pid_t ml_fork_toucher(void *addr)
+{
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		(void)*(volatile char *)addr;
+		_exit(0);
+	}
+	return pid;
+}
+
 /* Fills a page with a pattern derived from @seed. */
 static inline void ml_fill(void *page, uint64_t seed)
 {

@@ -217,12 +217,8 @@ TEST_F(obj, abort_without_waiters)
 	ASSERT_EQ(0, ml_arm(&self->ml, self->ml.guest, PAGE, 0));
 	ASSERT_EQ(0, ioctl(self->ml.fd, MUSERLOAD_IOC_ABORT));
 	/* After abort, touching an unloaded page is SIGBUS; a loaded one still works. */
-	pid = fork();
+	pid = ml_fork_toucher(self->ml.guest);
 	ASSERT_LE(0, pid);
-	if (pid == 0) {
-		(void)*(volatile char *)self->ml.guest;
-		_exit(0);
-	}
 	ASSERT_EQ(pid, waitpid(pid, &status, 0));
 	ASSERT_TRUE(WIFSIGNALED(status));
 	ASSERT_EQ(SIGBUS, WTERMSIG(status));

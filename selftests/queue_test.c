@@ -164,13 +164,7 @@ TEST_F(queue, one_event_per_page)
 	}
 	ASSERT_EQ(1, epoll_wait(epfd, &eev, 1, 10000));
 	/* Let every racer reach its wait. */
-	for (i = 0; i < 200; i++) {
-		ASSERT_EQ(0, ml_stats(ml, &st));
-		if (st.waiters == RACERS)
-			break;
-		usleep(10000);
-	}
-	EXPECT_EQ(RACERS, st.waiters);
+	EXPECT_EQ(RACERS, ml_wait_for_waiters(ml, RACERS));
 	ASSERT_EQ(sizeof(ev[0]), read(events, ev, sizeof(ev)));
 	pfd = (struct pollfd){ .fd = events, .events = POLLIN };
 	EXPECT_EQ(0, poll(&pfd, 1, 0));
@@ -252,12 +246,8 @@ TEST_F(queue, resolver_close_sigbus)
 	ASSERT_TRUE(WIFSIGNALED(status));
 	EXPECT_EQ(SIGBUS, WTERMSIG(status));
 	/* Later faults on unloaded pages get SIGBUS at once. */
-	pid = fork();
+	pid = ml_fork_toucher(ml->guest + 3 * PAGE);
 	ASSERT_LE(0, pid);
-	if (pid == 0) {
-		(void)*(volatile char *)(ml->guest + 3 * PAGE);
-		_exit(0);
-	}
 	ASSERT_EQ(pid, waitpid(pid, &status, 0));
 	ASSERT_TRUE(WIFSIGNALED(status));
 	EXPECT_EQ(SIGBUS, WTERMSIG(status));
@@ -267,23 +257,12 @@ TEST_F(queue, resolver_close_sigbus)
 TEST_F(queue, abort_wakes_with_sigbus)
 {
 	struct ml *ml = &self->ml;
-	struct muserload_stats st;
-	int status, i;
+	int status;
 	pid_t pid;
 
-	pid = fork();
+	pid = ml_fork_toucher(ml->guest + 7 * PAGE);
 	ASSERT_LE(0, pid);
-	if (pid == 0) {
-		(void)*(volatile char *)(ml->guest + 7 * PAGE);
-		_exit(0);
-	}
-	for (i = 0; i < 500; i++) {
-		ASSERT_EQ(0, ml_stats(ml, &st));
-		if (st.waiters)
-			break;
-		usleep(10000);
-	}
-	ASSERT_EQ(1, st.waiters);
+	ASSERT_EQ(1, ml_wait_for_waiters(ml, 1));
 	ASSERT_EQ(0, ioctl(ml->fd, MUSERLOAD_IOC_ABORT));
 	ASSERT_EQ(pid, waitpid(pid, &status, 0));
 	ASSERT_TRUE(WIFSIGNALED(status));
@@ -294,29 +273,17 @@ TEST_F(queue, abort_wakes_with_sigbus)
 TEST_F(queue, kill_while_waiting)
 {
 	struct ml *ml = &self->ml;
-	struct muserload_stats st;
-	int status, i;
+	int status;
 	pid_t pid;
 
-	pid = fork();
+	pid = ml_fork_toucher(ml->guest + 8 * PAGE);
 	ASSERT_LE(0, pid);
-	if (pid == 0) {
-		(void)*(volatile char *)(ml->guest + 8 * PAGE);
-		_exit(0);
-	}
-	for (i = 0; i < 500; i++) {
-		ASSERT_EQ(0, ml_stats(ml, &st));
-		if (st.waiters)
-			break;
-		usleep(10000);
-	}
-	ASSERT_EQ(1, st.waiters);
+	ASSERT_EQ(1, ml_wait_for_waiters(ml, 1));
 	ASSERT_EQ(0, kill(pid, SIGKILL));
 	ASSERT_EQ(pid, waitpid(pid, &status, 0));
 	ASSERT_TRUE(WIFSIGNALED(status));
 	EXPECT_EQ(SIGKILL, WTERMSIG(status));
-	ASSERT_EQ(0, ml_stats(ml, &st));
-	EXPECT_EQ(0, st.waiters);
+	EXPECT_EQ(0, ml_wait_for_waiters(ml, 0));
 }
 
 TEST_HARNESS_MAIN
