@@ -61,6 +61,9 @@ step "rustfmt: module" rustfmt --check --edition 2021 --config-path "$src/.rustf
 step "rustfmt: userspace" cargo fmt --manifest-path "$top/userspace/Cargo.toml" --all -- --check
 step "clippy: userspace" env CARGO_TARGET_DIR="$MUSERLOAD_CACHE/target" \
 	cargo clippy -q --manifest-path "$top/userspace/Cargo.toml" --all-targets -- -D warnings
+# The examples in the documentation build (they touch /dev/muserload, so they do not run).
+step "rustdoc examples: userspace" env CARGO_TARGET_DIR="$MUSERLOAD_CACHE/target" \
+	cargo test -q --manifest-path "$top/userspace/Cargo.toml" --doc
 checkpatch=("$src/scripts/checkpatch.pl" --no-tree --quiet --terse --show-types)
 step "checkpatch: uapi header" "${checkpatch[@]}" -f "$top"/include/uapi/linux/muserload.h
 # The selftests are userspace: volatile forces the memory accesses they test, and there is

@@ -1,13 +1,14 @@
-//! Opens `/dev/muserload`, handshakes and prints what the module speaks.
+//! Creates a one-page object on `/dev/muserload` and prints what the module speaks.
 
 use std::process::ExitCode;
 
+use muserload::{Object, API_VERSION, PAGE_SIZE};
+
 fn main() -> ExitCode {
-    match muserload::Object::open(0) {
+    match Object::create(PAGE_SIZE as u64, 0, 0) {
         Ok(object) => {
             println!(
-                "muserload: ABI version {}, features {:#x}",
-                muserload::API_VERSION,
+                "muserload: ABI version {API_VERSION}, features {:#x}",
                 object.features()
             );
             ExitCode::SUCCESS

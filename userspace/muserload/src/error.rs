@@ -31,14 +31,58 @@ pub enum Error {
         /// Every bit the module supports.
         supported: u64,
     },
-    /// An ioctl failed.
+    /// A mapping failed.
+    #[error("mmap of {what} failed: {errno}")]
+    Map {
+        /// Which region.
+        what: &'static str,
+        /// Why `mmap(2)` failed.
+        errno: Errno,
+    },
+    /// An argument lies outside the mapping or object it refers to.
+    #[error("{what} out of range: offset {offset:#x} + {len:#x} > {limit:#x}")]
+    Range {
+        /// What was out of range.
+        what: &'static str,
+        /// The offset asked for.
+        offset: u64,
+        /// The length asked for.
+        len: u64,
+        /// The size of what it refers to.
+        limit: u64,
+    },
+    /// A load stopped: `loaded` bytes were loaded before it. `EEXIST` means a target page
+    /// was already loaded (its waiters were woken; a MOVE's staging page stays in place).
+    #[error("{op} stopped after {loaded} bytes: {errno}")]
+    Load {
+        /// The ioctl's name.
+        op: &'static str,
+        /// Bytes loaded before the failure.
+        loaded: u64,
+        /// Why it stopped.
+        errno: Errno,
+    },
+    /// An ioctl or read failed.
     #[error("{op} failed: {errno}")]
     Ioctl {
-        /// The ioctl's name.
+        /// The operation's name.
         op: &'static str,
         /// The errno the module returned.
         errno: Errno,
     },
+}
+
+impl Error {
+    /// The errno behind this error, if the kernel returned one.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            Self::Open { errno, .. }
+            | Self::Map { errno, .. }
+            | Self::Load { errno, .. }
+            | Self::Ioctl { errno, .. } => Some(*errno),
+            Self::Version { .. } | Self::Features { .. } | Self::Range { .. } => None,
+        }
+    }
 }
 
 /// The result of a muserload operation.

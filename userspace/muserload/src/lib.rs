@@ -1,15 +1,50 @@
 //! Safe Rust interface to `/dev/muserload`: post-copy memory loading for userspace.
 //!
-//! Each [`Object`] is one open of the device: the memory a post-copy VMM maps as guest RAM
-//! and the control channel that loads pages into it. The ABI is
-//! `include/uapi/linux/muserload.h`, from which this crate generates its definitions;
-//! `Documentation/muserload.rst` describes it.
+//! An [`Object`] is one open of the device: guest memory that a VMM maps as guest RAM,
+//! staging that received pages land in, and the control that arms pages (so that touching
+//! them faults to userspace) and loads them. The ABI is `include/uapi/linux/muserload.h`,
+//! from which this crate generates its definitions; `Documentation/muserload.rst`
+//! describes it.
+//!
+//! A post-copy destination, in queue mode:
+//!
+//! ```no_run
+//! use muserload::{features, Event, FaultMode, Object, Wake};
+//!
+//! let object = Object::create(256 << 20, 1 << 20, features::QUEUE | features::MOVE)?;
+//! let guest = object.map_guest()?;
+//! let mut staging = object.map_staging()?;
+//! object.arm(&guest, 0, guest.len() as u64, FaultMode::Queue)?;
+//! let events = object.events(false)?;
+//! let mut batch = [Event { address: 0, offset: 0, tid: 0, write: false, kernel: false }; 16];
+//! while let n @ 1.. = events.read(&mut batch)? {
+//!     for event in &batch[..n] {
+//!         let slot = staging.slot_mut(0)?;
+//!         // ... receive the page at `event.offset` from the source into `slot` ...
+//!         match object.load_move(&guest, event.offset, &mut staging, 0, 1, Wake::Now) {
+//!             Ok(_) => {}
+//!             // Loaded meanwhile (by the background stream): harmless.
+//!             Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST) => {}
+//!             Err(e) => return Err(e),
+//!         }
+//!     }
+//! }
+//! # Ok::<(), muserload::Error>(())
+//! ```
 
 mod error;
+mod events;
+mod load;
+mod mapping;
 mod object;
+pub mod signal;
 mod uapi;
 
 pub use error::{Error, Result};
+pub use events::{Event, Events};
+pub use load::Wake;
+pub use mapping::{GuestMemory, Staging, PAGE_SIZE};
+pub use object::{FaultMode, Object, Stats, API_VERSION, DEVICE_PATH, STAGING_MAX, STAGING_OFFSET};
 
 /// Feature bits of the handshake ([`Object::features`]).
 pub mod features {
@@ -26,4 +61,3 @@ pub mod features {
     /// Statistics.
     pub const STATS: u64 = uapi::MUSERLOAD_FEATURE_STATS as u64;
 }
-pub use object::{Object, API_VERSION, DEVICE_PATH};

@@ -6,6 +6,7 @@
     non_camel_case_types,
     non_upper_case_globals,
     dead_code,
+    clippy::undocumented_unsafe_blocks,
     reason = "generated from C: C names, documented in the header"
 )]
 
@@ -16,4 +17,39 @@ nix::ioctl_readwrite!(
     MUSERLOAD_IOCTL_BASE,
     _MUSERLOAD_API,
     muserload_api
+);
+nix::ioctl_write_ptr!(
+    muserload_ioc_setup,
+    MUSERLOAD_IOCTL_BASE,
+    _MUSERLOAD_SETUP,
+    muserload_setup
+);
+nix::ioctl_write_ptr!(
+    muserload_ioc_arm,
+    MUSERLOAD_IOCTL_BASE,
+    _MUSERLOAD_ARM,
+    muserload_arm
+);
+nix::ioctl_readwrite!(
+    muserload_ioc_load,
+    MUSERLOAD_IOCTL_BASE,
+    _MUSERLOAD_LOAD,
+    muserload_load
+);
+nix::ioctl_readwrite!(
+    muserload_ioc_loadv,
+    MUSERLOAD_IOCTL_BASE,
+    _MUSERLOAD_LOADV,
+    muserload_loadv
+);
+nix::ioctl_write_int_bad!(
+    muserload_ioc_events,
+    nix::request_code_none!(MUSERLOAD_IOCTL_BASE, _MUSERLOAD_EVENTS)
+);
+nix::ioctl_none!(muserload_ioc_abort, MUSERLOAD_IOCTL_BASE, _MUSERLOAD_ABORT);
+nix::ioctl_read!(
+    muserload_ioc_stats,
+    MUSERLOAD_IOCTL_BASE,
+    _MUSERLOAD_STATS,
+    muserload_stats
 );
