@@ -6,6 +6,7 @@
 #                   or against KDIR=<a built Rust-enabled kernel tree>)
 #   make test       build everything and run every test in the guests (README)
 #   make demo       boot the guest and run the demo
+#   make bench      muserload against userfaultfd in the plain (non-debug) guest
 #   make shell      a shell in the guest (FLAVOUR=debug|leakcheck|plain)
 #   make kernel     build the FLAVOUR kernel (default debug)
 #   make prereqs    install what the build needs (Debian 12, root)
@@ -13,7 +14,7 @@
 
 FLAVOUR ?= debug
 
-.PHONY: all module test demo shell kernel prereqs clean
+.PHONY: all module test demo bench shell kernel prereqs clean
 
 all: module
 
@@ -30,6 +31,9 @@ test:
 
 demo:
 	@vm/demo.sh
+
+bench:
+	@vm/bench.sh
 
 shell:
 	@FLAVOUR=$(FLAVOUR) vm/shell.sh

@@ -20,8 +20,10 @@ build_payload() {
 	make -s -C "$top/selftests" KSRC="$(kernel_source)" OUTPUT="$payload/tests/kselftest" >&2 ||
 		return 1
 	local musl=(--manifest-path "$top/userspace/Cargo.toml" --target x86_64-unknown-linux-musl)
-	CARGO_TARGET_DIR=$target cargo build -q --release "${musl[@]}" --examples >&2 || return 1
-	cp "$target/x86_64-unknown-linux-musl/release/examples/handshake" "$payload/bin/"
+	CARGO_TARGET_DIR=$target cargo build -q --release "${musl[@]}" --bins --examples >&2 ||
+		return 1
+	cp "$target/x86_64-unknown-linux-musl/release/examples/handshake" \
+		"$target/x86_64-unknown-linux-musl/release/muserload-bench" "$payload/bin/"
 	# Integration tests need /dev/muserload, so they run in the guest only.
 	CARGO_TARGET_DIR=$target cargo test -q --release "${musl[@]}" --tests --no-run \
 		--message-format=json 2>/dev/null |
@@ -29,7 +31,9 @@ build_payload() {
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["kind"] == ["test"] and m["executable"]:
+    # Integration tests, and the unit tests of binaries (the benchmark baselines).
+    if (m.get("reason") == "compiler-artifact" and m["executable"]
+            and m["target"]["kind"] in (["test"], ["bin"]) and m["profile"]["test"]):
         print(m["target"]["name"], m["executable"])' |
 		while read -r name exe; do cp "$exe" "$payload/tests/libtest/$name"; done
 	[[ -n "$(ls "$payload/tests/libtest")" ]] || return 1

@@ -4,7 +4,7 @@
 #
 #   vm/run-guest.sh MODE KDIR MODULE PAYLOAD LOG
 #
-# MODE     test (run vm/guest/run-tests, KTAP on stdout), demo, or shell (interactive)
+# MODE     test (run vm/guest/run-tests, KTAP on stdout), demo, bench, or shell (interactive)
 # KDIR     a built kernel tree (vm/build-kernel.sh)
 # MODULE   muserload.ko built against it
 # PAYLOAD  a directory whose tests/ and bin/ go into the guest's /tests and /bin
@@ -26,7 +26,7 @@ chmod 755 "$root"
 mkdir -p "$root"/{bin,lib,tests,proc,sys,dev,tmp}
 cp /bin/busybox "$root/bin/busybox"
 cp "$here/guest/init" "$root/init"
-cp "$here/guest/run-tests" "$here/guest/run-demo" "$root/bin/"
+cp "$here/guest/run-tests" "$here/guest/run-demo" "$here/guest/run-bench" "$root/bin/"
 cp "$module" "$root/lib/muserload.ko"
 [[ -d "$payload/tests" ]] && cp -a "$payload/tests/." "$root/tests/"
 [[ -d "$payload/bin" ]] && cp -a "$payload/bin/." "$root/bin/"

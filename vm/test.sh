@@ -44,7 +44,6 @@ step() {
 echo "TAP version 13"
 step "install prerequisites" "$here/install-prereqs.sh" || finish
 
-src=$(kernel_source)
 declare -A kdir ko
 for flavour in ${FLAVOURS:-debug leakcheck}; do
 	step "build $flavour kernel" "$here/build-kernel.sh" "$flavour" || finish
@@ -53,6 +52,8 @@ for flavour in ${FLAVOURS:-debug leakcheck}; do
 	ko[$flavour]=$("$here/build-module.sh" "${kdir[$flavour]}" 2>/dev/null)
 done
 
+# The kernel builds unpack the source: only now is it there on a fresh machine.
+src=$(kernel_source)
 step "build selftests and userspace" build_payload || finish
 payload=$(build_payload 2>/dev/null)
 

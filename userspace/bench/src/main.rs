@@ -1,0 +1,172 @@
+//! `muserload-bench`: muserload against userfaultfd, side by side in one boot of one
+//! kernel, with the same sizes and the same CPU placement. Every case verifies the content
+//! of every page it loaded; a mismatch fails the run.
+//!
+//! Usage: `muserload-bench [--pages N] [--json FILE]`
+
+mod anon;
+mod bulk;
+mod pattern;
+mod report;
+mod roundtrip;
+mod uffd;
+
+use std::{process::ExitCode, time::Instant};
+
+use nix::{
+    errno::Errno,
+    sched::{sched_setaffinity, CpuSet},
+    unistd::Pid,
+};
+
+use report::Measurement;
+
+/// An error of the benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// muserload failed.
+    #[error(transparent)]
+    Muserload(#[from] muserload::Error),
+    /// A userfaultfd call failed.
+    #[error("{op} failed: {errno}")]
+    Uffd {
+        /// The call.
+        op: &'static str,
+        /// Its errno.
+        errno: Errno,
+    },
+    /// Another system call failed.
+    #[error("{op} failed: {errno}")]
+    Sys {
+        /// The call.
+        op: &'static str,
+        /// Its errno.
+        errno: Errno,
+    },
+    /// A loaded page did not hold what was loaded.
+    #[error("{case} ({implementation}): page {page} holds the wrong data")]
+    Mismatch {
+        /// The case.
+        case: &'static str,
+        /// The implementation.
+        implementation: &'static str,
+        /// The page.
+        page: usize,
+    },
+    /// A thread of the benchmark panicked.
+    #[error("the {0} thread panicked")]
+    Thread(&'static str),
+    /// A bad command line.
+    #[error("usage: muserload-bench [--pages N] [--json FILE] ({0})")]
+    Usage(String),
+}
+
+/// The result of a benchmark step.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The CPU every thread of a case runs on: faulter and resolver share it, as a vCPU and
+/// its VMM's resolver do on a loaded host; it is the pinning stated next to each figure.
+pub const CPU: usize = 0;
+
+/// Pins the calling thread to `cpu`.
+pub fn pin(cpu: usize) -> Result<()> {
+    let mut set = CpuSet::new();
+    set.set(cpu).map_err(|errno| Error::Sys {
+        op: "CpuSet::set",
+        errno,
+    })?;
+    sched_setaffinity(Pid::from_raw(0), &set).map_err(|errno| Error::Sys {
+        op: "sched_setaffinity",
+        errno,
+    })
+}
+
+struct Options {
+    pages: usize,
+    json: Option<String>,
+}
+
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Options> {
+    let mut options = Options {
+        pages: 4096,
+        json: None,
+    };
+    while let Some(arg) = args.next() {
+        let value = args
+            .next()
+            .ok_or_else(|| Error::Usage(format!("{arg} needs a value")))?;
+        match arg.as_str() {
+            "--pages" => {
+                options.pages = value
+                    .parse()
+                    .ok()
+                    .filter(|&p: &usize| p >= 64 && p % 64 == 0)
+                    .ok_or_else(|| Error::Usage(format!("bad page count {value}")))?;
+            }
+            "--json" => options.json = Some(value),
+            _ => return Err(Error::Usage(format!("unknown argument {arg}"))),
+        }
+    }
+    Ok(options)
+}
+
+fn run(options: &Options) -> Result<Vec<Measurement>> {
+    pin(CPU)?;
+    let pages = options.pages;
+    let mut results = Vec::new();
+    // Each case says when it starts, so that a run that stops says where.
+    let mut case = |name: &str, f: &dyn Fn() -> Result<Measurement>| -> Result<()> {
+        eprintln!("# {name}");
+        results.push(f()?);
+        Ok(())
+    };
+    case("first touch", &|| bulk::first_touch(pages))?;
+    case("memcpy", &|| bulk::memcpy_4k(pages))?;
+    for kind in [roundtrip::Kind::Copy, roundtrip::Kind::Move] {
+        case("queue, muserload", &|| {
+            roundtrip::queue_muserload(pages, kind)
+        })?;
+        case("queue, userfaultfd", &|| roundtrip::queue_uffd(pages, kind))?;
+    }
+    case("signal, muserload", &|| roundtrip::signal_muserload(pages))?;
+    case("signal, userfaultfd", &|| roundtrip::signal_uffd(pages))?;
+    for kind in [bulk::Kind::Move, bulk::Kind::Copy, bulk::Kind::Zero] {
+        case("bulk, muserload", &|| bulk::muserload(pages * 4, kind))?;
+        case("bulk, userfaultfd", &|| bulk::uffd(pages * 4, kind))?;
+    }
+    Ok(results)
+}
+
+fn main() -> ExitCode {
+    let options = match parse(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(err) => {
+            eprintln!("muserload-bench: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let start = Instant::now();
+    let results = match run(&options) {
+        Ok(results) => results,
+        Err(err) => {
+            eprintln!("muserload-bench: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    report::print_table(&results);
+    println!(
+        "# {} pages per round-trip case, pinned to CPU {CPU}, {:.1} s",
+        options.pages,
+        start.elapsed().as_secs_f64()
+    );
+    if let Some(path) = &options.json {
+        let written = serde_json::to_string_pretty(&results)
+            .map_err(std::io::Error::other)
+            .and_then(|json| std::fs::write(path, json));
+        if let Err(err) = written {
+            eprintln!("muserload-bench: writing {path}: {err}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,351 @@
+//! Fault round trips: a thread touches an unloaded page and waits until a resolver loads
+//! it. Queue mode against `poll` + `read` + `UFFDIO_COPY` (or `UFFDIO_MOVE`); signal
+//! mode against `UFFD_FEATURE_SIGBUS` with `UFFDIO_COPY` in the handler. One faulter
+//! touches each page once, in order; the resolver runs on the same CPU.
+
+use std::{
+    sync::OnceLock,
+    thread,
+    time::{Duration, Instant},
+};
+
+use muserload::{
+    features, signal, Event, Events, FaultMode, GuestMemory, Object, Staging, Wake, PAGE_SIZE,
+};
+use nix::sys::signal::Signal;
+
+use crate::{
+    anon::Anon,
+    pattern, pin,
+    report::{Measurement, Work},
+    uffd::{self, Userfaultfd},
+    Error, Result, CPU,
+};
+
+/// How the resolver fills the page.
+#[derive(Clone, Copy)]
+pub enum Kind {
+    /// Copy from the received buffer (`MUSERLOAD_LOAD_COPY`, `UFFDIO_COPY`).
+    Copy,
+    /// Write the received data into staging, then move it zero-copy (`MUSERLOAD_LOAD_MOVE`,
+    /// `UFFDIO_MOVE`): what a loader that receives into staging does.
+    Move,
+}
+
+const STAGING_SLOTS: usize = 64;
+
+/// Touches every page of `[base, base + pages * PAGE_SIZE)` once, timing each touch.
+fn touch_all(base: *const u8, pages: usize) -> Vec<Duration> {
+    (0..pages)
+        .map(|page| {
+            let start = Instant::now();
+            // SAFETY: The page lies in the caller's mapping; reading it is the fault measured.
+            unsafe { std::ptr::read_volatile(base.add(page * PAGE_SIZE)) };
+            start.elapsed()
+        })
+        .collect()
+}
+
+/// Checks every page of the region against the pattern.
+fn verify(
+    case: &'static str,
+    implementation: &'static str,
+    base: *const u8,
+    pages: usize,
+) -> Result<()> {
+    for page in 0..pages {
+        // SAFETY: The page lies in the caller's mapping and is loaded.
+        if !unsafe { pattern::check(base.add(page * PAGE_SIZE), page, false) } {
+            return Err(Error::Mismatch {
+                case,
+                implementation,
+                page,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn case_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Copy => "queue round trip copy",
+        Kind::Move => "queue round trip move",
+    }
+}
+
+fn work(kind: Kind) -> Work {
+    match kind {
+        Kind::Copy => Work {
+            copies: 1.0,
+            zero_fills: 0.0,
+            tlb_flushes: 0.0,
+        },
+        // The write into staging, the staging slot's refault, the staging unmap.
+        Kind::Move => Work {
+            copies: 1.0,
+            zero_fills: 1.0,
+            tlb_flushes: 1.0,
+        },
+    }
+}
+
+/// Queue mode: the resolver reads events and loads each page.
+pub fn queue_muserload(pages: usize, kind: Kind) -> Result<Measurement> {
+    let source = pattern::source(pages);
+    let object = Object::create(
+        (pages * PAGE_SIZE) as u64,
+        (STAGING_SLOTS * PAGE_SIZE) as u64,
+        features::QUEUE | features::MOVE,
+    )?;
+    let guest = object.map_guest()?;
+    let mut staging = object.map_staging()?;
+    object.arm(&guest, 0, guest.len() as u64, FaultMode::Queue)?;
+    let events = object.events(false)?;
+    let start = Instant::now();
+    let samples = thread::scope(|s| -> Result<Vec<Duration>> {
+        let resolver = s.spawn(|| -> Result<()> {
+            let served = serve_events(&object, &guest, &mut staging, &events, &source, kind);
+            // A resolver that stops early must not leave the faulter asleep: it gets SIGBUS.
+            if served.is_err() {
+                let _ = object.abort();
+            }
+            served
+        });
+        let samples = touch_all(guest.as_ptr(), pages);
+        join(resolver)?;
+        Ok(samples)
+    })?;
+    let total = start.elapsed();
+    verify(case_name(kind), "muserload", guest.as_ptr(), pages)?;
+    Ok(Measurement::new(
+        case_name(kind),
+        "muserload",
+        "cpu0/cpu0",
+        samples,
+        1,
+        total,
+        work(kind),
+    ))
+}
+
+/// The muserload resolver: serves one event per page of `source`.
+fn serve_events(
+    object: &Object,
+    guest: &GuestMemory,
+    staging: &mut Staging,
+    events: &Events,
+    source: &[u8],
+    kind: Kind,
+) -> Result<()> {
+    pin(CPU)?;
+    let pages = source.len() / PAGE_SIZE;
+    let mut batch = [Event {
+        address: 0,
+        offset: 0,
+        tid: 0,
+        write: false,
+        kernel: false,
+    }; 16];
+    let mut served = 0;
+    while served < pages {
+        let n = events.read(&mut batch)?;
+        for event in &batch[..n] {
+            let start = event.offset as usize;
+            let data = &source[start..start + PAGE_SIZE];
+            match kind {
+                Kind::Copy => object.load_copy(guest, event.offset, data, Wake::Now)?,
+                Kind::Move => {
+                    let slot = served % STAGING_SLOTS;
+                    staging.slot_mut(slot)?.copy_from_slice(data);
+                    object.load_move(guest, event.offset, staging, slot, 1, Wake::Now)?
+                }
+            };
+            served += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Joins a resolver thread, passing on its error.
+fn join(resolver: thread::ScopedJoinHandle<'_, Result<()>>) -> Result<()> {
+    resolver.join().map_err(|_| Error::Thread("resolver"))?
+}
+
+/// userfaultfd: the resolver polls, reads the fault and copies (or moves) the page in.
+pub fn queue_uffd(pages: usize, kind: Kind) -> Result<Measurement> {
+    let source = pattern::source(pages);
+    let region = Anon::new(pages * PAGE_SIZE)?;
+    let staging = Anon::new(STAGING_SLOTS * PAGE_SIZE)?;
+    let features = match kind {
+        Kind::Copy => 0,
+        Kind::Move => uffd::FEATURE_MOVE,
+    };
+    let uffd = Userfaultfd::new(features)?;
+    uffd.register(region.addr(0), (pages * PAGE_SIZE) as u64)?;
+    let start = Instant::now();
+    let samples = thread::scope(|s| -> Result<Vec<Duration>> {
+        let resolver = s.spawn(|| -> Result<()> {
+            let served = serve_faults(&uffd, &region, &staging, &source, kind);
+            // A resolver that stops early must not leave the faulter asleep: unregistered,
+            // its fault maps a zero page, which the verification then reports.
+            if served.is_err() {
+                let _ = uffd.unregister(region.addr(0), (pages * PAGE_SIZE) as u64);
+            }
+            served
+        });
+        let samples = touch_all(region.as_ptr(), pages);
+        join(resolver)?;
+        Ok(samples)
+    })?;
+    let total = start.elapsed();
+    verify(case_name(kind), "userfaultfd", region.as_ptr(), pages)?;
+    Ok(Measurement::new(
+        case_name(kind),
+        "userfaultfd",
+        "cpu0/cpu0",
+        samples,
+        1,
+        total,
+        work(kind),
+    ))
+}
+
+/// The userfaultfd resolver: serves one fault per page of `source`.
+fn serve_faults(
+    uffd: &Userfaultfd,
+    region: &Anon,
+    staging: &Anon,
+    source: &[u8],
+    kind: Kind,
+) -> Result<()> {
+    pin(CPU)?;
+    for served in 0..source.len() / PAGE_SIZE {
+        let address = uffd.next_fault()? & !(PAGE_SIZE as u64 - 1);
+        let start = (address - region.addr(0)) as usize;
+        let data = &source[start..start + PAGE_SIZE];
+        match kind {
+            Kind::Copy => uffd.copy(address, data.as_ptr() as u64, PAGE_SIZE as u64)?,
+            Kind::Move => {
+                let slot = (served % STAGING_SLOTS) * PAGE_SIZE;
+                // SAFETY: The slot lies in `staging`, which only this thread uses.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        data.as_ptr(),
+                        staging.as_ptr().add(slot),
+                        PAGE_SIZE,
+                    )
+                };
+                uffd.move_pages(address, staging.addr(slot), PAGE_SIZE as u64)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the signal handlers load from and into.
+struct SignalTarget<T> {
+    target: T,
+    base: u64,
+    source: Vec<u8>,
+}
+
+static MUSERLOAD_TARGET: OnceLock<SignalTarget<(Object, GuestMemory)>> = OnceLock::new();
+static UFFD_TARGET: OnceLock<SignalTarget<(Userfaultfd, Anon)>> = OnceLock::new();
+
+fn page_of<T>(t: &SignalTarget<T>, address: u64) -> (u64, &[u8]) {
+    let offset = (address - t.base) & !(PAGE_SIZE as u64 - 1);
+    let start = offset as usize;
+    (offset, &t.source[start..start + PAGE_SIZE])
+}
+
+fn muserload_handler(address: u64) {
+    if let Some(t) = MUSERLOAD_TARGET.get() {
+        let (offset, data) = page_of(t, address);
+        let _ = t.target.0.load_copy(&t.target.1, offset, data, Wake::Now);
+    }
+}
+
+fn uffd_handler(address: u64) {
+    if let Some(t) = UFFD_TARGET.get() {
+        let (offset, data) = page_of(t, address);
+        let _ = t
+            .target
+            .0
+            .copy(t.base + offset, data.as_ptr() as u64, PAGE_SIZE as u64);
+    }
+}
+
+const SIGNAL_CASE: &str = "signal round trip copy";
+const SIGNAL_WORK: Work = Work {
+    copies: 1.0,
+    zero_fills: 0.0,
+    tlb_flushes: 0.0,
+};
+
+/// Signal mode: the faulting thread's SIGUSR1 handler copies the page in.
+pub fn signal_muserload(pages: usize) -> Result<Measurement> {
+    let object = Object::create((pages * PAGE_SIZE) as u64, 0, features::SIGNAL)?;
+    let guest = object.map_guest()?;
+    object.arm(
+        &guest,
+        0,
+        guest.len() as u64,
+        FaultMode::Signal(Signal::SIGUSR1 as i32),
+    )?;
+    let base = guest.as_ptr() as u64;
+    let target = MUSERLOAD_TARGET.get_or_init(|| SignalTarget {
+        target: (object, guest),
+        base,
+        source: pattern::source(pages),
+    });
+    signal::install(Signal::SIGUSR1, muserload_handler)?;
+    let start = Instant::now();
+    let samples = touch_all(target.target.1.as_ptr(), pages);
+    let total = start.elapsed();
+    verify(SIGNAL_CASE, "muserload", target.target.1.as_ptr(), pages)?;
+    Ok(Measurement::new(
+        SIGNAL_CASE,
+        "muserload",
+        "cpu0",
+        samples,
+        1,
+        total,
+        SIGNAL_WORK,
+    ))
+}
+
+/// `UFFD_FEATURE_SIGBUS`: the faulting thread's SIGBUS handler does `UFFDIO_COPY`.
+pub fn signal_uffd(pages: usize) -> Result<Measurement> {
+    let region = Anon::new(pages * PAGE_SIZE)?;
+    let uffd = Userfaultfd::new(uffd::FEATURE_SIGBUS)?;
+    uffd.register(region.addr(0), (pages * PAGE_SIZE) as u64)?;
+    let base = region.addr(0);
+    let target = UFFD_TARGET.get_or_init(|| SignalTarget {
+        target: (uffd, region),
+        base,
+        source: pattern::source(pages),
+    });
+    signal::install(Signal::SIGBUS, uffd_handler)?;
+    let start = Instant::now();
+    let samples = touch_all(target.target.1.as_ptr(), pages);
+    let total = start.elapsed();
+    verify(SIGNAL_CASE, "userfaultfd", target.target.1.as_ptr(), pages)?;
+    Ok(Measurement::new(
+        SIGNAL_CASE,
+        "userfaultfd",
+        "cpu0",
+        samples,
+        1,
+        total,
+        SIGNAL_WORK,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn uffd_queue_copy() {
+        let m = super::queue_uffd(64, super::Kind::Copy).expect("uffd round trip");
+        assert_eq!(m.pages, 64);
+    }
+}

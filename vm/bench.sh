@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# `make bench`: muserload against userfaultfd in one boot of the plain (non-debug) kernel.
+# Prints the table; writes it and the JSON to $MUSERLOAD_CACHE/results/.
+set -euo pipefail
+
+. "$(cd "$(dirname "$0")" && pwd)/lib.sh"
+"$here/install-prereqs.sh"
+kdir=$("$here/build-kernel.sh" plain)
+ko=$("$here/build-module.sh" "$kdir")
+payload=$(build_payload)
+results="$MUSERLOAD_CACHE/results"
+mkdir -p "$results"
+out="$results/bench.txt"
+echo "[bench] booting the plain guest (console: $results/console-bench.log)" >&2
+GUEST_CPUS=${GUEST_CPUS:-2} "$here/run-guest.sh" bench "$kdir" "$ko" "$payload" \
+	"$results/console-bench.log" | tee "$out.raw"
+sed -n '/^--- bench.json ---$/,/^--- end ---$/p' "$out.raw" | sed '1d;$d' >"$results/bench.json"
+sed '/^--- bench.json ---$/,$d' "$out.raw" >"$out"
+rm -f "$out.raw"
+[[ -s "$results/bench.json" ]] || { echo "[bench] error: no results" >&2; exit 1; }
+"$here/splats.sh" "$results/console-bench.log"
+echo "[bench] results: $out, $results/bench.json" >&2
