@@ -10,17 +10,23 @@
 //!
 //! MOVE takes the staging page itself: under `pages` it leaves the staging slot, every
 //! mapping of the staging range is zapped (one TLB flush for the whole range), and only then
-//! does it enter the guest slot, where the next fault maps it. COPY fills a new page before
-//! taking the lock, since its source may be a page of this very object.
+//! does it enter the guest slot. COPY fills new pages before taking any lock, since its
+//! source may be a page of this very object. Either maps the loaded pages into the caller's
+//! mapping at once (under `pages`, as the fault path maps), so that a waiter of the same
+//! process finds its page mapped when it wakes instead of faulting a second time. ZERO
+//! allocates nothing: the page is marked loaded, and a touch zero-fills it.
 
 use crate::{
     object::{
         zeroed_page,
         Object,
-        STATE_ARMED, //
+        Pages,
+        STATE_ARMED,
+        STATE_ZERO, //
     },
     stats::Counter,
     uapi::*,
+    vma::LockedRange,
 };
 use kernel::{
     alloc::flags::GFP_KERNEL_ACCOUNT,
@@ -140,6 +146,9 @@ fn finish(object: &Object, mode: Mode, progress: &Progress) {
     }
 }
 
+/// Pages a COPY fills before it takes the locks to install them.
+const COPY_CHUNK: usize = 64;
+
 /// Loads `[dst, dst + len)` from `src` as `mode` says.
 fn load_range(
     object: &Object,
@@ -149,40 +158,101 @@ fn load_range(
     len: u64,
     progress: &mut Progress,
 ) -> Result {
-    let (layout, dst_offset) = object.range(dst, len)?;
-    let first = layout.guest_range(dst_offset, len)?;
-    let count = (len >> PAGE_SHIFT) as usize;
     match mode.kind {
-        Kind::Move => {
-            let (layout, src_offset) = object.range(src, len)?;
-            let staging = layout.staging_range(src_offset, len)?;
-            move_pages(object, first, staging, src_offset, count, progress)
-        }
+        Kind::Zero | Kind::Wake if src != 0 => Err(EINVAL),
         Kind::Copy => {
+            // The range is checked as each chunk is installed: a bad one costs a wasted copy
+            // rather than a second mmap lock and vma walk on every good one.
             let mut reader =
                 UserSlice::new(UserPtr::from_addr(src as usize), len as usize).reader();
-            for index in first..first + count {
-                let page = copied_page(&mut reader)?;
-                install(object, index, page, Counter::LoadCopy, progress)?;
+            let total = (len >> PAGE_SHIFT) as usize;
+            let mut done = 0;
+            while done < total {
+                // Fill the pages without locks: the source may be a page of this very object.
+                let mut chunk = KVec::with_capacity((total - done).min(COPY_CHUNK), GFP_KERNEL)?;
+                // A source that stops being readable stops the load after the pages before it.
+                let mut copy_error = None;
+                while chunk.len() < chunk.capacity() {
+                    match copied_page(&mut reader) {
+                        Ok(page) => chunk.push(page, GFP_KERNEL)?,
+                        Err(e) => {
+                            copy_error = Some(e);
+                            break;
+                        }
+                    }
+                }
+                let count = chunk.len();
+                if count == 0 {
+                    return Err(copy_error.unwrap_or(EFAULT));
+                }
+                let chunk_dst = dst + ((done as u64) << PAGE_SHIFT);
+                let chunk_len = (count as u64) << PAGE_SHIFT;
+                locked(object, chunk_dst, chunk_len, |target, first, pages| {
+                    for (i, page) in chunk.drain_all().enumerate() {
+                        let index = first + i;
+                        if present(object, pages, index) {
+                            return Err(eexist(object, index));
+                        }
+                        target.prefault(i * PAGE_SIZE, &page);
+                        pages.guest[index] = Some(page);
+                        loaded(object, index, 0, Counter::LoadCopy, progress);
+                    }
+                    Ok(())
+                })?;
+                if let Some(e) = copy_error {
+                    return Err(e);
+                }
+                done += count;
             }
             Ok(())
         }
-        Kind::Zero | Kind::Wake if src != 0 => Err(EINVAL),
-        Kind::Zero => {
-            for index in first..first + count {
-                install(object, index, zeroed_page()?, Counter::LoadZero, progress)?;
+        Kind::Zero => locked(object, dst, len, |_, first, pages| {
+            for index in first..first + (len >> PAGE_SHIFT) as usize {
+                if present(object, pages, index) {
+                    return Err(eexist(object, index));
+                }
+                loaded(object, index, STATE_ZERO, Counter::LoadZero, progress);
             }
             Ok(())
-        }
-        Kind::Wake => {
+        }),
+        Kind::Wake => locked(object, dst, len, |_, first, _| {
+            let count = (len >> PAGE_SHIFT) as usize;
             for index in first..first + count {
                 progress.buckets |= Object::bucket_bit(index);
             }
             object.stats.add(Counter::Wake, count as u64);
             progress.done += len;
             Ok(())
-        }
+        }),
+        Kind::Move => move_pages(object, dst, src, len, progress),
     }
+}
+
+/// Runs `f` with the mmap read lock and `Object::pages` held, on the guest range
+/// `[dst, dst + len)` of the caller's mapping, given as its locked range and first page.
+fn locked(
+    object: &Object,
+    dst: u64,
+    len: u64,
+    f: impl FnOnce(&LockedRange<'_>, usize, &mut Pages) -> Result,
+) -> Result {
+    let layout = object.layout().ok_or(EINVAL)?;
+    let task = kernel::current!();
+    let mm = task.mm().ok_or(EINVAL)?;
+    let guard = mm.mmap_read_lock();
+    let target = LockedRange::find(&guard, object, dst, len)?;
+    let first = layout.guest_range(target.offset, len)?;
+    let mut pages = object.pages.lock();
+    f(&target, first, &mut pages)
+}
+
+/// Whether guest page `index` is loaded already: it has a page, or is a zero page not yet
+/// allocated. Called with `Object::pages` held.
+fn present(object: &Object, pages: &Pages, index: usize) -> bool {
+    pages.guest[index].is_some()
+        || object
+            .layout()
+            .is_some_and(|layout| layout.state(index).load(Relaxed) & STATE_ZERO != 0)
 }
 
 /// A new page holding the next page of `reader`.
@@ -193,15 +263,15 @@ fn copied_page(reader: &mut UserSliceReader) -> Result<Page> {
     Ok(page)
 }
 
-/// Marks guest page `index`, which just got a page, as loaded.
-fn loaded(object: &Object, index: usize, counter: Counter, progress: &mut Progress) {
-    // `install` and `move_pages` hold `pages`, and the layout exists once a page was found.
+/// Marks guest page `index`, which just got its content, as loaded, with state `state`
+/// (0, or `STATE_ZERO` for a zero page not allocated). Called with `Object::pages` held.
+fn loaded(object: &Object, index: usize, state: u32, counter: Counter, progress: &mut Progress) {
     if let Some(layout) = object.layout() {
-        let state = layout.state(index);
-        if state.load(Relaxed) & STATE_ARMED != 0 {
+        let word = layout.state(index);
+        if word.load(Relaxed) & STATE_ARMED != 0 {
             object.stats.loaded(1);
         }
-        state.store(0, Release);
+        word.store(state, Release);
     }
     object.stats.add(counter, 1);
     progress.done += PAGE_SIZE as u64;
@@ -215,40 +285,23 @@ fn eexist(object: &Object, index: usize) -> Error {
     EEXIST
 }
 
-/// Puts `page` in guest slot `index` if the slot is empty.
-fn install(
-    object: &Object,
-    index: usize,
-    page: Page,
-    counter: Counter,
-    progress: &mut Progress,
-) -> Result {
-    let mut pages = object.pages.lock();
-    let slot = &mut pages.guest[index];
-    if slot.is_some() {
-        drop(pages);
-        return Err(eexist(object, index));
-    }
-    *slot = Some(page);
-    loaded(object, index, counter, progress);
-    Ok(())
-}
+/// Moves the staging pages at `src` to the guest pages at `dst`, up to the first guest page
+/// that is already loaded, and maps them there.
+fn move_pages(object: &Object, dst: u64, src: u64, len: u64, progress: &mut Progress) -> Result {
+    let layout = object.layout().ok_or(EINVAL)?;
+    let task = kernel::current!();
+    let mm = task.mm().ok_or(EINVAL)?;
+    let guard = mm.mmap_read_lock();
+    let target = LockedRange::find(&guard, object, dst, len)?;
+    let first = layout.guest_range(target.offset, len)?;
+    let source = LockedRange::find(&guard, object, src, len)?;
+    let staging = layout.staging_range(source.offset, len)?;
+    let count = (len >> PAGE_SHIFT) as usize;
 
-/// Moves staging pages `staging..staging + count` (at object offset `staging_offset`) to
-/// guest pages `first..first + count`, up to the first guest page that is already there.
-fn move_pages(
-    object: &Object,
-    first: usize,
-    staging: usize,
-    staging_offset: u64,
-    count: usize,
-    progress: &mut Progress,
-) -> Result {
-    let mut guard = object.pages.lock();
-    let pages = &mut *guard;
-    let movable = pages.guest[first..first + count]
-        .iter()
-        .take_while(|slot| slot.is_none())
+    let mut guard_pages = object.pages.lock();
+    let pages = &mut *guard_pages;
+    let movable = (0..count)
+        .take_while(|&i| !present(object, pages, first + i))
         .count();
     // A staging page never touched reads as zeros: move a zeroed one. Allocate before taking
     // anything, so that a failure leaves every staging page where it was.
@@ -262,14 +315,17 @@ fn move_pages(
         // staging can read or write them.
         object
             .mapping
-            .unmap(staging_offset, (movable as u64) << PAGE_SHIFT);
+            .unmap(source.offset, (movable as u64) << PAGE_SHIFT);
     }
     for i in 0..movable {
         let page = pages.staging[staging + i].take();
+        if let Some(page) = &page {
+            target.prefault(i * PAGE_SIZE, page);
+        }
         pages.guest[first + i] = page;
-        loaded(object, first + i, Counter::LoadMove, progress);
+        loaded(object, first + i, 0, Counter::LoadMove, progress);
     }
-    drop(guard);
+    drop(guard_pages);
     if movable < count {
         return Err(eexist(object, first + movable));
     }

@@ -23,10 +23,7 @@ use crate::{
     events::EventQueue,
     stats::Stats,
     uapi::*,
-    vma::{
-        self,
-        ObjectRange, //
-    },
+    vma,
     wait::{
         WaitQueue,
         WAIT_BUCKETS, //
@@ -75,6 +72,9 @@ pub(crate) const STATE_SIGNAL_MASK: u32 = 0xff;
 pub(crate) const STATE_ARMED: u32 = 1 << 8;
 /// Queue mode: the page's fault event was queued (one per page per arming).
 pub(crate) const STATE_REPORTED: u32 = 1 << 9;
+/// Loaded as a zero page that is not allocated yet: a touch zero-fills it, a load gets
+/// EEXIST. ZERO loads cost no page and no zeroing until the guest touches the page.
+pub(crate) const STATE_ZERO: u32 = 1 << 10;
 
 /// The sizes of an object and the state words of its guest pages.
 pub(crate) struct Layout {
@@ -215,11 +215,7 @@ impl Object {
     /// Translates `[addr, addr + len)` of the caller's mapping of this object.
     pub(crate) fn range(&self, addr: u64, len: u64) -> Result<(&Layout, u64)> {
         let layout = self.layout().ok_or(EINVAL)?;
-        let task = kernel::current!();
-        // A kernel thread has no address space to name: nothing to translate.
-        let mm = task.mm().ok_or(EINVAL)?;
-        let range = ObjectRange::lookup(mm, self, addr, len)?;
-        Ok((layout, range.offset))
+        Ok((layout, vma::object_offset(self, addr, len)?))
     }
 
     fn setup(&self, arg: UserSlice) -> Result<isize> {

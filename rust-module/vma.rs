@@ -7,8 +7,9 @@
 //! sees:
 //! - [`install`], called from `mmap`, which makes a vma one of ours;
 //! - [`Fault`], the fault being handled, with what the fault logic needs and nothing else;
-//! - [`ObjectRange::lookup`], which checks that an address range given to an ioctl lies in one
-//!   mapping of the caller's own object, and translates it to object offsets.
+//! - [`LockedRange`], which checks that an address range given to an ioctl lies in one
+//!   mapping of the caller's own object, translates it to object offsets, and maps loaded
+//!   pages into it.
 //!
 //! A vma is ours if its `vm_ops` is [`VM_OPS`]; its `vm_file` is then an open
 //! `/dev/muserload`, whose `private_data` is an `Arc<Object>` (set by the kernel crate's
@@ -23,7 +24,7 @@ use kernel::{
             VmaNew,
             VmaRef, //
         },
-        MmWithUser,
+        MmapReadGuard,
     },
     page::{
         Page,
@@ -109,26 +110,33 @@ fn object_of(vma: &VmaRef) -> Option<ArcBorrow<'_, Object>> {
     Some(unsafe { <Arc<Object> as ForeignOwnable>::borrow((*file).private_data) })
 }
 
-/// A range of a caller's mapping of its own object.
-pub(crate) struct ObjectRange {
+/// A range of a caller's mapping of its own object, found with the mmap read lock held.
+pub(crate) struct LockedRange<'a> {
+    vma: &'a VmaRef,
+    /// The address of the range's first byte.
+    addr: usize,
     /// The byte offset in the object of the range's first byte.
     pub(crate) offset: u64,
 }
 
-impl ObjectRange {
+impl<'a> LockedRange<'a> {
     /// Checks that `[addr, addr + len)` is page aligned, nonempty and lies in one mapping of
-    /// `object` in `mm`, and returns where it is in the object.
+    /// `object` in the locked mm, and returns where it is in the object.
     ///
     /// EINVAL for a misaligned or empty range, EFAULT if no single mapping of `object`
     /// covers it (unmapped, another file, or another object: a caller can only name its own).
-    pub(crate) fn lookup(mm: &MmWithUser, object: &Object, addr: u64, len: u64) -> Result<Self> {
+    pub(crate) fn find(
+        guard: &'a MmapReadGuard<'_>,
+        object: &Object,
+        addr: u64,
+        len: u64,
+    ) -> Result<Self> {
         let page_mask = PAGE_SIZE as u64 - 1;
         if addr & page_mask != 0 || len & page_mask != 0 || len == 0 {
             return Err(EINVAL);
         }
         let end = addr.checked_add(len).ok_or(EINVAL)?;
         let start = usize::try_from(addr).map_err(|_| EINVAL)?;
-        let guard = mm.mmap_read_lock();
         let vma = guard.vma_lookup(start).ok_or(EFAULT)?;
         if end > vma.end() as u64 {
             return Err(EFAULT);
@@ -140,8 +148,32 @@ impl ObjectRange {
         // SAFETY: The mmap read lock is held, so `vm_pgoff` is stable.
         let pgoff = unsafe { (*vma.as_ptr()).vm_pgoff } as u64;
         let offset = (pgoff << PAGE_SHIFT) + (addr - vma.start() as u64);
-        Ok(Self { offset })
+        Ok(Self {
+            vma,
+            addr: start,
+            offset,
+        })
     }
+
+    /// Maps `page` at byte `delta` of the range, so that the thread waiting for it finds it
+    /// mapped instead of faulting again. Call it with `Object::pages` held, as the fault
+    /// path does, so that no discard can come between. A failure is harmless: the next
+    /// fault maps the page.
+    pub(crate) fn prefault(&self, delta: usize, page: &Page) {
+        if let Some(mixed) = self.vma.as_mixedmap_vma() {
+            let _ = mixed.vm_insert_page(self.addr + delta, page);
+        }
+    }
+}
+
+/// Translates `[addr, addr + len)` of the current task's mapping of `object` to the object
+/// offset of its first byte; see [`LockedRange::find`].
+pub(crate) fn object_offset(object: &Object, addr: u64, len: u64) -> Result<u64> {
+    let task = kernel::current!();
+    // A kernel thread has no address space to name: nothing to translate.
+    let mm = task.mm().ok_or(EINVAL)?;
+    let guard = mm.mmap_read_lock();
+    LockedRange::find(&guard, object, addr, len).map(|range| range.offset)
 }
 
 /// Why the fault happened.

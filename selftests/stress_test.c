@@ -14,7 +14,8 @@
 
 #define PAGES 1024
 #define ROUNDS 4
-#define STAGING_SLOTS 32	/* 16 for the resolver, 16 for the streamer */
+#define STAGING_SLOTS 33	/* 16 for the resolver, 16 for the streamer, 1 forced */
+#define FORCED_SLOT 32
 #define TOUCHES 2000
 
 struct stress {
@@ -111,14 +112,15 @@ TEST(stress)
 		/* A load of a page someone just read must be refused. */
 		page = rand() % PAGES;
 		ASSERT_TRUE(ml_check(s.ml.guest + page * PAGE, seed_of(s.round, page)));
-		ASSERT_EQ(-EEXIST, move_page(&s, STAGING_SLOTS - 1, page));
+		ASSERT_EQ(-EEXIST, move_page(&s, FORCED_SLOT, page));
 		forced_eexist++;
 		for (i = 0; i < nthreads; i++)
 			ASSERT_EQ(0, pthread_join(th[i], NULL));
 		ASSERT_EQ(0, pthread_join(str, NULL));
-		for (page = 0; page < PAGES; page++)
+		for (page = 0; page < PAGES; page++) {
 			ASSERT_TRUE(ml_check(s.ml.guest + page * PAGE, seed_of(s.round, page)))
 				TH_LOG("round %u page %lu", s.round, page);
+		}
 		ASSERT_EQ(0, s.mismatches);
 		ASSERT_EQ(0, s.load_errors);
 		ASSERT_EQ(0, ml_stats(&s.ml, &st));
