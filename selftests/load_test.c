@@ -80,6 +80,8 @@ TEST_F(load, copy_and_zero_ranges)
 	ASSERT_EQ(0, ml_load(ml, ml->guest + 8 * PAGE, NULL, 8 * PAGE,
 			     MUSERLOAD_LOAD_ZERO, &loaded));
 	EXPECT_EQ(8 * PAGE, loaded);
+	/* A zero-loaded page is loaded, though nothing is allocated until it is touched. */
+	EXPECT_EQ(-EEXIST, ml_load(ml, ml->guest + 9 * PAGE, src, PAGE, MUSERLOAD_LOAD_COPY, NULL));
 	for (i = 0; i < 8; i++) {
 		EXPECT_TRUE(ml_check(ml->guest + i * PAGE, 200 + i));
 		EXPECT_TRUE(ml_is_zero(ml->guest + (8 + i) * PAGE));
