@@ -30,6 +30,7 @@ use crate::{
 };
 use kernel::{
     alloc::flags::GFP_KERNEL_ACCOUNT,
+    mm::MmapReadGuard,
     page::{
         Page,
         PAGE_SHIFT,
@@ -187,7 +188,7 @@ fn load_range(
                 }
                 let chunk_dst = dst + ((done as u64) << PAGE_SHIFT);
                 let chunk_len = (count as u64) << PAGE_SHIFT;
-                locked(object, chunk_dst, chunk_len, |target, first, pages| {
+                locked(object, chunk_dst, chunk_len, |_, target, first, pages| {
                     for (i, page) in chunk.drain_all().enumerate() {
                         let index = first + i;
                         if present(object, pages, index) {
@@ -206,7 +207,7 @@ fn load_range(
             }
             Ok(())
         }
-        Kind::Zero => locked(object, dst, len, |_, first, pages| {
+        Kind::Zero => locked(object, dst, len, |_, _, first, pages| {
             for index in first..first + (len >> PAGE_SHIFT) as usize {
                 if present(object, pages, index) {
                     return Err(eexist(object, index));
@@ -215,7 +216,7 @@ fn load_range(
             }
             Ok(())
         }),
-        Kind::Wake => locked(object, dst, len, |_, first, _| {
+        Kind::Wake => locked(object, dst, len, |_, _, first, _| {
             let count = (len >> PAGE_SHIFT) as usize;
             for index in first..first + count {
                 progress.buckets |= Object::bucket_bit(index);
@@ -230,11 +231,12 @@ fn load_range(
 
 /// Runs `f` with the mmap read lock and `Object::pages` held, on the guest range
 /// `[dst, dst + len)` of the caller's mapping, given as its locked range and first page.
+/// `f` also gets the lock guard, to find other ranges under the same lock.
 fn locked(
     object: &Object,
     dst: u64,
     len: u64,
-    f: impl FnOnce(&LockedRange<'_>, usize, &mut Pages) -> Result,
+    f: impl FnOnce(&MmapReadGuard<'_>, &LockedRange<'_>, usize, &mut Pages) -> Result,
 ) -> Result {
     let layout = object.layout().ok_or(EINVAL)?;
     let task = kernel::current!();
@@ -243,7 +245,7 @@ fn locked(
     let target = LockedRange::find(&guard, object, dst, len)?;
     let first = layout.guest_range(target.offset, len)?;
     let mut pages = object.pages.lock();
-    f(&target, first, &mut pages)
+    f(&guard, &target, first, &mut pages)
 }
 
 /// Whether guest page `index` is loaded already: it has a page, or is a zero page not yet
@@ -288,46 +290,41 @@ fn eexist(object: &Object, index: usize) -> Error {
 /// Moves the staging pages at `src` to the guest pages at `dst`, up to the first guest page
 /// that is already loaded, and maps them there.
 fn move_pages(object: &Object, dst: u64, src: u64, len: u64, progress: &mut Progress) -> Result {
-    let layout = object.layout().ok_or(EINVAL)?;
-    let task = kernel::current!();
-    let mm = task.mm().ok_or(EINVAL)?;
-    let guard = mm.mmap_read_lock();
-    let target = LockedRange::find(&guard, object, dst, len)?;
-    let first = layout.guest_range(target.offset, len)?;
-    let source = LockedRange::find(&guard, object, src, len)?;
-    let staging = layout.staging_range(source.offset, len)?;
     let count = (len >> PAGE_SHIFT) as usize;
-
-    let mut guard_pages = object.pages.lock();
-    let pages = &mut *guard_pages;
-    let movable = (0..count)
-        .take_while(|&i| !present(object, pages, first + i))
-        .count();
-    // A staging page never touched reads as zeros: move a zeroed one. Allocate before taking
-    // anything, so that a failure leaves every staging page where it was.
-    for slot in &mut pages.staging[staging..staging + movable] {
-        if slot.is_none() {
-            *slot = Some(zeroed_page()?);
+    locked(object, dst, len, |guard, target, first, pages| {
+        let source = LockedRange::find(guard, object, src, len)?;
+        let staging = object
+            .layout()
+            .ok_or(EINVAL)?
+            .staging_range(source.offset, len)?;
+        let movable = (0..count)
+            .take_while(|&i| !present(object, pages, first + i))
+            .count();
+        // A staging page never touched reads as zeros: move a zeroed one. Allocate before
+        // taking anything, so that a failure leaves every staging page where it was.
+        for slot in &mut pages.staging[staging..staging + movable] {
+            if slot.is_none() {
+                *slot = Some(zeroed_page()?);
+            }
         }
-    }
-    if movable > 0 {
-        // The staging ptes go before the pages are anywhere else: after this, no mapping of
-        // staging can read or write them.
-        object
-            .mapping
-            .unmap(source.offset, (movable as u64) << PAGE_SHIFT);
-    }
-    for i in 0..movable {
-        let page = pages.staging[staging + i].take();
-        if let Some(page) = &page {
-            target.prefault(i * PAGE_SIZE, page);
+        if movable > 0 {
+            // The staging ptes go before the pages are anywhere else: after this, no
+            // mapping of staging can read or write them.
+            object
+                .mapping
+                .unmap(source.offset, (movable as u64) << PAGE_SHIFT);
         }
-        pages.guest[first + i] = page;
-        loaded(object, first + i, 0, Counter::LoadMove, progress);
-    }
-    drop(guard_pages);
-    if movable < count {
-        return Err(eexist(object, first + movable));
-    }
-    Ok(())
+        for i in 0..movable {
+            let page = pages.staging[staging + i].take();
+            if let Some(page) = &page {
+                target.prefault(i * PAGE_SIZE, page);
+            }
+            pages.guest[first + i] = page;
+            loaded(object, first + i, 0, Counter::LoadMove, progress);
+        }
+        if movable < count {
+            return Err(eexist(object, first + movable));
+        }
+        Ok(())
+    })
 }

@@ -4,10 +4,7 @@
 set -euo pipefail
 
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
-"$here/install-prereqs.sh"
-kdir=$("$here/build-kernel.sh" plain)
-ko=$("$here/build-module.sh" "$kdir")
-payload=$(build_payload)
+prepare_guest plain
 results="$MUSERLOAD_CACHE/results"
 mkdir -p "$results"
 out="$results/bench.txt"

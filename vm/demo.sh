@@ -4,10 +4,7 @@
 set -euo pipefail
 
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
-"$here/install-prereqs.sh"
-kdir=$("$here/build-kernel.sh" debug)
-ko=$("$here/build-module.sh" "$kdir")
-payload=$(build_payload)
+prepare_guest debug
 log="$MUSERLOAD_CACHE/results/console-demo.log"
 mkdir -p "$(dirname "$log")"
 echo "[demo] booting the guest (console: $log)" >&2

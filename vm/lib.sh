@@ -39,3 +39,12 @@ for line in sys.stdin:
 	[[ -n "$(ls "$payload/tests/libtest")" ]] || return 1
 	echo "$payload"
 }
+
+# Installs what is missing and builds everything one guest of FLAVOUR needs; sets kdir,
+# ko and payload for vm/run-guest.sh.
+prepare_guest() {
+	"$here/install-prereqs.sh"
+	kdir=$("$here/build-kernel.sh" "$1")
+	ko=$("$here/build-module.sh" "$kdir")
+	payload=$(build_payload)
+}

@@ -4,9 +4,6 @@
 set -euo pipefail
 
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
-"$here/install-prereqs.sh"
 flavour=${FLAVOUR:-debug}
-kdir=$("$here/build-kernel.sh" "$flavour")
-ko=$("$here/build-module.sh" "$kdir")
-payload=$(build_payload)
+prepare_guest "$flavour"
 "$here/run-guest.sh" shell "$kdir" "$ko" "$payload" /dev/null

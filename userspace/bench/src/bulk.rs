@@ -27,6 +27,18 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The counted work per page, the same for both implementations.
+    fn work(self) -> Work {
+        match self {
+            // The staging writes, the staging refault, one TLB flush per batch.
+            Self::Move => Work::new(1.0, 1.0, 1.0 / BATCH as f32),
+            Self::Copy => Work::new(1.0, 0.0, 0.0),
+            // muserload marks the page loaded and zero-fills it at the guest's first touch;
+            // userfaultfd maps the shared zero page and copies it at the first write.
+            Self::Zero => Work::new(0.0, 0.0, 0.0),
+        }
+    }
+
     fn case(self) -> &'static str {
         match self {
             Self::Move => "bulk move+writes x64",
@@ -92,24 +104,6 @@ pub fn muserload(pages: usize, kind: Kind) -> Result<Measurement> {
         Ok(())
     })?;
     verify(kind, "muserload", guest.as_ptr(), pages)?;
-    let work = match kind {
-        Kind::Move => Work {
-            copies: 1.0,
-            zero_fills: 1.0,
-            tlb_flushes: 1.0 / BATCH as f32,
-        },
-        Kind::Copy => Work {
-            copies: 1.0,
-            zero_fills: 0.0,
-            tlb_flushes: 0.0,
-        },
-        // The page is only marked loaded: it is zero-filled when the guest first touches it.
-        Kind::Zero => Work {
-            copies: 0.0,
-            zero_fills: 0.0,
-            tlb_flushes: 0.0,
-        },
-    };
     Ok(Measurement::new(
         kind.case(),
         "muserload",
@@ -117,7 +111,7 @@ pub fn muserload(pages: usize, kind: Kind) -> Result<Measurement> {
         samples,
         BATCH,
         total,
-        work,
+        kind.work(),
     ))
 }
 
@@ -143,24 +137,6 @@ pub fn uffd(pages: usize, kind: Kind) -> Result<Measurement> {
         }
     })?;
     verify(kind, "userfaultfd", region.as_ptr(), pages)?;
-    let work = match kind {
-        Kind::Move => Work {
-            copies: 1.0,
-            zero_fills: 1.0,
-            tlb_flushes: 1.0 / BATCH as f32,
-        },
-        Kind::Copy => Work {
-            copies: 1.0,
-            zero_fills: 0.0,
-            tlb_flushes: 0.0,
-        },
-        // The shared zero page is mapped: nothing is zeroed until a write.
-        Kind::Zero => Work {
-            copies: 0.0,
-            zero_fills: 0.0,
-            tlb_flushes: 0.0,
-        },
-    };
     Ok(Measurement::new(
         kind.case(),
         "userfaultfd",
@@ -168,7 +144,7 @@ pub fn uffd(pages: usize, kind: Kind) -> Result<Measurement> {
         samples,
         BATCH,
         total,
-        work,
+        kind.work(),
     ))
 }
 
@@ -180,11 +156,7 @@ pub fn first_touch(pages: usize) -> Result<Measurement> {
         unsafe { std::ptr::write_volatile(region.as_ptr().add(page * PAGE_SIZE), 1) };
         Ok(())
     })?;
-    let work = Work {
-        copies: 0.0,
-        zero_fills: 1.0,
-        tlb_flushes: 0.0,
-    };
+    let work = Work::new(0.0, 1.0, 0.0);
     Ok(Measurement::new(
         "first touch (anon)",
         "baseline",
@@ -205,11 +177,7 @@ pub fn memcpy_4k(pages: usize) -> Result<Measurement> {
         std::hint::black_box(&dest);
         Ok(())
     })?;
-    let work = Work {
-        copies: 1.0,
-        zero_fills: 0.0,
-        tlb_flushes: 0.0,
-    };
+    let work = Work::new(1.0, 0.0, 0.0);
     Ok(Measurement::new(
         "memcpy 4 KiB",
         "baseline",

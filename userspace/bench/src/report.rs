@@ -16,6 +16,17 @@ pub struct Work {
     pub tlb_flushes: f32,
 }
 
+impl Work {
+    /// Work of `copies` copies, `zero_fills` zero fills and `tlb_flushes` flushes per page.
+    pub const fn new(copies: f32, zero_fills: f32, tlb_flushes: f32) -> Self {
+        Self {
+            copies,
+            zero_fills,
+            tlb_flushes,
+        }
+    }
+}
+
 /// One measured case of one implementation.
 #[derive(Serialize)]
 pub struct Measurement {

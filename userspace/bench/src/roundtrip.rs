@@ -75,17 +75,9 @@ fn case_name(kind: Kind) -> &'static str {
 
 fn work(kind: Kind) -> Work {
     match kind {
-        Kind::Copy => Work {
-            copies: 1.0,
-            zero_fills: 0.0,
-            tlb_flushes: 0.0,
-        },
+        Kind::Copy => Work::new(1.0, 0.0, 0.0),
         // The write into staging, the staging slot's refault, the staging unmap.
-        Kind::Move => Work {
-            copies: 1.0,
-            zero_fills: 1.0,
-            tlb_flushes: 1.0,
-        },
+        Kind::Move => Work::new(1.0, 1.0, 1.0),
     }
 }
 
@@ -276,11 +268,7 @@ fn uffd_handler(address: u64) {
 }
 
 const SIGNAL_CASE: &str = "signal round trip copy";
-const SIGNAL_WORK: Work = Work {
-    copies: 1.0,
-    zero_fills: 0.0,
-    tlb_flushes: 0.0,
-};
+const SIGNAL_WORK: Work = Work::new(1.0, 0.0, 0.0);
 
 /// Signal mode: the faulting thread's SIGUSR1 handler copies the page in.
 pub fn signal_muserload(pages: usize) -> Result<Measurement> {
