@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench`: muserload against userfaultfd in one boot of the plain (non-debug) kernel.
-# Prints the table; writes it and the JSON to $MUSERLOAD_CACHE/results/.
+# Prints the table; writes it, the JSON and an SVG plot to $MUSERLOAD_CACHE/results/.
 set -euo pipefail
 
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
@@ -16,4 +16,7 @@ sed '/^--- bench.json ---$/,$d' "$out.raw" >"$out"
 rm -f "$out.raw"
 [[ -s "$results/bench.json" ]] || { echo "[bench] error: no results" >&2; exit 1; }
 "$here/splats.sh" "$results/console-bench.log"
-echo "[bench] results: $out, $results/bench.json" >&2
+CARGO_TARGET_DIR="$MUSERLOAD_CACHE/target" cargo run -q --release \
+	--manifest-path "$top/userspace/Cargo.toml" -p muserload-bench -- \
+	--plot "$results/bench.json" "$results/bench.svg"
+echo "[bench] results: $out, $results/bench.json, $results/bench.svg" >&2

@@ -2,11 +2,13 @@
 //! kernel, with the same sizes and the same CPU placement. Every case verifies the content
 //! of every page it loaded; a mismatch fails the run.
 //!
-//! Usage: `muserload-bench [--pages N] [--json FILE]`
+//! Usage: `muserload-bench [--pages N] [--json FILE]` in the guest, and
+//! `muserload-bench --plot RESULTS.json OUT.svg` on the host to draw the results.
 
 mod anon;
 mod bulk;
 mod pattern;
+mod plot;
 mod report;
 mod roundtrip;
 mod uffd;
@@ -56,6 +58,17 @@ pub enum Error {
     /// A thread of the benchmark panicked.
     #[error("the {0} thread panicked")]
     Thread(&'static str),
+    /// The picture could not be drawn.
+    #[error("plotting failed: {0}")]
+    Plot(String),
+    /// A results file could not be read.
+    #[error("{path}: {message}")]
+    Results {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A bad command line.
     #[error("usage: muserload-bench [--pages N] [--json FILE] ({0})")]
     Usage(String),
@@ -124,9 +137,21 @@ fn run(options: &Options) -> Result<Vec<Measurement>> {
     case("memcpy", &|| bulk::memcpy_4k(pages))?;
     for kind in [roundtrip::Kind::Copy, roundtrip::Kind::Move] {
         case("queue, muserload", &|| {
-            roundtrip::queue_muserload(pages, kind)
+            roundtrip::queue_muserload(pages, kind, 1)
         })?;
-        case("queue, userfaultfd", &|| roundtrip::queue_uffd(pages, kind))?;
+        case("queue, userfaultfd", &|| {
+            roundtrip::queue_uffd(pages, kind, 1)
+        })?;
+    }
+    // Throughput as faulting threads grow, one resolver.
+    for threads in [2, 4, 8] {
+        let copy = roundtrip::Kind::Copy;
+        case("scaling, muserload", &|| {
+            roundtrip::queue_muserload(pages, copy, threads)
+        })?;
+        case("scaling, userfaultfd", &|| {
+            roundtrip::queue_uffd(pages, copy, threads)
+        })?;
     }
     case("signal, muserload", &|| roundtrip::signal_muserload(pages))?;
     case("signal, userfaultfd", &|| roundtrip::signal_uffd(pages))?;
@@ -137,8 +162,32 @@ fn run(options: &Options) -> Result<Vec<Measurement>> {
     Ok(results)
 }
 
+/// `--plot RESULTS.json OUT.svg`.
+fn plot(json: &str, svg: &str) -> Result<()> {
+    let results_error = |message: String| Error::Results {
+        path: json.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(json).map_err(|e| results_error(e.to_string()))?;
+    let results: Vec<Measurement> =
+        serde_json::from_str(&text).map_err(|e| results_error(e.to_string()))?;
+    plot::plot(&results, svg)
+}
+
 fn main() -> ExitCode {
-    let options = match parse(std::env::args().skip(1)) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, json, svg] = args.as_slice() {
+        if flag == "--plot" {
+            return match plot(json, svg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("muserload-bench: {err}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    }
+    let options = match parse(args.into_iter()) {
         Ok(options) => options,
         Err(err) => {
             eprintln!("muserload-bench: {err}");

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What one page costs on a path, by counting: judged for real hardware, where a copy is
 /// ~4x and a signal ~12x cheaper than under TCG.
-#[derive(Clone, Copy, Serialize)]
+#[derive(Clone, Copy, Serialize, Deserialize)]
 pub struct Work {
     /// Page copies (user or kernel).
     pub copies: f32,
@@ -27,13 +27,16 @@ impl Work {
     }
 }
 
+/// How many points of the latency distribution a measurement keeps (0%, 5%, ... 100%).
+const QUANTILES: usize = 21;
+
 /// One measured case of one implementation.
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub struct Measurement {
     /// The case, shared by the implementations compared.
-    pub case: &'static str,
+    pub case: String,
     /// `muserload`, `userfaultfd` or `baseline`.
-    pub implementation: &'static str,
+    pub implementation: String,
     /// Where the threads ran.
     pub pinning: String,
     /// Pages handled.
@@ -46,6 +49,8 @@ pub struct Measurement {
     pub pages_per_s: f64,
     /// Counted work per page.
     pub work: Work,
+    /// Time per page at the 0%, 5%, ..., 100% quantiles, in nanoseconds (for the CDFs).
+    pub quantiles: Vec<u64>,
 }
 
 impl Measurement {
@@ -71,14 +76,17 @@ impl Measurement {
         };
         let pages = samples.len() * batch;
         Self {
-            case,
-            implementation,
+            case: case.to_owned(),
+            implementation: implementation.to_owned(),
             pinning: pinning.to_owned(),
             pages,
             median_ns: at(0.5),
             p99_ns: at(0.99),
             pages_per_s: pages as f64 / total.as_secs_f64(),
             work,
+            quantiles: (0..QUANTILES)
+                .map(|i| at(i as f64 / (QUANTILES - 1) as f64))
+                .collect(),
         }
     }
 }
@@ -91,7 +99,7 @@ pub fn print_table(results: &[Measurement]) {
         "case", "impl", "pinning", "median us", "p99 us", "pages/s", "ratio", "copies/zero/flush"
     );
     for m in results {
-        let ratio = match m.implementation {
+        let ratio = match m.implementation.as_str() {
             "muserload" => results
                 .iter()
                 .find(|o| o.case == m.case && o.implementation == "userfaultfd")

@@ -34,16 +34,35 @@ pub enum Kind {
 
 const STAGING_SLOTS: usize = 64;
 
-/// Touches every page of `[base, base + pages * PAGE_SIZE)` once, timing each touch.
-fn touch_all(base: *const u8, pages: usize) -> Vec<Duration> {
-    (0..pages)
-        .map(|page| {
-            let start = Instant::now();
-            // SAFETY: The page lies in the caller's mapping; reading it is the fault measured.
-            unsafe { std::ptr::read_volatile(base.add(page * PAGE_SIZE)) };
-            start.elapsed()
-        })
-        .collect()
+/// Touches every page of `[base, base + pages * PAGE_SIZE)` once, timing each touch:
+/// thread `t` of `threads` takes pages `t`, `t + threads`, ..., so that their faults
+/// overlap. Every thread runs on [`CPU`].
+fn touch_all(base: *const u8, pages: usize, threads: usize) -> Result<Vec<Duration>> {
+    let base = base as usize;
+    let touch = move |first: usize| -> Result<Vec<Duration>> {
+        pin(CPU)?;
+        Ok((first..pages)
+            .step_by(threads)
+            .map(|page| {
+                let start = Instant::now();
+                // SAFETY: The page lies in the caller's mapping; reading it is the fault
+                // measured.
+                unsafe { std::ptr::read_volatile((base as *const u8).add(page * PAGE_SIZE)) };
+                start.elapsed()
+            })
+            .collect())
+    };
+    if threads == 1 {
+        return touch(0);
+    }
+    thread::scope(|s| {
+        let handles: Vec<_> = (0..threads).map(|t| s.spawn(move || touch(t))).collect();
+        let mut samples = Vec::with_capacity(pages);
+        for handle in handles {
+            samples.extend(handle.join().map_err(|_| Error::Thread("faulter"))??);
+        }
+        Ok(samples)
+    })
 }
 
 /// Checks every page of the region against the pattern.
@@ -66,10 +85,13 @@ fn verify(
     Ok(())
 }
 
-fn case_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Copy => "queue round trip copy",
-        Kind::Move => "queue round trip move",
+fn case_name(kind: Kind, threads: usize) -> &'static str {
+    match (kind, threads) {
+        (Kind::Copy, 1) => "queue round trip copy",
+        (Kind::Move, 1) => "queue round trip move",
+        (_, 2) => "queue, 2 faulters",
+        (_, 4) => "queue, 4 faulters",
+        _ => "queue, 8 faulters",
     }
 }
 
@@ -81,8 +103,8 @@ fn work(kind: Kind) -> Work {
     }
 }
 
-/// Queue mode: the resolver reads events and loads each page.
-pub fn queue_muserload(pages: usize, kind: Kind) -> Result<Measurement> {
+/// Queue mode: the resolver reads events and loads each page for `threads` faulters.
+pub fn queue_muserload(pages: usize, kind: Kind, threads: usize) -> Result<Measurement> {
     let source = pattern::source(pages);
     let object = Object::create(
         (pages * PAGE_SIZE) as u64,
@@ -103,14 +125,15 @@ pub fn queue_muserload(pages: usize, kind: Kind) -> Result<Measurement> {
             }
             served
         });
-        let samples = touch_all(guest.as_ptr(), pages);
+        let samples = touch_all(guest.as_ptr(), pages, threads);
         join(resolver)?;
+        let samples = samples?;
         Ok(samples)
     })?;
     let total = start.elapsed();
-    verify(case_name(kind), "muserload", guest.as_ptr(), pages)?;
+    verify(case_name(kind, threads), "muserload", guest.as_ptr(), pages)?;
     Ok(Measurement::new(
-        case_name(kind),
+        case_name(kind, threads),
         "muserload",
         "cpu0/cpu0",
         samples,
@@ -163,8 +186,9 @@ fn join(resolver: thread::ScopedJoinHandle<'_, Result<()>>) -> Result<()> {
     resolver.join().map_err(|_| Error::Thread("resolver"))?
 }
 
-/// userfaultfd: the resolver polls, reads the fault and copies (or moves) the page in.
-pub fn queue_uffd(pages: usize, kind: Kind) -> Result<Measurement> {
+/// userfaultfd: the resolver polls, reads faults and copies (or moves) the pages in, for
+/// `threads` faulters.
+pub fn queue_uffd(pages: usize, kind: Kind, threads: usize) -> Result<Measurement> {
     let source = pattern::source(pages);
     let region = Anon::new(pages * PAGE_SIZE)?;
     let staging = Anon::new(STAGING_SLOTS * PAGE_SIZE)?;
@@ -185,14 +209,20 @@ pub fn queue_uffd(pages: usize, kind: Kind) -> Result<Measurement> {
             }
             served
         });
-        let samples = touch_all(region.as_ptr(), pages);
+        let samples = touch_all(region.as_ptr(), pages, threads);
         join(resolver)?;
+        let samples = samples?;
         Ok(samples)
     })?;
     let total = start.elapsed();
-    verify(case_name(kind), "userfaultfd", region.as_ptr(), pages)?;
+    verify(
+        case_name(kind, threads),
+        "userfaultfd",
+        region.as_ptr(),
+        pages,
+    )?;
     Ok(Measurement::new(
-        case_name(kind),
+        case_name(kind, threads),
         "userfaultfd",
         "cpu0/cpu0",
         samples,
@@ -211,24 +241,31 @@ fn serve_faults(
     kind: Kind,
 ) -> Result<()> {
     pin(CPU)?;
-    for served in 0..source.len() / PAGE_SIZE {
-        let address = uffd.next_fault()? & !(PAGE_SIZE as u64 - 1);
-        let start = (address - region.addr(0)) as usize;
-        let data = &source[start..start + PAGE_SIZE];
-        match kind {
-            Kind::Copy => uffd.copy(address, data.as_ptr() as u64, PAGE_SIZE as u64)?,
-            Kind::Move => {
-                let slot = (served % STAGING_SLOTS) * PAGE_SIZE;
-                // SAFETY: The slot lies in `staging`, which only this thread uses.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        data.as_ptr(),
-                        staging.as_ptr().add(slot),
-                        PAGE_SIZE,
-                    )
-                };
-                uffd.move_pages(address, staging.addr(slot), PAGE_SIZE as u64)?;
+    let pages = source.len() / PAGE_SIZE;
+    let mut batch = [0u64; 16];
+    let mut served = 0;
+    while served < pages {
+        let n = uffd.next_faults(&mut batch)?;
+        for &fault in &batch[..n] {
+            let address = fault & !(PAGE_SIZE as u64 - 1);
+            let start = (address - region.addr(0)) as usize;
+            let data = &source[start..start + PAGE_SIZE];
+            match kind {
+                Kind::Copy => uffd.copy(address, data.as_ptr() as u64, PAGE_SIZE as u64)?,
+                Kind::Move => {
+                    let slot = (served % STAGING_SLOTS) * PAGE_SIZE;
+                    // SAFETY: The slot lies in `staging`, which only this thread uses.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            data.as_ptr(),
+                            staging.as_ptr().add(slot),
+                            PAGE_SIZE,
+                        )
+                    };
+                    uffd.move_pages(address, staging.addr(slot), PAGE_SIZE as u64)?;
+                }
             }
+            served += 1;
         }
     }
     Ok(())
@@ -288,7 +325,7 @@ pub fn signal_muserload(pages: usize) -> Result<Measurement> {
     });
     signal::install(Signal::SIGUSR1, muserload_handler)?;
     let start = Instant::now();
-    let samples = touch_all(target.target.1.as_ptr(), pages);
+    let samples = touch_all(target.target.1.as_ptr(), pages, 1)?;
     let total = start.elapsed();
     verify(SIGNAL_CASE, "muserload", target.target.1.as_ptr(), pages)?;
     Ok(Measurement::new(
@@ -315,7 +352,7 @@ pub fn signal_uffd(pages: usize) -> Result<Measurement> {
     });
     signal::install(Signal::SIGBUS, uffd_handler)?;
     let start = Instant::now();
-    let samples = touch_all(target.target.1.as_ptr(), pages);
+    let samples = touch_all(target.target.1.as_ptr(), pages, 1)?;
     let total = start.elapsed();
     verify(SIGNAL_CASE, "userfaultfd", target.target.1.as_ptr(), pages)?;
     Ok(Measurement::new(
@@ -333,7 +370,9 @@ pub fn signal_uffd(pages: usize) -> Result<Measurement> {
 mod tests {
     #[test]
     fn uffd_queue_copy() {
-        let m = super::queue_uffd(64, super::Kind::Copy).expect("uffd round trip");
-        assert_eq!(m.pages, 64);
+        for threads in [1, 4] {
+            let m = super::queue_uffd(64, super::Kind::Copy, threads).expect("uffd round trip");
+            assert_eq!(m.pages, 64);
+        }
     }
 }

@@ -178,8 +178,9 @@ impl Userfaultfd {
         })
     }
 
-    /// Waits with `poll` for a fault and reads it; returns the faulting address.
-    pub fn next_fault(&self) -> Result<u64> {
+    /// Waits with `poll` for faults and reads up to `out.len()` of them (at most 16) into
+    /// `out` as faulting addresses; returns how many.
+    pub fn next_faults(&self, out: &mut [u64]) -> Result<usize> {
         let mut pfd = libc::pollfd {
             fd: self.fd.as_raw_fd(),
             events: libc::POLLIN,
@@ -192,16 +193,27 @@ impl Userfaultfd {
                 errno: Errno::last(),
             });
         }
-        let mut msg = UffdMsg::default();
+        let mut msgs = [UffdMsg::default(); 16];
         let size = std::mem::size_of::<UffdMsg>();
-        // SAFETY: `msg` is `size` writable bytes.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), (&mut msg as *mut UffdMsg).cast(), size) };
-        if n != size as isize || msg.event != EVENT_PAGEFAULT {
+        let want = out.len().min(msgs.len());
+        // SAFETY: `msgs` has room for `want` messages.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), msgs.as_mut_ptr().cast(), want * size) };
+        if n <= 0 || n as usize % size != 0 {
             return Err(Error::Uffd {
                 op: "read",
                 errno: Errno::last(),
             });
         }
-        Ok(msg.address)
+        let count = n as usize / size;
+        for (slot, msg) in out.iter_mut().zip(&msgs[..count]) {
+            if msg.event != EVENT_PAGEFAULT {
+                return Err(Error::Uffd {
+                    op: "read",
+                    errno: Errno::EPROTO,
+                });
+            }
+            *slot = msg.address;
+        }
+        Ok(count)
     }
 }

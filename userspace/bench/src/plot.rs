@@ -1,0 +1,157 @@
+//! The benchmark's picture: latency CDFs of the fault round trips, and fault throughput as
+//! faulting threads grow, muserload and userfaultfd side by side.
+
+use plotters::prelude::*;
+
+use crate::{report::Measurement, Error, Result};
+
+fn draw_error(e: impl std::fmt::Display) -> Error {
+    Error::Plot(e.to_string())
+}
+
+/// Draws `results` (as `muserload-bench --json` wrote them) into the SVG file `path`.
+pub fn plot(results: &[Measurement], path: &str) -> Result<()> {
+    let root = SVGBackend::new(path, (1400, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(draw_error)?;
+    let (left, right) = root.split_horizontally(800);
+    cdfs(results, &left)?;
+    scaling(results, &right)?;
+    root.present().map_err(draw_error)
+}
+
+fn color(implementation: &str, index: usize) -> RGBColor {
+    let muserload = [
+        RGBColor(0, 90, 200),
+        RGBColor(0, 160, 220),
+        RGBColor(80, 60, 220),
+    ];
+    let uffd = [
+        RGBColor(200, 60, 0),
+        RGBColor(230, 140, 0),
+        RGBColor(170, 0, 90),
+    ];
+    let palette = if implementation == "muserload" {
+        &muserload
+    } else {
+        &uffd
+    };
+    palette[index % palette.len()]
+}
+
+fn cdfs(
+    results: &[Measurement],
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+) -> Result<()> {
+    let round_trips: Vec<&Measurement> = results
+        .iter()
+        .filter(|m| m.case.contains("round trip"))
+        .collect();
+    let max_us = round_trips
+        .iter()
+        .filter_map(|m| m.quantiles.get(19))
+        .fold(1.0f64, |max, &ns| max.max(ns as f64 / 1000.0));
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            "fault round trip: latency CDF (same vCPU)",
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..max_us * 1.1, 0f64..1f64)
+        .map_err(draw_error)?;
+    chart
+        .configure_mesh()
+        .x_desc("microseconds per fault")
+        .y_desc("fraction of faults")
+        .draw()
+        .map_err(draw_error)?;
+    let cases: Vec<&str> = {
+        let mut c: Vec<&str> = round_trips.iter().map(|m| m.case.as_str()).collect();
+        c.dedup();
+        c
+    };
+    for m in &round_trips {
+        let index = cases.iter().position(|c| *c == m.case).unwrap_or(0);
+        let style = color(&m.implementation, index);
+        let n = m.quantiles.len().saturating_sub(1).max(1);
+        let points = m
+            .quantiles
+            .iter()
+            .enumerate()
+            .map(|(i, &ns)| (ns as f64 / 1000.0, i as f64 / n as f64));
+        chart
+            .draw_series(LineSeries::new(points, style.stroke_width(2)))
+            .map_err(draw_error)?
+            .label(format!("{}: {}", m.implementation, m.case))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(draw_error)
+}
+
+fn scaling(
+    results: &[Measurement],
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+) -> Result<()> {
+    let threads_of = |case: &str| -> Option<u32> {
+        match case {
+            "queue round trip copy" => Some(1),
+            c => c.strip_prefix("queue, ")?.split(' ').next()?.parse().ok(),
+        }
+    };
+    let series = |implementation: &str| -> Vec<(u32, f64)> {
+        let mut points: Vec<(u32, f64)> = results
+            .iter()
+            .filter(|m| m.implementation == implementation)
+            .filter_map(|m| Some((threads_of(&m.case)?, m.pages_per_s)))
+            .collect();
+        points.sort_by_key(|p| p.0);
+        points
+    };
+    let max = results
+        .iter()
+        .filter(|m| threads_of(&m.case).is_some())
+        .fold(1.0f64, |max, m| max.max(m.pages_per_s));
+    let mut chart = ChartBuilder::on(area)
+        .caption("fault throughput, one resolver", ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0u32..9u32, 0f64..max * 1.2)
+        .map_err(draw_error)?;
+    chart
+        .configure_mesh()
+        .x_desc("faulting threads")
+        .y_desc("pages per second")
+        .draw()
+        .map_err(draw_error)?;
+    for implementation in ["muserload", "userfaultfd"] {
+        let style = color(implementation, 0);
+        let points = series(implementation);
+        chart
+            .draw_series(LineSeries::new(points.clone(), style.stroke_width(2)))
+            .map_err(draw_error)?
+            .label(implementation)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+        chart
+            .draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 4, style.filled())),
+            )
+            .map_err(draw_error)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(draw_error)
+}
