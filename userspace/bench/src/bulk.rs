@@ -22,6 +22,9 @@ pub enum Kind {
     Move,
     /// Copy from a buffer (`COPY`, `UFFDIO_COPY`).
     Copy,
+    /// Receive into a buffer (a copy, as `recv()` makes), then copy from it: what a loader
+    /// without zero-copy does; compare with `Move`, whose receive lands in staging.
+    RecvCopy,
     /// Zero pages (`ZERO`, `UFFDIO_ZEROPAGE`).
     Zero,
 }
@@ -33,6 +36,7 @@ impl Kind {
             // The staging writes, the staging refault, one TLB flush per batch.
             Self::Move => Work::new(1.0, 1.0, 1.0 / BATCH as f32),
             Self::Copy => Work::new(1.0, 0.0, 0.0),
+            Self::RecvCopy => Work::new(2.0, 0.0, 0.0),
             // muserload marks the page loaded and zero-fills it at the guest's first touch;
             // userfaultfd maps the shared zero page and copies it at the first write.
             Self::Zero => Work::new(0.0, 0.0, 0.0),
@@ -43,6 +47,7 @@ impl Kind {
         match self {
             Self::Move => "bulk move+writes x64",
             Self::Copy => "bulk copy x64",
+            Self::RecvCopy => "bulk recv+copy x64",
             Self::Zero => "bulk zero x64",
         }
     }
@@ -90,6 +95,7 @@ pub fn muserload(pages: usize, kind: Kind) -> Result<Measurement> {
     let mut staging = object.map_staging()?;
     object.arm(&guest, 0, guest.len() as u64, FaultMode::Queue)?;
     let bytes = BATCH * PAGE_SIZE;
+    let mut received = vec![0u8; bytes];
     let (samples, total) = timed(pages / BATCH, |b| {
         let offset = (b * bytes) as u64;
         let data = &source[b * bytes..(b + 1) * bytes];
@@ -99,6 +105,10 @@ pub fn muserload(pages: usize, kind: Kind) -> Result<Measurement> {
                 object.load_move(&guest, offset, &mut staging, 0, BATCH, Wake::Now)?
             }
             Kind::Copy => object.load_copy(&guest, offset, data, Wake::Now)?,
+            Kind::RecvCopy => {
+                received.copy_from_slice(data);
+                object.load_copy(&guest, offset, &received, Wake::Now)?
+            }
             Kind::Zero => object.load_zero(&guest, offset, bytes as u64, Wake::Now)?,
         };
         Ok(())
@@ -123,6 +133,7 @@ pub fn uffd(pages: usize, kind: Kind) -> Result<Measurement> {
     let uffd = Userfaultfd::new(uffd::FEATURE_MOVE)?;
     uffd.register(region.addr(0), (pages * PAGE_SIZE) as u64)?;
     let bytes = BATCH * PAGE_SIZE;
+    let mut received = vec![0u8; bytes];
     let (samples, total) = timed(pages / BATCH, |b| {
         let dst = region.addr(b * bytes);
         let data = &source[b * bytes..(b + 1) * bytes];
@@ -133,6 +144,10 @@ pub fn uffd(pages: usize, kind: Kind) -> Result<Measurement> {
                 uffd.move_pages(dst, staging.addr(0), bytes as u64)
             }
             Kind::Copy => uffd.copy(dst, data.as_ptr() as u64, bytes as u64),
+            Kind::RecvCopy => {
+                received.copy_from_slice(data);
+                uffd.copy(dst, received.as_ptr() as u64, bytes as u64)
+            }
             Kind::Zero => uffd.zeropage(dst, bytes as u64),
         }
     })?;

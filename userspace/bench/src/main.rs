@@ -155,7 +155,12 @@ fn run(options: &Options) -> Result<Vec<Measurement>> {
     }
     case("signal, muserload", &|| roundtrip::signal_muserload(pages))?;
     case("signal, userfaultfd", &|| roundtrip::signal_uffd(pages))?;
-    for kind in [bulk::Kind::Move, bulk::Kind::Copy, bulk::Kind::Zero] {
+    for kind in [
+        bulk::Kind::Move,
+        bulk::Kind::RecvCopy,
+        bulk::Kind::Copy,
+        bulk::Kind::Zero,
+    ] {
         case("bulk, muserload", &|| bulk::muserload(pages * 4, kind))?;
         case("bulk, userfaultfd", &|| bulk::uffd(pages * 4, kind))?;
     }
