@@ -104,9 +104,59 @@ pub(crate) fn load(object: &Object, arg: UserSlice) -> Result<isize> {
     };
     let result = load_range(object, mode, req.dst, req.src, req.len, &mut progress);
     finish(object, mode, &progress);
+    if mode.kind == Kind::Move {
+        refill_staging(object, req.src, progress.done);
+    }
     req.loaded = progress.done;
     writer.write(&req)?;
     result.map(|()| 0)
+}
+
+/// After a MOVE has woken its waiters: gives the first `len` bytes of staging at `src`, which
+/// it emptied, fresh zeroed pages mapped in the caller's staging mapping, so that the next
+/// receive into them does not fault. The zeroing happens after the wake instead of in the
+/// resolver's next write. Best effort: a slot left empty zero-fills on its next touch.
+fn refill_staging(object: &Object, src: u64, len: u64) {
+    let count = (len >> PAGE_SHIFT) as usize;
+    if count == 0 {
+        return;
+    }
+    // Zero the pages before taking any lock: faults of this object wait for none of it.
+    let Ok(mut fresh) = KVec::with_capacity(count, GFP_KERNEL) else {
+        return;
+    };
+    while fresh.len() < count {
+        match zeroed_page() {
+            Ok(page) => {
+                if fresh.push(page, GFP_KERNEL).is_err() {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let Some(layout) = object.layout() else {
+        return;
+    };
+    let task = kernel::current!();
+    let Some(mm) = task.mm() else {
+        return;
+    };
+    let guard = mm.mmap_read_lock();
+    let Ok(source) = LockedRange::find(&guard, object, src, len) else {
+        return;
+    };
+    let Ok(first) = layout.staging_range(source.offset, len) else {
+        return;
+    };
+    let mut pages = object.pages.lock();
+    for (i, page) in fresh.drain_all().enumerate() {
+        let slot = &mut pages.staging[first + i];
+        if slot.is_none() {
+            source.prefault(i * PAGE_SIZE, &page);
+            *slot = Some(page);
+        }
+    }
 }
 
 /// `MUSERLOAD_IOC_LOADV`.
