@@ -186,6 +186,14 @@ pub(crate) fn loadv(object: &Object, arg: UserSlice) -> Result<isize> {
         .iter()
         .try_for_each(|v| load_range(object, mode, v.dst, v.src, v.len, &mut progress));
     finish(object, mode, &progress);
+    if mode.kind == Kind::Move {
+        // The pairs moved in order: the first `done` bytes of them emptied their staging.
+        let mut left = progress.done;
+        for v in vec.iter() {
+            refill_staging(object, v.src, v.len.min(left));
+            left = left.saturating_sub(v.len);
+        }
+    }
     req.loaded = progress.done;
     writer.write(&req)?;
     result.map(|()| 0)
