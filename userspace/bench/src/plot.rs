@@ -19,6 +19,19 @@ pub fn plot(results: &[Measurement], path: &str) -> Result<()> {
     root.present().map_err(draw_error)
 }
 
+/// Draws the series labels in the lower right corner.
+fn legend<'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(draw_error)
+}
+
 fn color(implementation: &str, index: usize) -> RGBColor {
     let muserload = [
         RGBColor(0, 90, 200),
@@ -86,13 +99,7 @@ fn cdfs(
             .label(format!("{}: {}", m.implementation, m.case))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(draw_error)
+    legend(&mut chart)
 }
 
 fn scaling(
@@ -147,11 +154,5 @@ fn scaling(
             )
             .map_err(draw_error)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(draw_error)
+    legend(&mut chart)
 }
