@@ -19,6 +19,7 @@
 use crate::{
     object::{
         zeroed_page,
+        Layout,
         Object,
         Pages,
         STATE_ARMED,
@@ -30,7 +31,6 @@ use crate::{
 };
 use kernel::{
     alloc::flags::GFP_KERNEL_ACCOUNT,
-    mm::MmapReadGuard,
     page::{
         Page,
         PAGE_SHIFT,
@@ -135,28 +135,22 @@ fn refill_staging(object: &Object, src: u64, len: u64) {
             Err(_) => break,
         }
     }
-    let Some(layout) = object.layout() else {
-        return;
-    };
-    let task = kernel::current!();
-    let Some(mm) = task.mm() else {
-        return;
-    };
-    let guard = mm.mmap_read_lock();
-    let Ok(source) = LockedRange::find(&guard, object, src, len) else {
-        return;
-    };
-    let Ok(first) = layout.staging_range(source.offset, len) else {
-        return;
-    };
-    let mut pages = object.pages.lock();
-    for (i, page) in fresh.drain_all().enumerate() {
-        let slot = &mut pages.staging[first + i];
-        if slot.is_none() {
-            source.prefault(i * PAGE_SIZE, &page);
-            *slot = Some(page);
-        }
-    }
+    // Best effort: a range that no longer maps staging is simply not refilled.
+    let _ = object.locked(
+        src,
+        len,
+        Layout::staging_range,
+        |_, source, first, pages| {
+            for (i, page) in fresh.drain_all().enumerate() {
+                let slot = &mut pages.staging[first + i];
+                if slot.is_none() {
+                    source.prefault(i * PAGE_SIZE, &page);
+                    *slot = Some(page);
+                }
+            }
+            Ok(())
+        },
+    );
 }
 
 /// `MUSERLOAD_IOC_LOADV`.
@@ -246,18 +240,23 @@ fn load_range(
                 }
                 let chunk_dst = dst + ((done as u64) << PAGE_SHIFT);
                 let chunk_len = (count as u64) << PAGE_SHIFT;
-                locked(object, chunk_dst, chunk_len, |_, target, first, pages| {
-                    for (i, page) in chunk.drain_all().enumerate() {
-                        let index = first + i;
-                        if present(object, pages, index) {
-                            return Err(eexist(object, index));
+                object.locked(
+                    chunk_dst,
+                    chunk_len,
+                    Layout::guest_range,
+                    |_, target, first, pages| {
+                        for (i, page) in chunk.drain_all().enumerate() {
+                            let index = first + i;
+                            if present(object, pages, index) {
+                                return Err(eexist(object, index));
+                            }
+                            target.prefault(i * PAGE_SIZE, &page);
+                            pages.guest[index] = Some(page);
+                            loaded(object, index, 0, Counter::LoadCopy, progress);
                         }
-                        target.prefault(i * PAGE_SIZE, &page);
-                        pages.guest[index] = Some(page);
-                        loaded(object, index, 0, Counter::LoadCopy, progress);
-                    }
-                    Ok(())
-                })?;
+                        Ok(())
+                    },
+                )?;
                 if let Some(e) = copy_error {
                     return Err(e);
                 }
@@ -265,7 +264,7 @@ fn load_range(
             }
             Ok(())
         }
-        Kind::Zero => locked(object, dst, len, |_, _, first, pages| {
+        Kind::Zero => object.locked(dst, len, Layout::guest_range, |_, _, first, pages| {
             for index in first..first + (len >> PAGE_SHIFT) as usize {
                 if present(object, pages, index) {
                     return Err(eexist(object, index));
@@ -274,7 +273,7 @@ fn load_range(
             }
             Ok(())
         }),
-        Kind::Wake => locked(object, dst, len, |_, _, first, _| {
+        Kind::Wake => object.locked(dst, len, Layout::guest_range, |_, _, first, _| {
             let count = (len >> PAGE_SHIFT) as usize;
             for index in first..first + count {
                 progress.buckets |= Object::bucket_bit(index);
@@ -285,25 +284,6 @@ fn load_range(
         }),
         Kind::Move => move_pages(object, dst, src, len, progress),
     }
-}
-
-/// Runs `f` with the mmap read lock and `Object::pages` held, on the guest range
-/// `[dst, dst + len)` of the caller's mapping, given as its locked range and first page.
-/// `f` also gets the lock guard, to find other ranges under the same lock.
-fn locked(
-    object: &Object,
-    dst: u64,
-    len: u64,
-    f: impl FnOnce(&MmapReadGuard<'_>, &LockedRange<'_>, usize, &mut Pages) -> Result,
-) -> Result {
-    let layout = object.layout().ok_or(EINVAL)?;
-    let task = kernel::current!();
-    let mm = task.mm().ok_or(EINVAL)?;
-    let guard = mm.mmap_read_lock();
-    let target = LockedRange::find(&guard, object, dst, len)?;
-    let first = layout.guest_range(target.offset, len)?;
-    let mut pages = object.pages.lock();
-    f(&guard, &target, first, &mut pages)
 }
 
 /// Whether guest page `index` is loaded already: it has a page, or is a zero page not yet
@@ -349,40 +329,45 @@ fn eexist(object: &Object, index: usize) -> Error {
 /// that is already loaded, and maps them there.
 fn move_pages(object: &Object, dst: u64, src: u64, len: u64, progress: &mut Progress) -> Result {
     let count = (len >> PAGE_SHIFT) as usize;
-    locked(object, dst, len, |guard, target, first, pages| {
-        let source = LockedRange::find(guard, object, src, len)?;
-        let staging = object
-            .layout()
-            .ok_or(EINVAL)?
-            .staging_range(source.offset, len)?;
-        let movable = (0..count)
-            .take_while(|&i| !present(object, pages, first + i))
-            .count();
-        // A staging page never touched reads as zeros: move a zeroed one. Allocate before
-        // taking anything, so that a failure leaves every staging page where it was.
-        for slot in &mut pages.staging[staging..staging + movable] {
-            if slot.is_none() {
-                *slot = Some(zeroed_page()?);
+    object.locked(
+        dst,
+        len,
+        Layout::guest_range,
+        |guard, target, first, pages| {
+            let source = LockedRange::find(guard, object, src, len)?;
+            let staging = object
+                .layout()
+                .ok_or(EINVAL)?
+                .staging_range(source.offset, len)?;
+            let movable = (0..count)
+                .take_while(|&i| !present(object, pages, first + i))
+                .count();
+            // A staging page never touched reads as zeros: move a zeroed one. Allocate before
+            // taking anything, so that a failure leaves every staging page where it was.
+            for slot in &mut pages.staging[staging..staging + movable] {
+                if slot.is_none() {
+                    *slot = Some(zeroed_page()?);
+                }
             }
-        }
-        if movable > 0 {
-            // The staging ptes go before the pages are anywhere else: after this, no
-            // mapping of staging can read or write them.
-            object
-                .mapping
-                .unmap(source.offset, (movable as u64) << PAGE_SHIFT);
-        }
-        for i in 0..movable {
-            let page = pages.staging[staging + i].take();
-            if let Some(page) = &page {
-                target.prefault(i * PAGE_SIZE, page);
+            if movable > 0 {
+                // The staging ptes go before the pages are anywhere else: after this, no
+                // mapping of staging can read or write them.
+                object
+                    .mapping
+                    .unmap(source.offset, (movable as u64) << PAGE_SHIFT);
             }
-            pages.guest[first + i] = page;
-            loaded(object, first + i, 0, Counter::LoadMove, progress);
-        }
-        if movable < count {
-            return Err(eexist(object, first + movable));
-        }
-        Ok(())
-    })
+            for i in 0..movable {
+                let page = pages.staging[staging + i].take();
+                if let Some(page) = &page {
+                    target.prefault(i * PAGE_SIZE, page);
+                }
+                pages.guest[first + i] = page;
+                loaded(object, first + i, 0, Counter::LoadMove, progress);
+            }
+            if movable < count {
+                return Err(eexist(object, first + movable));
+            }
+            Ok(())
+        },
+    )
 }

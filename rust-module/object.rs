@@ -10,9 +10,9 @@
 //!
 //! Lock order: the mmap lock (or a per-VMA lock, in a fault) → [`Object::pages`] →
 //! `i_mmap_rwsem` (in `unmap_mapping_range()`) → page table locks (in `vm_insert_page()`).
-//! The ioctls translate addresses under the mmap read lock and drop it before they take
-//! `pages`. Nothing that may fault on user memory (`copy_from_user`) runs under `pages`,
-//! since that fault may be one of this object's.
+//! The ioctls take the mmap read lock to translate addresses and keep it while they hold
+//! `pages` ([`Object::locked`]), as a fault does. Nothing that may fault on user memory
+//! (`copy_from_user`) runs under either, since that fault may be one of this object's.
 //!
 //! The state words are written under `pages` and read without it, with acquire ordering,
 //! by sleeping faults (which may not take a mutex once their task state is set).
@@ -23,7 +23,10 @@ use crate::{
     events::EventQueue,
     stats::Stats,
     uapi::*,
-    vma,
+    vma::{
+        self,
+        LockedRange, //
+    },
     wait::{
         WaitQueue,
         WAIT_BUCKETS, //
@@ -39,7 +42,10 @@ use kernel::{
         MiscDevice,
         MiscDeviceRegistration, //
     },
-    mm::virt::VmaNew,
+    mm::{
+        virt::VmaNew,
+        MmapReadGuard, //
+    },
     new_mutex,
     page::{
         Page,
@@ -212,10 +218,27 @@ impl Object {
         self.events.wake_readers();
     }
 
-    /// Translates `[addr, addr + len)` of the caller's mapping of this object.
-    pub(crate) fn range(&self, addr: u64, len: u64) -> Result<(&Layout, u64)> {
+    /// Runs `f` with the mmap read lock and [`Object::pages`] held, on `[addr, addr + len)`
+    /// of the caller's mapping, given as its locked range and the first page index that
+    /// `region` ([`Layout::guest_range`] or [`Layout::staging_range`]) finds for it. `f` also
+    /// gets the lock guard, to find other ranges under the same lock. See the lock order at
+    /// the top of this file.
+    pub(crate) fn locked(
+        &self,
+        addr: u64,
+        len: u64,
+        region: fn(&Layout, u64, u64) -> Result<usize>,
+        f: impl FnOnce(&MmapReadGuard<'_>, &LockedRange<'_>, usize, &mut Pages) -> Result,
+    ) -> Result {
         let layout = self.layout().ok_or(EINVAL)?;
-        Ok((layout, vma::object_offset(self, addr, len)?))
+        let task = kernel::current!();
+        // A kernel thread has no address space to name: nothing to translate.
+        let mm = task.mm().ok_or(EINVAL)?;
+        let guard = mm.mmap_read_lock();
+        let range = LockedRange::find(&guard, self, addr, len)?;
+        let first = region(layout, range.offset, len)?;
+        let mut pages = self.pages.lock();
+        f(&guard, &range, first, &mut pages)
     }
 
     fn setup(&self, arg: UserSlice) -> Result<isize> {
@@ -267,33 +290,34 @@ impl Object {
         if arm.signal != 0 {
             crate::signal::check(arm.signal)?;
         }
-        let (layout, offset) = self.range(arm.start, arm.len)?;
-        let first = layout.guest_range(offset, arm.len)?;
+        let layout = self.layout().ok_or(EINVAL)?;
         let count = (arm.len >> PAGE_SHIFT) as usize;
-
-        let mut discarded = KVec::new();
-        let mut pages = self.pages.lock();
         let mut newly_armed = 0;
-        for index in first..first + count {
-            if let Some(page) = pages.guest[index].take() {
-                discarded.push(page, GFP_KERNEL)?;
-            }
-            let state = layout.state(index);
-            let old = state.load(Relaxed);
-            // Re-arming keeps an event already queued: its page has not been loaded.
-            let reported = if old & STATE_ARMED != 0 {
-                old & STATE_REPORTED
-            } else {
-                newly_armed += 1;
-                0
-            };
-            state.store(STATE_ARMED | reported | arm.signal, Release);
-        }
-        // Unmap under `pages`, so that no fault maps a discarded page again in between.
-        self.mapping.unmap(offset, arm.len);
-        drop(pages);
+        self.locked(
+            arm.start,
+            arm.len,
+            Layout::guest_range,
+            |_, range, first, pages| {
+                for index in first..first + count {
+                    // Mappings of the page hold references of their own until the unmap below.
+                    drop(pages.guest[index].take());
+                    let state = layout.state(index);
+                    let old = state.load(Relaxed);
+                    // Re-arming keeps an event already queued: its page has not been loaded.
+                    let reported = if old & STATE_ARMED != 0 {
+                        old & STATE_REPORTED
+                    } else {
+                        newly_armed += 1;
+                        0
+                    };
+                    state.store(STATE_ARMED | reported | arm.signal, Release);
+                }
+                // Unmap under `pages`, so that no fault maps a discarded page again in between.
+                self.mapping.unmap(range.offset, arm.len);
+                Ok(())
+            },
+        )?;
         self.stats.armed(newly_armed);
-        drop(discarded);
         Ok(0)
     }
 

@@ -166,16 +166,6 @@ impl<'a> LockedRange<'a> {
     }
 }
 
-/// Translates `[addr, addr + len)` of the current task's mapping of `object` to the object
-/// offset of its first byte; see [`LockedRange::find`].
-pub(crate) fn object_offset(object: &Object, addr: u64, len: u64) -> Result<u64> {
-    let task = kernel::current!();
-    // A kernel thread has no address space to name: nothing to translate.
-    let mm = task.mm().ok_or(EINVAL)?;
-    let guard = mm.mmap_read_lock();
-    LockedRange::find(&guard, object, addr, len).map(|range| range.offset)
-}
-
 /// Why the fault happened.
 pub(crate) struct FaultAccess {
     /// A write access.
