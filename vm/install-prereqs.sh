@@ -75,7 +75,7 @@ install_rust_tools() {
 		log "rustup component add rust-src"
 		rustup component add rust-src
 	}
-	for t in x86_64-unknown-linux-musl; do
+	for t in x86_64-unknown-linux-musl x86_64-unknown-none; do
 		rustup target list --installed | grep -qx "$t" || {
 			log "rustup target add $t"
 			rustup target add "$t"

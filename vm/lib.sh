@@ -23,7 +23,12 @@ build_payload() {
 	CARGO_TARGET_DIR=$target cargo build -q --release "${musl[@]}" --bins --examples >&2 ||
 		return 1
 	cp "$target/x86_64-unknown-linux-musl/release/examples/handshake" \
-		"$target/x86_64-unknown-linux-musl/release/muserload-bench" "$payload/bin/"
+		"$target/x86_64-unknown-linux-musl/release/muserload-bench" \
+		"$target/x86_64-unknown-linux-musl/release/muserload-loader" "$payload/bin/"
+	# The loader's test guest: freestanding, its own workspace and target (.cargo/config.toml).
+	(cd "$top/userspace/test-guest" && CARGO_TARGET_DIR=$target cargo build -q --release) >&2 ||
+		return 1
+	cp "$target/x86_64-unknown-none/release/muserload-test-guest" "$payload/bin/"
 	# Integration tests need /dev/muserload, so they run in the guest only.
 	CARGO_TARGET_DIR=$target cargo test -q --release "${musl[@]}" --tests --no-run \
 		--message-format=json 2>/dev/null |

@@ -44,7 +44,9 @@ pub use error::{Error, Result};
 pub use events::{Event, Events};
 pub use load::Wake;
 pub use mapping::{GuestMemory, Staging, PAGE_SIZE};
-pub use object::{FaultMode, Object, Stats, API_VERSION, DEVICE_PATH, STAGING_MAX, STAGING_OFFSET};
+pub use object::{
+    FaultMode, Object, Stats, API_VERSION, DEVICE_PATH, LOADV_MAX, STAGING_MAX, STAGING_OFFSET,
+};
 
 /// Feature bits of the handshake ([`Object::features`]).
 pub mod features {

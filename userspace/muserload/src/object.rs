@@ -28,6 +28,9 @@ pub const STAGING_OFFSET: u64 = MUSERLOAD_STAGING_OFFSET;
 /// The most staging one object may have.
 pub const STAGING_MAX: u64 = MUSERLOAD_STAGING_MAX as u64;
 
+/// The most vectors one vectored load takes.
+pub const LOADV_MAX: usize = MUSERLOAD_LOADV_MAX as usize;
+
 /// How a fault on an armed page is told to userspace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultMode {
@@ -233,10 +236,36 @@ impl Object {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        self.loadv(&vec, MUSERLOAD_LOAD_MOVE, wake)
+    }
+
+    /// Loads zero pages at every `(offset, len)` range of `ranges` in one call (as
+    /// [`Object::load_zero`] does for one). Returns the bytes loaded; stops at the first
+    /// failure.
+    pub fn load_zero_vectored(
+        &self,
+        guest: &GuestMemory,
+        ranges: &[(u64, u64)],
+        wake: Wake,
+    ) -> Result<u64> {
+        let vec = ranges
+            .iter()
+            .map(|&(offset, len)| {
+                Ok(muserload_vec {
+                    dst: guest.0.addr("load destination", offset, len)?,
+                    src: 0,
+                    len,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.loadv(&vec, MUSERLOAD_LOAD_ZERO, wake)
+    }
+
+    fn loadv(&self, vec: &[muserload_vec], kind: u32, wake: Wake) -> Result<u64> {
         let mut loadv = muserload_loadv {
             vec: vec.as_ptr() as u64,
             count: vec.len() as u64,
-            mode: u64::from(MUSERLOAD_LOAD_MOVE) | wake.flag(),
+            mode: u64::from(kind) | wake.flag(),
             loaded: 0,
         };
         // SAFETY: `loadv` is a valid struct the module reads and writes; `vec` outlives

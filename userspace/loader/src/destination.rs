@@ -1,0 +1,640 @@
+//! The destination: receives the machine state, arms guest RAM, resumes the guest at once,
+//! and loads each page as it arrives: the pages the vCPUs fault on, requested from the
+//! source, and the background stream; zero pages are never asked for, they are loaded as
+//! zero locally.
+
+use std::{
+    cell::Cell,
+    io::BufReader,
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Condvar, Mutex, MutexGuard,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use muserload::{Event, Events, FaultMode, Wake, LOADV_MAX, PAGE_SIZE};
+use nix::{errno::Errno, sys::signal::Signal};
+use serde::Serialize;
+
+use crate::{
+    bitmap::Bitmap,
+    error::{io, Error, Result},
+    memory::{GuestRam, BATCH_PAGES},
+    protocol::{self, Channel, Control, Frame},
+    source::resolve,
+    vcpu::{Interrupted, Machine, NoFaults},
+    vm::{MachineState, Vm},
+};
+
+/// The signal of signal mode.
+const FAULT_SIGNAL: Signal = Signal::SIGUSR1;
+/// The largest guest this destination accepts.
+const RAM_MAX: u64 = 64 << 30;
+const PAGE: u64 = PAGE_SIZE as u64;
+
+/// How vCPU faults on pages not loaded yet reach the loader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// The module queues an event and the vCPU sleeps until the page is loaded.
+    Queue,
+    /// The module signals the vCPU thread, whose handler asks for the page and waits.
+    Signal,
+}
+
+/// What `muserload-loader receive` was asked.
+pub struct ReceiveOptions {
+    /// The address to listen on.
+    pub listen: String,
+    /// The fault mode.
+    pub mode: Mode,
+    /// How many complete checks of its memory the guest must make here before the
+    /// destination stops it.
+    pub check_sweeps: u64,
+    /// How long the guest may take to make them.
+    pub timeout: Duration,
+    /// Where to write the report as JSON.
+    pub report_json: Option<PathBuf>,
+}
+
+/// What the destination reports.
+#[derive(Debug, Default, Serialize)]
+pub struct DestinationReport {
+    /// "queue" or "signal".
+    pub mode: String,
+    /// From the source's connection to every page loaded, in milliseconds.
+    pub total_ms: u64,
+    /// From pausing the guest at the source to resuming it here, in microseconds.
+    pub downtime_us: u64,
+    /// The source's connection setup, in microseconds.
+    pub setup_us: u64,
+    /// From resuming the guest to every page loaded, in milliseconds.
+    pub load_all_ms: u64,
+    /// Bytes received on both connections.
+    pub bytes_received: u64,
+    /// Zero pages: loaded here, never transferred.
+    pub zero_pages: u64,
+    /// Pages that were transferred.
+    pub normal_pages: u64,
+    /// Pages asked for because a vCPU waited on them.
+    pub pages_requested: u64,
+    /// Pages received from the background stream.
+    pub pages_streamed: u64,
+    /// Pages received when already loaded (both requested and streamed).
+    pub pages_duplicate: u64,
+    /// Faults the loader handled (events read or signals taken).
+    pub faults: u64,
+    /// Faults as the module counted them.
+    pub module_faults: u64,
+    /// Fault wait, from asking to loading, in microseconds: median.
+    pub fault_wait_p50_us: u64,
+    /// 99th percentile.
+    pub fault_wait_p99_us: u64,
+    /// Maximum.
+    pub fault_wait_max_us: u64,
+    /// Rounds the guest completed here.
+    pub guest_rounds_here: u64,
+    /// Complete checks of all its memory the guest made here.
+    pub guest_sweeps_here: u64,
+    /// Pages the guest found wrong (here or before).
+    pub guest_mismatches: u64,
+}
+
+/// Receives a guest and runs it until it has checked its memory.
+pub fn receive(options: ReceiveOptions) -> Result<()> {
+    let addr = resolve(&options.listen)?;
+    let listener = TcpListener::bind(addr).map_err(|source| Error::Listen { addr, source })?;
+    let local = listener.local_addr().map_err(io("listening"))?;
+    eprintln!("muserload-loader: listening on {local}");
+    let (stream, requests, accepted) = accept_channels(&listener)?;
+    let mut stream = BufReader::with_capacity(1 << 16, stream);
+
+    let state = match protocol::recv_frame(&mut stream, "stream")? {
+        Frame::Control(Control::Machine(state)) => state,
+        _ => {
+            return Err(Error::Protocol(
+                "the stream did not start with the machine".into(),
+            ))
+        }
+    };
+    let MachineState {
+        ram_size,
+        vcpus,
+        vm: vm_state,
+        devices,
+    } = *state;
+    if ram_size == 0 || ram_size % PAGE != 0 || ram_size > RAM_MAX || vcpus.is_empty() {
+        return Err(Error::Protocol(format!(
+            "a guest of {ram_size} bytes and {} vCPUs",
+            vcpus.len()
+        )));
+    }
+    let zero = match protocol::recv_frame(&mut stream, "stream")? {
+        Frame::Control(Control::ZeroMap { pages, words }) if pages == ram_size / PAGE => {
+            Bitmap::from_words(pages, &words)
+        }
+        _ => None,
+    }
+    .ok_or_else(|| Error::Protocol("no valid zero-page map after the machine".into()))?;
+
+    let ram = GuestRam::new(ram_size)?;
+    let fault_mode = match options.mode {
+        Mode::Queue => FaultMode::Queue,
+        Mode::Signal => FaultMode::Signal(FAULT_SIGNAL as i32),
+    };
+    ram.object().arm(ram.guest(), 0, ram_size, fault_mode)?;
+    let vm = Arc::new(Vm::with_devices(ram, Box::new(std::io::stdout()), devices)?);
+    vm.set_state(&vm_state)?;
+    let vcpus = vcpus
+        .iter()
+        .enumerate()
+        .map(|(id, state)| {
+            let id = u8::try_from(id).map_err(|_| Error::Protocol("too many vCPUs".into()))?;
+            vm.restore_vcpu(id, state)
+        })
+        .collect::<Result<Vec<_>>>()?;
+
+    let loading = Arc::new(Loading::new(vm.clone(), zero, &requests)?);
+    let interrupted: Arc<dyn Interrupted> = match options.mode {
+        Mode::Queue => {
+            let events = vm.ram().object().events(false)?;
+            loading.spawn("resolver", move |l| l.resolve_events(&events))?;
+            Arc::new(NoFaults)
+        }
+        Mode::Signal => {
+            muserload::signal::install(FAULT_SIGNAL, note_fault)?;
+            Arc::new(SignalFaults(loading.clone()))
+        }
+    };
+    loading.spawn("zero-loader", Loading::load_zero_pages)?;
+    let requests_in = BufReader::with_capacity(
+        1 << 16,
+        requests
+            .try_clone()
+            .map_err(io("cloning the requests socket"))?,
+    );
+    loading.spawn("request-replies", move |l| {
+        l.receive_batches(requests_in, 0, Channel::Requests)
+    })?;
+    loading.spawn("stream", move |l| {
+        l.receive_batches(stream, BATCH_PAGES, Channel::Stream)
+    })?;
+
+    let before = vm.devices().report();
+    let machine = Machine::start(vm.clone(), vcpus, interrupted)?;
+    let resumed = Instant::now();
+    loading.send(&Control::Resumed)?;
+    loading.wait_all_loaded(&machine)?;
+    let load_all = resumed.elapsed();
+    let total = accepted.elapsed();
+    loading.send(&Control::Done)?;
+    loading.done.store(true, Ordering::SeqCst);
+
+    let target = before.sweeps + options.check_sweeps + 1;
+    let report = vm.devices().wait_report(options.timeout, |r| {
+        r.sweeps >= target || r.mismatches > 0 || machine.failure().is_some()
+    });
+    if let Some(failure) = machine.failure() {
+        return Err(Error::Guest(failure));
+    }
+    machine.stop()?;
+    let stats = vm.ram().object().stats()?;
+    let (setup_us, downtime_us) = *lock(&loading.source_times);
+    let (p50, p99, max) = percentiles(&mut lock(&loading.waits));
+    let result = DestinationReport {
+        mode: format!("{:?}", options.mode).to_lowercase(),
+        total_ms: total.as_millis() as u64,
+        downtime_us,
+        setup_us,
+        load_all_ms: load_all.as_millis() as u64,
+        bytes_received: loading.bytes.load(Ordering::Relaxed),
+        zero_pages: loading.zero.count(),
+        normal_pages: loading.zero.len() - loading.zero.count(),
+        pages_requested: loading.requested.count(),
+        pages_streamed: loading.streamed.load(Ordering::Relaxed),
+        pages_duplicate: loading.duplicates.load(Ordering::Relaxed),
+        faults: loading.faults.load(Ordering::Relaxed),
+        module_faults: stats.faults_queue_user
+            + stats.faults_queue_kernel
+            + stats.faults_signal_user
+            + stats.faults_signal_kernel,
+        fault_wait_p50_us: p50,
+        fault_wait_p99_us: p99,
+        fault_wait_max_us: max,
+        guest_rounds_here: report.rounds - before.rounds,
+        guest_sweeps_here: report.sweeps - before.sweeps,
+        guest_mismatches: report.mismatches,
+    };
+    println!("{}", result.table());
+    if let Some(path) = &options.report_json {
+        crate::report::write_json(path, &result)?;
+    }
+    if report.mismatches > 0 {
+        return Err(Error::Mismatch {
+            count: report.mismatches,
+            first: report.first_mismatch.unwrap_or(0),
+        });
+    }
+    if report.sweeps < target {
+        return Err(Error::Guest(format!(
+            "it did not check all its memory {} time(s) within {:?}",
+            options.check_sweeps, options.timeout
+        )));
+    }
+    Ok(())
+}
+
+/// Accepts the source's two connections, in either order.
+fn accept_channels(listener: &TcpListener) -> Result<(TcpStream, TcpStream, Instant)> {
+    let (mut stream, mut requests, mut first) = (None, None, None);
+    while stream.is_none() || requests.is_none() {
+        let (mut conn, _) = listener.accept().map_err(io("accepting the source"))?;
+        first.get_or_insert_with(Instant::now);
+        conn.set_nodelay(true).map_err(io("TCP_NODELAY"))?;
+        let slot = match protocol::accept_hello(&mut conn)? {
+            Channel::Stream => &mut stream,
+            Channel::Requests => &mut requests,
+        };
+        if slot.replace(conn).is_some() {
+            return Err(Error::Protocol("the source opened a channel twice".into()));
+        }
+    }
+    match (stream, requests, first) {
+        (Some(s), Some(r), Some(t)) => Ok((s, r, t)),
+        _ => Err(Error::Protocol("missing channel".into())),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The median, 99th percentile and maximum of `samples`.
+fn percentiles(samples: &mut [u64]) -> (u64, u64, u64) {
+    if samples.is_empty() {
+        return (0, 0, 0);
+    }
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99), at(1.0))
+}
+
+/// What the loading threads share.
+struct Loading {
+    vm: Arc<Vm>,
+    zero: Bitmap,
+    loaded: Bitmap,
+    requested: Bitmap,
+    /// When each page was requested: nanoseconds since `epoch`, plus one (0: never).
+    requested_at: Vec<AtomicU64>,
+    epoch: Instant,
+    /// Fault waits in microseconds.
+    waits: Mutex<Vec<u64>>,
+    /// The requests channel's sending side.
+    requests: Mutex<TcpStream>,
+    /// Notified whenever pages are loaded (signal mode's vCPUs and the main thread wait).
+    progress: (Mutex<()>, Condvar),
+    faults: AtomicU64,
+    streamed: AtomicU64,
+    duplicates: AtomicU64,
+    bytes: AtomicU64,
+    source_times: Mutex<(u64, u64)>,
+    /// Every page is loaded; the source may hang up.
+    done: AtomicBool,
+    /// Why a loading thread stopped.
+    failure: Mutex<Option<Error>>,
+}
+
+impl Loading {
+    fn new(vm: Arc<Vm>, zero: Bitmap, requests: &TcpStream) -> Result<Self> {
+        let pages = zero.len();
+        Ok(Self {
+            vm,
+            zero,
+            loaded: Bitmap::new(pages),
+            requested: Bitmap::new(pages),
+            requested_at: (0..pages).map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
+            waits: Mutex::new(Vec::new()),
+            requests: Mutex::new(
+                requests
+                    .try_clone()
+                    .map_err(io("cloning the requests socket"))?,
+            ),
+            progress: (Mutex::new(()), Condvar::new()),
+            faults: AtomicU64::new(0),
+            streamed: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            source_times: Mutex::new((0, 0)),
+            done: AtomicBool::new(false),
+            failure: Mutex::new(None),
+        })
+    }
+
+    fn ram(&self) -> &GuestRam {
+        self.vm.ram()
+    }
+
+    /// Runs `work` in a thread; its error, if any, stops the migration.
+    fn spawn(
+        self: &Arc<Self>,
+        name: &str,
+        work: impl FnOnce(&Self) -> Result<()> + Send + 'static,
+    ) -> Result<()> {
+        let this = self.clone();
+        thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                if let Err(e) = work(&this) {
+                    lock(&this.failure).get_or_insert(e);
+                    this.progress.1.notify_all();
+                }
+            })
+            .map(drop)
+            .map_err(io("spawning a thread"))
+    }
+
+    fn send(&self, control: &Control) -> Result<()> {
+        protocol::send_control(&mut *lock(&self.requests), control).map(drop)
+    }
+
+    /// Records that `page` is loaded (by us or, after EEXIST, by another thread).
+    fn mark_loaded(&self, page: u64) {
+        if !self.loaded.set(page) {
+            return;
+        }
+        let at = self.requested_at[page as usize].load(Ordering::Relaxed);
+        if at != 0 {
+            let now = self.epoch.elapsed().as_nanos() as u64 + 1;
+            lock(&self.waits).push(now.saturating_sub(at) / 1000);
+        }
+    }
+
+    fn notify(&self) {
+        let _guard = lock(&self.progress.0);
+        self.progress.1.notify_all();
+    }
+
+    /// Handles faults on `pages`: zero pages are loaded at once, the others requested
+    /// (each once).
+    fn resolve(&self, pages: impl IntoIterator<Item = u64>) -> Result<()> {
+        let mut wanted = Vec::new();
+        for page in pages {
+            self.faults.fetch_add(1, Ordering::Relaxed);
+            if self.loaded.get(page) {
+                continue;
+            }
+            if self.zero.get(page) {
+                match self.ram().object().load_zero(
+                    self.ram().guest(),
+                    page * PAGE,
+                    PAGE,
+                    Wake::Now,
+                ) {
+                    Ok(_) => {}
+                    Err(e) if e.errno() == Some(Errno::EEXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                self.mark_loaded(page);
+                self.notify();
+            } else if self.requested.set(page) {
+                let now = self.epoch.elapsed().as_nanos() as u64 + 1;
+                self.requested_at[page as usize].store(now, Ordering::Relaxed);
+                wanted.push(page);
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        self.send(&Control::Request { pages: wanted })
+    }
+
+    /// Queue mode: reads fault events and resolves them, until the object is aborted.
+    fn resolve_events(&self, events: &Events) -> Result<()> {
+        let mut batch = [Event {
+            address: 0,
+            offset: 0,
+            tid: 0,
+            write: false,
+            kernel: false,
+        }; BATCH_PAGES];
+        loop {
+            let n = events.read(&mut batch)?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.resolve(batch[..n].iter().map(|e| e.offset / PAGE))?;
+        }
+    }
+
+    /// Signal mode: waits until `page` is loaded.
+    fn wait_loaded(&self, page: u64) -> Result<()> {
+        let mut guard = lock(&self.progress.0);
+        while !self.loaded.get(page) {
+            if let Some(e) = lock(&self.failure).take() {
+                return Err(e);
+            }
+            guard = self
+                .progress
+                .1
+                .wait_timeout(guard, Duration::from_millis(100))
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Loads every zero page, in vectored calls (lazily: the module allocates a page only
+    /// when the guest touches it).
+    fn load_zero_pages(&self) -> Result<()> {
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for page in (0..self.zero.len()).filter(|&p| self.zero.get(p)) {
+            match ranges.last_mut() {
+                Some((offset, len)) if *offset + *len == page * PAGE => *len += PAGE,
+                _ => ranges.push((page * PAGE, PAGE)),
+            }
+        }
+        for chunk in ranges.chunks(LOADV_MAX) {
+            let mut rest = chunk.to_vec();
+            while !rest.is_empty() {
+                let object = self.ram().object();
+                let (done, skip) =
+                    match object.load_zero_vectored(self.ram().guest(), &rest, Wake::Now) {
+                        Ok(loaded) => (loaded, false),
+                        // A fault loaded that page first.
+                        Err(muserload::Error::Load {
+                            loaded,
+                            errno: Errno::EEXIST,
+                            ..
+                        }) => (loaded, true),
+                        Err(e) => return Err(e.into()),
+                    };
+                rest = self.consume(rest, done, skip);
+            }
+            self.notify();
+        }
+        Ok(())
+    }
+
+    /// Marks the first `bytes` of `ranges` loaded, and the page after them too if `skip`
+    /// (it was already loaded); returns what is left.
+    fn consume(&self, ranges: Vec<(u64, u64)>, bytes: u64, skip: bool) -> Vec<(u64, u64)> {
+        let mut to_mark = bytes / PAGE + u64::from(skip);
+        let mut left = Vec::new();
+        for (offset, len) in ranges {
+            let take = to_mark.min(len / PAGE);
+            to_mark -= take;
+            (offset / PAGE..offset / PAGE + take).for_each(|p| self.mark_loaded(p));
+            if take < len / PAGE {
+                left.push((offset + take * PAGE, len - take * PAGE));
+            }
+        }
+        left
+    }
+
+    /// Receives batches of pages on one channel into staging slots `first_slot..` and
+    /// moves them into guest memory, until the stream ends (or, on the requests channel,
+    /// the source hangs up after `Done`).
+    fn receive_batches(
+        &self,
+        mut conn: BufReader<TcpStream>,
+        first_slot: usize,
+        channel: Channel,
+    ) -> Result<()> {
+        let what = match channel {
+            Channel::Stream => "stream",
+            Channel::Requests => "requests channel",
+        };
+        let mut staging = self.ram().object().map_staging()?;
+        loop {
+            let frame = match protocol::recv_frame(&mut conn, what) {
+                Ok(frame) => frame,
+                Err(_) if self.done.load(Ordering::SeqCst) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            match (frame, channel) {
+                (Frame::Pages(pages), _) => {
+                    if let Some(&bad) = pages.indices.iter().find(|&&p| p >= self.zero.len()) {
+                        return Err(Error::Protocol(format!("{what}: page {bad} past RAM")));
+                    }
+                    let n = pages.indices.len();
+                    pages.read_data(&mut conn, staging.slots_mut(first_slot, n)?, what)?;
+                    self.bytes.fetch_add(pages.wire_size(), Ordering::Relaxed);
+                    if channel == Channel::Stream {
+                        self.streamed.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    let pairs: Vec<(u64, usize)> = pages
+                        .indices
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &page)| (page * PAGE, first_slot + k))
+                        .collect();
+                    self.move_pages(&mut staging, &pairs)?;
+                    self.notify();
+                }
+                (Frame::Control(Control::StreamEnd), Channel::Stream) => return Ok(()),
+                (Frame::Control(Control::SourceTimes { setup, downtime }), Channel::Requests) => {
+                    *lock(&self.source_times) = (setup, downtime);
+                }
+                _ => return Err(Error::Protocol(format!("{what}: unexpected message"))),
+            }
+        }
+    }
+
+    /// Moves staging slots into guest pages, `(offset, slot)` pairs; a page loaded
+    /// meanwhile (EEXIST) is skipped and counted as a duplicate.
+    fn move_pages(&self, staging: &mut muserload::Staging, pairs: &[(u64, usize)]) -> Result<()> {
+        let (object, guest) = (self.ram().object(), self.ram().guest());
+        let mut rest = pairs;
+        while !rest.is_empty() {
+            let (moved, skip) = match object.load_move_vectored(guest, staging, rest, Wake::Now) {
+                Ok(loaded) => ((loaded / PAGE) as usize, 0),
+                Err(muserload::Error::Load {
+                    loaded,
+                    errno: Errno::EEXIST,
+                    ..
+                }) => ((loaded / PAGE) as usize, 1),
+                Err(e) => return Err(e.into()),
+            };
+            let taken = (moved + skip).min(rest.len());
+            for &(offset, _) in &rest[..taken] {
+                self.mark_loaded(offset / PAGE);
+            }
+            self.duplicates.fetch_add(skip as u64, Ordering::Relaxed);
+            rest = &rest[taken..];
+        }
+        Ok(())
+    }
+
+    /// Waits until every page is loaded, showing progress on a terminal.
+    fn wait_all_loaded(&self, machine: &Machine) -> Result<()> {
+        let total = self.zero.len();
+        let bar = ProgressBar::new(total);
+        if let Ok(style) =
+            ProgressStyle::with_template("{bar:40} {pos}/{len} pages loaded, {elapsed} {msg}")
+        {
+            bar.set_style(style);
+        }
+        let mut guard = lock(&self.progress.0);
+        loop {
+            let loaded = self.loaded.count();
+            bar.set_position(loaded);
+            if loaded == total {
+                bar.finish_and_clear();
+                return Ok(());
+            }
+            if let Some(e) = lock(&self.failure).take() {
+                bar.abandon();
+                return Err(e);
+            }
+            if let Some(failure) = machine.failure() {
+                bar.abandon();
+                return Err(Error::Guest(failure));
+            }
+            guard = self
+                .progress
+                .1
+                .wait_timeout(guard, Duration::from_millis(100))
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+    }
+}
+
+thread_local! {
+    /// The address signal mode's handler saw last in this thread (0: none).
+    static FAULT_ADDRESS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Signal mode's handler: notes the address for the vCPU loop, which sees KVM_RUN fail
+/// with EINTR next. A thread-local `Cell` store is async-signal-safe.
+fn note_fault(address: u64) {
+    FAULT_ADDRESS.with(|a| a.set(address));
+}
+
+/// Signal mode's faults, handled in the vCPU threads.
+struct SignalFaults(Arc<Loading>);
+
+impl Interrupted for SignalFaults {
+    fn interrupted(&self) -> Result<()> {
+        let address = FAULT_ADDRESS.with(|a| a.replace(0));
+        if address == 0 {
+            return Ok(());
+        }
+        let base = self.0.ram().guest().as_ptr() as u64;
+        let page = address
+            .checked_sub(base)
+            .map(|offset| offset / PAGE)
+            .filter(|&page| page < self.0.zero.len())
+            .ok_or_else(|| Error::Guest(format!("fault signal for {address:#x}, not guest RAM")))?;
+        self.0.resolve([page])?;
+        self.0.wait_loaded(page)
+    }
+}

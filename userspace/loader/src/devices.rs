@@ -1,0 +1,207 @@
+//! The guest's devices: a 16550 serial console at COM1 (`vm-superio`) and the test
+//! guest's report ports. Both are port I/O devices; their state migrates with the vCPUs.
+
+use std::{
+    io::{self, Write},
+    sync::{Condvar, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use muserload_test_guest_abi::{PORTS, PORT_FILLED, PORT_MISMATCH, PORT_ROUND, PORT_SWEEP};
+use serde::{Deserialize, Serialize};
+use vm_superio::{serial::SerialState, Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::error::{Error, Result};
+
+/// COM1's ports.
+const COM1: std::ops::RangeInclusive<u16> = 0x3f8..=0x3ff;
+/// COM1's interrupt line.
+pub const COM1_IRQ: u32 = 4;
+
+/// Raises the serial interrupt through an eventfd that KVM turns into the IRQ (irqfd).
+pub struct IrqTrigger(pub EventFd);
+
+impl Trigger for IrqTrigger {
+    type E = io::Error;
+
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// What the test guest has reported.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestReport {
+    /// Whether it has filled its memory.
+    pub filled: bool,
+    /// Rounds completed.
+    pub rounds: u64,
+    /// Complete sweeps (checks of every data page).
+    pub sweeps: u64,
+    /// Pages found wrong.
+    pub mismatches: u64,
+    /// The first page found wrong.
+    pub first_mismatch: Option<u64>,
+}
+
+/// The serial port's registers, as `vm_superio::serial::SerialState` (which has no serde).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SerialSnapshot {
+    registers: [u8; 9],
+    in_buffer: Vec<u8>,
+}
+
+/// Everything the devices hold, for migration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeviceState {
+    serial: SerialSnapshot,
+    test: TestReport,
+}
+
+impl DeviceState {
+    /// What the test guest had reported.
+    pub fn test_report(&self) -> &TestReport {
+        &self.test
+    }
+}
+
+/// The devices of one VM.
+pub struct Devices {
+    serial: Mutex<Serial<IrqTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>>,
+    report: Mutex<TestReport>,
+    changed: Condvar,
+}
+
+impl Devices {
+    /// New devices; the console writes to `console`, the interrupt goes to `irq`.
+    pub fn new(irq: EventFd, console: Box<dyn Write + Send>) -> Self {
+        Self {
+            serial: Mutex::new(Serial::new(IrqTrigger(irq), console)),
+            report: Mutex::new(TestReport::default()),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Devices in the state `state` (from [`Devices::state`] on the source).
+    pub fn restore(
+        irq: EventFd,
+        console: Box<dyn Write + Send>,
+        state: DeviceState,
+    ) -> Result<Self> {
+        let [baud_divisor_low, baud_divisor_high, interrupt_enable, interrupt_identification, line_control, line_status, modem_control, modem_status, scratch] =
+            state.serial.registers;
+        let serial_state = SerialState {
+            baud_divisor_low,
+            baud_divisor_high,
+            interrupt_enable,
+            interrupt_identification,
+            line_control,
+            line_status,
+            modem_control,
+            modem_status,
+            scratch,
+            in_buffer: state.serial.in_buffer,
+        };
+        let serial = Serial::from_state(
+            &serial_state,
+            IrqTrigger(irq),
+            vm_superio::serial::NoEvents,
+            console,
+        )
+        .map_err(|e| Error::Config(format!("restoring the serial port: {e:?}")))?;
+        Ok(Self {
+            serial: Mutex::new(serial),
+            report: Mutex::new(state.test),
+            changed: Condvar::new(),
+        })
+    }
+
+    /// The devices' state. Call with the vCPUs stopped.
+    pub fn state(&self) -> DeviceState {
+        let s = lock(&self.serial).state();
+        DeviceState {
+            serial: SerialSnapshot {
+                registers: [
+                    s.baud_divisor_low,
+                    s.baud_divisor_high,
+                    s.interrupt_enable,
+                    s.interrupt_identification,
+                    s.line_control,
+                    s.line_status,
+                    s.modem_control,
+                    s.modem_status,
+                    s.scratch,
+                ],
+                in_buffer: s.in_buffer,
+            },
+            test: self.report(),
+        }
+    }
+
+    /// A vCPU's `in` from `port`; returns whether a device took it.
+    pub fn io_in(&self, port: u16, data: &mut [u8]) -> bool {
+        if COM1.contains(&port) && data.len() == 1 {
+            data[0] = lock(&self.serial).read((port - COM1.start()) as u8);
+            return true;
+        }
+        data.fill(0xff);
+        false
+    }
+
+    /// A vCPU's `out` to `port`; returns whether a device took it.
+    pub fn io_out(&self, port: u16, data: &[u8]) -> bool {
+        if COM1.contains(&port) && data.len() == 1 {
+            // Output the guest writes while the console is gone is lost, as on hardware.
+            let _ = lock(&self.serial).write((port - COM1.start()) as u8, data[0]);
+            return true;
+        }
+        if PORTS.contains(&port) && data.len() == 4 {
+            let value = u64::from(u32::from_le_bytes([data[0], data[1], data[2], data[3]]));
+            let mut report = lock(&self.report);
+            match port {
+                PORT_FILLED => report.filled = true,
+                PORT_ROUND => report.rounds = value,
+                PORT_SWEEP => report.sweeps = value,
+                PORT_MISMATCH => {
+                    report.mismatches += 1;
+                    report.first_mismatch.get_or_insert(value);
+                }
+                _ => return false,
+            }
+            self.changed.notify_all();
+            return true;
+        }
+        false
+    }
+
+    /// What the test guest has reported so far.
+    pub fn report(&self) -> TestReport {
+        lock(&self.report).clone()
+    }
+
+    /// Waits until `done` holds for the test guest's report, or `timeout` passes; returns
+    /// the report then.
+    pub fn wait_report(&self, timeout: Duration, done: impl Fn(&TestReport) -> bool) -> TestReport {
+        let report = lock(&self.report);
+        let (report, _) = self
+            .changed
+            .wait_timeout_while(report, timeout, |r| !done(r))
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        report.clone()
+    }
+
+    /// Wakes [`Devices::wait_report`] callers to look again (the VM stopped).
+    pub fn wake_waiters(&self) {
+        let _guard = lock(&self.report);
+        self.changed.notify_all();
+    }
+}
+
+/// Locks `mutex`; a vCPU thread that panicked holding it left consistent data (each
+/// update is a single assignment).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

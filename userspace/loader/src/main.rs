@@ -1,0 +1,148 @@
+//! `muserload-loader`: a KVM VMM whose guest RAM is a muserload object, and that migrates
+//! a running guest post-copy over TCP.
+//!
+//! ```text
+//! muserload-loader receive --listen 0.0.0.0:4444 --mode queue
+//! muserload-loader run --test-guest muserload-test-guest --mem-mib 256 \
+//!     --working-set-mib 32 --migrate-to 127.0.0.1:4444 --migrate-after 2
+//! ```
+
+mod bitmap;
+mod boot;
+mod destination;
+mod devices;
+mod error;
+mod memory;
+mod protocol;
+mod report;
+mod source;
+mod vcpu;
+mod vm;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    boot::TestGuestConfig,
+    destination::{Mode, ReceiveOptions},
+    source::RunOptions,
+};
+
+/// A KVM VMM whose guest RAM is a muserload object: runs the built-in test guest and
+/// migrates it post-copy.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the test guest; migrate it when told (`--migrate-to`, or `migrate HOST:PORT` on
+    /// stdin).
+    Run {
+        /// The test guest's image (muserload-test-guest, an ELF file).
+        #[arg(long)]
+        test_guest: PathBuf,
+        /// Guest RAM in MiB.
+        #[arg(long, default_value_t = 256)]
+        mem_mib: u64,
+        /// MiB the guest rewrites every round.
+        #[arg(long, default_value_t = 32)]
+        working_set_mib: u64,
+        /// MiB the guest checks every round (a full check of its memory takes several).
+        #[arg(long, default_value_t = 8)]
+        sweep_mib: u64,
+        /// Migrate to this destination (HOST:PORT, where `muserload-loader receive` listens).
+        #[arg(long)]
+        migrate_to: Option<String>,
+        /// Seconds to run before migrating.
+        #[arg(long, requires = "migrate_to")]
+        migrate_after: Option<f64>,
+        /// Rounds the guest completes before migrating.
+        #[arg(long, requires = "migrate_to")]
+        migrate_after_rounds: Option<u64>,
+        /// Write the report as JSON here.
+        #[arg(long)]
+        report_json: Option<PathBuf>,
+    },
+    /// Receive a migrating guest and run it until it has checked all its memory.
+    Receive {
+        /// Address to listen on (HOST:PORT).
+        #[arg(long)]
+        listen: String,
+        /// How faults on pages not received yet reach the loader.
+        #[arg(long, value_enum, default_value_t = Mode::Queue)]
+        mode: Mode,
+        /// Complete checks of its memory the guest makes here before it is stopped.
+        #[arg(long, default_value_t = 1)]
+        check_sweeps: u64,
+        /// Seconds the guest may take for them.
+        #[arg(long, default_value_t = 600.0)]
+        timeout: f64,
+        /// Write the report as JSON here.
+        #[arg(long)]
+        report_json: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Run {
+            test_guest,
+            mem_mib,
+            working_set_mib,
+            sweep_mib,
+            migrate_to,
+            migrate_after,
+            migrate_after_rounds,
+            report_json,
+        } => seconds(migrate_after, "--migrate-after").and_then(|migrate_after| {
+            source::run(RunOptions {
+                test_guest,
+                ram_size: mem_mib << 20,
+                guest: TestGuestConfig {
+                    working_set_pages: working_set_mib << 8,
+                    sweep_pages: sweep_mib << 8,
+                },
+                migrate_to,
+                migrate_after,
+                migrate_after_rounds,
+                report_json,
+            })
+        }),
+        Command::Receive {
+            listen,
+            mode,
+            check_sweeps,
+            timeout,
+            report_json,
+        } => seconds(Some(timeout), "--timeout").and_then(|timeout| {
+            destination::receive(ReceiveOptions {
+                listen,
+                mode,
+                check_sweeps,
+                timeout: timeout.unwrap_or_default(),
+                report_json,
+            })
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("muserload-loader: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn seconds(value: Option<f64>, what: &str) -> error::Result<Option<Duration>> {
+    value
+        .map(|s| {
+            Duration::try_from_secs_f64(s)
+                .map_err(|_| error::Error::Config(format!("{what} {s}: not a number of seconds")))
+        })
+        .transpose()
+}

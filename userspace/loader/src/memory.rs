@@ -1,0 +1,121 @@
+//! Guest RAM: one muserload object, mapped once for KVM and the loader, with a `vm-memory`
+//! view of the same mapping for the image loaders.
+
+use muserload::{features, GuestMemory, Object, PAGE_SIZE};
+use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+
+use crate::error::{Error, Result};
+
+/// Staging slots of a destination: one batch for fault replies, one for the stream.
+pub const STAGING_SLOTS: usize = 2 * BATCH_PAGES;
+
+/// The most pages one batch on the wire carries (and one vectored MOVE loads).
+pub const BATCH_PAGES: usize = 64;
+
+/// Guest RAM.
+pub struct GuestRam {
+    // Fields drop in this order: the view of the mapping, the mapping, the object.
+    view: GuestMemoryMmap,
+    guest: GuestMemory,
+    object: Object,
+}
+
+impl GuestRam {
+    /// RAM of `size` bytes (a page multiple), zero-filled on first touch.
+    pub fn new(size: u64) -> Result<Self> {
+        if size == 0 || size % PAGE_SIZE as u64 != 0 {
+            return Err(Error::Config(format!(
+                "guest RAM of {size} bytes is not a whole number of pages"
+            )));
+        }
+        let wanted = features::QUEUE | features::SIGNAL | features::MOVE | features::LOADV;
+        let object = Object::create(size, (STAGING_SLOTS * PAGE_SIZE) as u64, wanted)?;
+        let guest = object.map_guest()?;
+        let len = guest.len();
+        // SAFETY: `guest` is a shared read-write mapping of `len` bytes, and it outlives
+        // `view`: both end up in `Self`, which drops `view` first. A raw region never
+        // unmaps what it was given.
+        let region = unsafe {
+            MmapRegion::build_raw(
+                guest.as_ptr(),
+                len,
+                nix::libc::PROT_READ | nix::libc::PROT_WRITE,
+                nix::libc::MAP_SHARED,
+            )
+        }
+        .map_err(|e| Error::Config(format!("vm-memory region: {e}")))?;
+        let region = GuestRegionMmap::new(region, GuestAddress(0))
+            .ok_or_else(|| Error::Config("vm-memory region overflows".into()))?;
+        let view = GuestMemoryMmap::from_regions(vec![region])
+            .map_err(|e| Error::Config(format!("vm-memory: {e}")))?;
+        Ok(Self {
+            view,
+            guest,
+            object,
+        })
+    }
+
+    /// The muserload object.
+    pub fn object(&self) -> &Object {
+        &self.object
+    }
+
+    /// The mapping KVM and the loader use.
+    pub fn guest(&self) -> &GuestMemory {
+        &self.guest
+    }
+
+    /// The same mapping as `vm-memory` guest memory.
+    pub fn view(&self) -> &GuestMemoryMmap {
+        &self.view
+    }
+
+    /// The size in bytes.
+    pub fn size(&self) -> u64 {
+        self.guest.len() as u64
+    }
+
+    /// The number of pages.
+    pub fn pages(&self) -> u64 {
+        self.size() / PAGE_SIZE as u64
+    }
+}
+
+impl GuestRam {
+    /// Page `index` as bytes.
+    ///
+    /// # Safety
+    ///
+    /// Nothing may write the page while the slice lives: no vCPU runs, no load targets it.
+    pub unsafe fn page(&self, index: u64) -> &[u8] {
+        let offset = index as usize * PAGE_SIZE;
+        assert!(
+            offset + PAGE_SIZE <= self.guest.len(),
+            "page {index} out of range"
+        );
+        // SAFETY: The page lies in the mapping (asserted), which lives as long as `self`;
+        // the caller guarantees that nothing writes it meanwhile.
+        unsafe { std::slice::from_raw_parts(self.guest.as_ptr().add(offset), PAGE_SIZE) }
+    }
+
+    /// Which pages are present in this process's mapping (`mincore(2)`); the others have
+    /// never been touched, so they are zero.
+    pub fn resident(&self) -> Result<Vec<bool>> {
+        let mut vec = vec![0u8; self.pages() as usize];
+        // SAFETY: The range is our mapping, and `vec` has a byte per page of it.
+        let ret = unsafe {
+            nix::libc::mincore(
+                self.guest.as_ptr().cast(),
+                self.guest.len(),
+                vec.as_mut_ptr(),
+            )
+        };
+        if ret != 0 {
+            return Err(Error::Io {
+                what: "mincore on guest RAM",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(vec.into_iter().map(|b| b & 1 != 0).collect())
+    }
+}

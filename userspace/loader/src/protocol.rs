@@ -1,0 +1,286 @@
+//! The migration protocol: what the source and destination say over TCP.
+//!
+//! Two connections from the source to the destination's listening address, each opened
+//! with a [`Channel`] hello that names the protocol (magic, version) and the channel:
+//!
+//! - the stream: the machine state (vCPUs, VM, devices), the zero-page map, then every
+//!   other page in batches, then [`Control::StreamEnd`];
+//! - the requests channel: the destination asks for the pages its vCPUs wait for, the
+//!   source answers with batches there, ahead of the stream; the destination also says
+//!   [`Control::Resumed`] (the source answers with the times it measured) and
+//!   [`Control::Done`] (every page loaded: the source may exit).
+//!
+//! After the hello, a frame is a kind byte and a little-endian u32 body length. A control
+//! frame's body is a postcard-encoded [`Control`]. A pages frame's body is a u32 page
+//! count, the CRC-32 of what follows, the pages' indices (u64 each) and their data, which
+//! the receiver reads straight into its staging slots before checking the CRC.
+
+use std::io::{Read, Write};
+
+use muserload::PAGE_SIZE;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    error::{io, Error, Result},
+    memory::BATCH_PAGES,
+    vm::MachineState,
+};
+
+/// Opens every connection.
+pub const MAGIC: [u8; 8] = *b"MUSERLD\0";
+/// The protocol version this loader speaks.
+pub const VERSION: u32 = 1;
+
+const KIND_CONTROL: u8 = 1;
+const KIND_PAGES: u8 = 2;
+/// The largest control frame (the machine state is the largest, some tens of KiB).
+const CONTROL_MAX: u32 = 16 << 20;
+
+/// Which connection a hello opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    /// State, zero map, background pages.
+    Stream = 1,
+    /// Page requests and their answers.
+    Requests = 2,
+}
+
+/// Control messages.
+#[derive(Serialize, Deserialize)]
+pub enum Control {
+    /// Source to destination, stream: everything but RAM.
+    Machine(Box<MachineState>),
+    /// Source to destination, stream: bit `i` of word `i / 64` is set if page `i` is zero.
+    ZeroMap {
+        /// Pages of guest RAM.
+        pages: u64,
+        /// The bitmap.
+        words: Vec<u64>,
+    },
+    /// Source to destination, stream: every page that is not zero has been sent.
+    StreamEnd,
+    /// Destination to source, requests: send these pages first.
+    Request {
+        /// Page indices.
+        pages: Vec<u64>,
+    },
+    /// Destination to source, requests: the guest runs at the destination.
+    Resumed,
+    /// Source to destination, requests: what the source measured, in microseconds.
+    SourceTimes {
+        /// From connecting to pausing the guest.
+        setup: u64,
+        /// From pausing the guest to the destination's `Resumed`.
+        downtime: u64,
+    },
+    /// Destination to source, requests: every page is loaded; the source may go.
+    Done,
+}
+
+/// A received frame.
+pub enum Frame {
+    /// A control message.
+    Control(Control),
+    /// A batch of pages whose data follows: read it with [`Pages::read_data`].
+    Pages(Pages),
+}
+
+/// The head of a pages frame.
+pub struct Pages {
+    /// The pages' indices, in the order their data follows.
+    pub indices: Vec<u64>,
+    crc: u32,
+}
+
+/// The hello that opens a connection: magic, version, channel.
+pub fn send_hello(w: &mut impl Write, channel: Channel) -> Result<()> {
+    let mut hello = [0u8; 16];
+    hello[..8].copy_from_slice(&MAGIC);
+    hello[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    hello[12..].copy_from_slice(&(channel as u32).to_le_bytes());
+    w.write_all(&hello).map_err(io("sending the hello"))
+}
+
+/// Reads a hello and answers it: accepts our version, refuses any other (telling the
+/// peer why) and returns an error.
+pub fn accept_hello(stream: &mut (impl Read + Write)) -> Result<Channel> {
+    let mut hello = [0u8; 16];
+    stream
+        .read_exact(&mut hello)
+        .map_err(io("receiving the hello"))?;
+    if hello[..8] != MAGIC {
+        return Err(Error::Protocol(
+            "the peer does not speak the muserload migration protocol".into(),
+        ));
+    }
+    let version = u32_at(&hello, 8);
+    let channel = match u32_at(&hello, 12) {
+        1 => Ok(Channel::Stream),
+        2 => Ok(Channel::Requests),
+        other => Err(format!("unknown channel {other}")),
+    };
+    let refusal = if version != VERSION {
+        Some(format!(
+            "the source speaks protocol version {version}, this destination {VERSION}"
+        ))
+    } else {
+        channel.as_ref().err().cloned()
+    };
+    let mut answer = Vec::with_capacity(16);
+    answer.extend_from_slice(&MAGIC);
+    answer.extend_from_slice(&VERSION.to_le_bytes());
+    let reason = refusal.clone().unwrap_or_default();
+    answer.extend_from_slice(&(reason.len() as u32).to_le_bytes());
+    answer.extend_from_slice(reason.as_bytes());
+    stream
+        .write_all(&answer)
+        .map_err(io("answering the hello"))?;
+    match refusal {
+        Some(reason) => Err(Error::Refused(reason)),
+        None => channel.map_err(Error::Protocol),
+    }
+}
+
+/// Reads the answer to our hello.
+pub fn hello_answer(r: &mut impl Read) -> Result<()> {
+    let mut head = [0u8; 16];
+    r.read_exact(&mut head)
+        .map_err(io("receiving the answer to the hello"))?;
+    if head[..8] != MAGIC {
+        return Err(Error::Protocol(
+            "the peer does not speak the muserload migration protocol".into(),
+        ));
+    }
+    let (version, len) = (u32_at(&head, 8), u32_at(&head, 12));
+    if len == 0 && version != VERSION {
+        return Err(Error::Refused(format!(
+            "the destination speaks protocol version {version}, this source {VERSION}"
+        )));
+    }
+    if len == 0 {
+        return Ok(());
+    }
+    let mut reason = vec![0; len.min(4096) as usize];
+    r.read_exact(&mut reason)
+        .map_err(io("receiving the answer to the hello"))?;
+    Err(Error::Refused(
+        String::from_utf8_lossy(&reason).into_owned(),
+    ))
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// Sends a control message; returns the bytes sent.
+pub fn send_control(w: &mut impl Write, control: &Control) -> Result<u64> {
+    let body = postcard::to_stdvec(control)
+        .map_err(|e| Error::Protocol(format!("encoding a message: {e}")))?;
+    let mut frame = Vec::with_capacity(5 + body.len());
+    frame.push(KIND_CONTROL);
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&body);
+    w.write_all(&frame).map_err(io("sending a message"))?;
+    Ok(frame.len() as u64)
+}
+
+/// Sends a batch of pages, given as (index, data) pairs; returns the bytes sent.
+pub fn send_pages(w: &mut impl Write, pages: &[(u64, &[u8])]) -> Result<u64> {
+    debug_assert!(pages.len() <= BATCH_PAGES);
+    let mut head = Vec::with_capacity(13 + pages.len() * 8);
+    head.push(KIND_PAGES);
+    head.extend_from_slice(&((8 + pages.len() * (8 + PAGE_SIZE)) as u32).to_le_bytes());
+    head.extend_from_slice(&(pages.len() as u32).to_le_bytes());
+    let indices: Vec<u8> = pages.iter().flat_map(|(i, _)| i.to_le_bytes()).collect();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&indices);
+    for (_, data) in pages {
+        crc.update(data);
+    }
+    head.extend_from_slice(&crc.finalize().to_le_bytes());
+    head.extend_from_slice(&indices);
+    w.write_all(&head).map_err(io("sending pages"))?;
+    for (_, data) in pages {
+        w.write_all(data).map_err(io("sending pages"))?;
+    }
+    Ok((head.len() + pages.len() * PAGE_SIZE) as u64)
+}
+
+/// Receives the next frame (for pages, up to their data). `what` names the channel for
+/// errors.
+pub fn recv_frame(r: &mut impl Read, what: &'static str) -> Result<Frame> {
+    let mut head = [0u8; 5];
+    read_exact(r, &mut head, what)?;
+    let len = u32_at(&head, 1);
+    match head[0] {
+        KIND_CONTROL => {
+            if len > CONTROL_MAX {
+                return Err(Error::Protocol(format!(
+                    "{what}: a {len}-byte message is larger than {CONTROL_MAX}"
+                )));
+            }
+            let mut body = vec![0; len as usize];
+            read_exact(r, &mut body, what)?;
+            postcard::from_bytes(&body)
+                .map(Frame::Control)
+                .map_err(|e| Error::Protocol(format!("{what}: undecodable message: {e}")))
+        }
+        KIND_PAGES => {
+            let mut counts = [0u8; 8];
+            read_exact(r, &mut counts, what)?;
+            let count = u32_at(&counts, 0) as usize;
+            if count == 0 || count > BATCH_PAGES || len as usize != 8 + count * (8 + PAGE_SIZE) {
+                return Err(Error::Protocol(format!(
+                    "{what}: a batch of {count} pages in {len} bytes"
+                )));
+            }
+            let mut raw = vec![0u8; count * 8];
+            read_exact(r, &mut raw, what)?;
+            let indices = raw
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect();
+            Ok(Frame::Pages(Pages {
+                indices,
+                crc: u32_at(&counts, 4),
+            }))
+        }
+        kind => Err(Error::Protocol(format!(
+            "{what}: unknown frame kind {kind}"
+        ))),
+    }
+}
+
+impl Pages {
+    /// Reads the batch's data into `data` (exactly one page per index) and checks the CRC.
+    pub fn read_data(&self, r: &mut impl Read, data: &mut [u8], what: &'static str) -> Result<()> {
+        read_exact(r, data, what)?;
+        let mut crc = crc32fast::Hasher::new();
+        for index in &self.indices {
+            crc.update(&index.to_le_bytes());
+        }
+        crc.update(data);
+        if crc.finalize() != self.crc {
+            return Err(Error::Protocol(format!(
+                "{what}: checksum mismatch in a batch of {} pages",
+                self.indices.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The bytes this frame took on the wire.
+    pub fn wire_size(&self) -> u64 {
+        (13 + self.indices.len() * (8 + PAGE_SIZE)) as u64
+    }
+}
+
+fn read_exact(r: &mut impl Read, buf: &mut [u8], what: &'static str) -> Result<()> {
+    r.read_exact(buf).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Error::Protocol(format!("{what}: the peer closed the connection mid-stream"))
+        } else {
+            Error::Io { what, source: e }
+        }
+    })
+}

@@ -1,0 +1,110 @@
+//! The reports printed at the end of a migration, as a table (like QEMU's `info migrate`)
+//! and as JSON.
+
+use std::{fmt::Write as _, path::Path};
+
+use serde::Serialize;
+
+use crate::{
+    destination::DestinationReport,
+    error::{Error, Result},
+    source::SourceReport,
+};
+
+/// Writes `report` to `path` as JSON.
+pub fn write_json(path: &Path, report: &impl Serialize) -> Result<()> {
+    let json = serde_json::to_string_pretty(report)
+        .map_err(|e| Error::Config(format!("encoding the report: {e}")))?;
+    std::fs::write(path, json + "\n").map_err(|e| Error::Io {
+        what: "writing the JSON report",
+        source: e,
+    })
+}
+
+fn table(title: &str, rows: &[(&str, String)]) -> String {
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut out = format!("{title}\n");
+    for (key, value) in rows {
+        let _ = writeln!(out, "  {key:<width$}  {value}");
+    }
+    out
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.1} ms", us as f64 / 1000.0)
+}
+
+fn mib(bytes: u64) -> String {
+    format!(
+        "{:.1} MiB ({bytes} bytes)",
+        bytes as f64 / f64::from(1 << 20)
+    )
+}
+
+impl SourceReport {
+    /// The report as a table.
+    pub fn table(&self) -> String {
+        table(
+            "Migration (source side): completed",
+            &[
+                ("setup", ms(self.setup_us)),
+                ("downtime", ms(self.downtime_us)),
+                ("total time", format!("{} ms", self.total_ms)),
+                ("sent", mib(self.bytes_sent)),
+                ("pages", self.pages.to_string()),
+                ("zero pages (not sent)", self.zero_pages.to_string()),
+                ("zero pages sent", self.zero_pages_sent.to_string()),
+                ("pages sent on request", self.pages_requested.to_string()),
+                ("pages streamed", self.pages_streamed.to_string()),
+                ("most sends of a page", self.max_sends_per_page.to_string()),
+                ("guest rounds before pause", self.guest_rounds.to_string()),
+            ],
+        )
+    }
+}
+
+impl DestinationReport {
+    /// The report as a table.
+    pub fn table(&self) -> String {
+        let mbps = if self.total_ms == 0 {
+            0.0
+        } else {
+            self.bytes_received as f64 * 8.0 / 1e6 / (self.total_ms as f64 / 1000.0)
+        };
+        table(
+            &format!(
+                "Migration status: completed (post-copy, {} mode)",
+                self.mode
+            ),
+            &[
+                ("total time", format!("{} ms", self.total_ms)),
+                ("downtime", ms(self.downtime_us)),
+                ("setup", ms(self.setup_us)),
+                ("transferred", mib(self.bytes_received)),
+                ("throughput", format!("{mbps:.1} Mbps")),
+                ("zero pages", self.zero_pages.to_string()),
+                ("normal pages", self.normal_pages.to_string()),
+                ("pages requested", self.pages_requested.to_string()),
+                ("pages received twice", self.pages_duplicate.to_string()),
+                ("faults", self.faults.to_string()),
+                (
+                    "fault wait p50/p99/max",
+                    format!(
+                        "{} / {} / {}",
+                        ms(self.fault_wait_p50_us),
+                        ms(self.fault_wait_p99_us),
+                        ms(self.fault_wait_max_us)
+                    ),
+                ),
+                ("time to load all pages", format!("{} ms", self.load_all_ms)),
+                (
+                    "guest after resume",
+                    format!(
+                        "{} rounds, {} full checks of its memory, {} mismatches",
+                        self.guest_rounds_here, self.guest_sweeps_here, self.guest_mismatches
+                    ),
+                ),
+            ],
+        )
+    }
+}

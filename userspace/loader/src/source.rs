@@ -1,0 +1,374 @@
+//! The source: runs the test guest and, when told, migrates it post-copy: it pauses the
+//! vCPUs, sends their state, the devices' state and a map of the zero pages, then serves
+//! the destination's page requests ahead of a background stream of every other page, until
+//! the destination says every page is loaded.
+
+use std::{
+    io::{BufRead, BufWriter, Write},
+    net::{SocketAddr, TcpStream, ToSocketAddrs},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering},
+        mpsc, Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use crate::{
+    bitmap::Bitmap,
+    boot::{self, TestGuestConfig},
+    error::{io, Error, Result},
+    memory::{GuestRam, BATCH_PAGES},
+    protocol::{self, Channel, Control, Frame},
+    vcpu::{Machine, NoFaults},
+    vm::{MachineState, Vm},
+};
+
+/// What `muserload-loader run` was asked.
+pub struct RunOptions {
+    /// The test guest's image.
+    pub test_guest: PathBuf,
+    /// Guest RAM in bytes.
+    pub ram_size: u64,
+    /// What the test guest does.
+    pub guest: TestGuestConfig,
+    /// Where to migrate to without being told on stdin.
+    pub migrate_to: Option<String>,
+    /// Migrate this long after the start...
+    pub migrate_after: Option<Duration>,
+    /// ...or once the guest has completed this many rounds.
+    pub migrate_after_rounds: Option<u64>,
+    /// Where to write the report as JSON.
+    pub report_json: Option<PathBuf>,
+}
+
+/// What the source reports after a migration.
+#[derive(Debug, Default, Serialize)]
+pub struct SourceReport {
+    /// Connecting to the destination, in microseconds.
+    pub setup_us: u64,
+    /// From pausing the guest to the destination running it, in microseconds.
+    pub downtime_us: u64,
+    /// From connecting to the destination's "every page loaded", in milliseconds.
+    pub total_ms: u64,
+    /// Bytes sent on both connections.
+    pub bytes_sent: u64,
+    /// Pages of guest RAM.
+    pub pages: u64,
+    /// Zero pages (never sent unless asked for).
+    pub zero_pages: u64,
+    /// Zero pages sent anyway, because the destination asked for them (should be 0).
+    pub zero_pages_sent: u64,
+    /// Pages sent because the destination asked.
+    pub pages_requested: u64,
+    /// Pages sent by the background stream.
+    pub pages_streamed: u64,
+    /// The most times any page was sent.
+    pub max_sends_per_page: u8,
+    /// What the guest had reported when it was paused.
+    pub guest_rounds: u64,
+}
+
+/// Runs the test guest, and migrates it if asked.
+pub fn run(options: RunOptions) -> Result<()> {
+    let ram = GuestRam::new(options.ram_size)?;
+    let entry = boot::load_test_guest(&ram, &options.test_guest, options.guest)?;
+    let vm = Arc::new(Vm::new(ram, Box::new(std::io::stdout()))?);
+    let vcpu = vm.boot_vcpu(0, &entry)?;
+    let started = Instant::now();
+    let machine = Machine::start(vm.clone(), vec![vcpu], Arc::new(NoFaults))?;
+
+    let destination = wait_for_migrate(&machine, &options, started)?;
+    let report = migrate(machine, &destination)?;
+    println!("{}", report.table());
+    if let Some(path) = &options.report_json {
+        crate::report::write_json(path, &report)?;
+    }
+    Ok(())
+}
+
+/// Waits until it is time to migrate: `--migrate-after`, `--migrate-after-rounds`, or a
+/// `migrate ADDR` line on stdin. Returns the destination.
+fn wait_for_migrate(machine: &Machine, options: &RunOptions, started: Instant) -> Result<String> {
+    let (tx, rx) = mpsc::channel();
+    // Commands on stdin. The thread is left blocked in read() once the migration starts.
+    thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some("migrate"), Some(addr)) => {
+                    let _ = tx.send(addr.to_owned());
+                }
+                (Some("status"), None) | (None, _) => {}
+                _ => eprintln!("muserload-loader: commands: migrate HOST:PORT, status"),
+            }
+        }
+    });
+    let devices = machine.vm().devices();
+    loop {
+        if let Some(failure) = machine.failure() {
+            return Err(Error::Guest(failure));
+        }
+        if let Ok(addr) = rx.try_recv() {
+            return Ok(addr);
+        }
+        if let Some(addr) = &options.migrate_to {
+            let due_time = options
+                .migrate_after
+                .is_some_and(|after| started.elapsed() >= after);
+            let due_rounds = options
+                .migrate_after_rounds
+                .is_some_and(|rounds| devices.report().rounds >= rounds);
+            let no_condition =
+                options.migrate_after.is_none() && options.migrate_after_rounds.is_none();
+            if due_time || due_rounds || no_condition {
+                return Ok(addr.clone());
+            }
+        }
+        devices.wait_report(Duration::from_millis(50), |_| false);
+    }
+}
+
+/// Resolves `addr` (HOST:PORT) to one socket address.
+pub fn resolve(addr: &str) -> Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .map_err(|e| Error::Config(format!("invalid address {addr:?}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::Config(format!("address {addr:?} resolves to nothing")))
+}
+
+fn connect(addr: SocketAddr, channel: Channel) -> Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr).map_err(|source| Error::Connect { addr, source })?;
+    stream.set_nodelay(true).map_err(io("TCP_NODELAY"))?;
+    protocol::send_hello(&mut stream, channel)?;
+    protocol::hello_answer(&mut stream)?;
+    Ok(stream)
+}
+
+/// What the serving threads share.
+struct Serving {
+    vm: Arc<Vm>,
+    zero: Bitmap,
+    /// Pages sent at least once (zero pages count as sent: they never need to be).
+    sent: Bitmap,
+    sends: Vec<AtomicU8>,
+    /// The page after the last requested one, where the stream goes on (`u64::MAX`: none
+    /// since the stream last looked).
+    next_after_request: AtomicU64,
+    requested: AtomicU64,
+    streamed: AtomicU64,
+    zero_sent: AtomicU64,
+    bytes: AtomicU64,
+    done: AtomicBool,
+}
+
+impl Serving {
+    fn count_send(&self, page: u64) {
+        self.sends[page as usize].fetch_add(1, Ordering::Relaxed);
+        if self.zero.get(page) {
+            self.zero_sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends `pages` in one batch.
+    fn send(&self, w: &mut impl Write, pages: &[u64]) -> Result<()> {
+        // SAFETY: The vCPUs are stopped for good and nothing loads into the source's RAM.
+        let data: Vec<(u64, &[u8])> = pages
+            .iter()
+            .map(|&p| (p, unsafe { self.vm.ram().page(p) }))
+            .collect();
+        let bytes = protocol::send_pages(w, &data)?;
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn migrate(machine: Machine, destination: &str) -> Result<SourceReport> {
+    let addr = resolve(destination)?;
+    let start = Instant::now();
+    let mut stream = BufWriter::with_capacity(1 << 20, connect(addr, Channel::Stream)?);
+    let mut requests = connect(addr, Channel::Requests)?;
+    let setup = start.elapsed();
+
+    let vm = machine.vm().clone();
+    let paused = Instant::now();
+    let vcpus = machine.stop()?;
+    let ram = vm.ram();
+    let state = MachineState {
+        ram_size: ram.size(),
+        vcpus,
+        vm: vm.state()?,
+        devices: vm.devices().state(),
+    };
+    let guest_rounds = state.devices.test_report().rounds;
+    let mut bytes = protocol::send_control(&mut stream, &Control::Machine(Box::new(state)))?;
+    let zero = zero_pages(ram)?;
+    bytes += protocol::send_control(
+        &mut stream,
+        &Control::ZeroMap {
+            pages: zero.len(),
+            words: zero.words(),
+        },
+    )?;
+    stream.flush().map_err(io("sending the machine state"))?;
+    let sent = Bitmap::from_words(zero.len(), &zero.words())
+        .ok_or_else(|| Error::Protocol("zero map".into()))?;
+    let serving = Arc::new(Serving {
+        sends: (0..ram.pages()).map(|_| AtomicU8::new(0)).collect(),
+        vm: vm.clone(),
+        zero,
+        sent,
+        next_after_request: AtomicU64::new(u64::MAX),
+        requested: AtomicU64::new(0),
+        streamed: AtomicU64::new(0),
+        zero_sent: AtomicU64::new(0),
+        bytes: AtomicU64::new(bytes),
+        done: AtomicBool::new(false),
+    });
+
+    let streamer = {
+        let serving = serving.clone();
+        thread::Builder::new()
+            .name("stream".into())
+            .spawn(move || stream_pages(&serving, stream))
+            .map_err(io("spawning the stream thread"))?
+    };
+    let served = serve_requests(&serving, &mut requests, paused, setup);
+    serving.done.store(true, Ordering::SeqCst);
+    let streamed = streamer
+        .join()
+        .map_err(|_| Error::Protocol("the stream thread panicked".into()))?;
+    let downtime = served?;
+    // Once the destination has every page, a stream cut short is no loss.
+    if let Err(e) = streamed {
+        eprintln!("muserload-loader: stream ended early (harmless, all pages loaded): {e}");
+    }
+    Ok(SourceReport {
+        setup_us: setup.as_micros() as u64,
+        downtime_us: downtime.as_micros() as u64,
+        total_ms: start.elapsed().as_millis() as u64,
+        bytes_sent: serving.bytes.load(Ordering::Relaxed),
+        pages: serving.zero.len(),
+        zero_pages: serving.zero.count(),
+        zero_pages_sent: serving.zero_sent.load(Ordering::Relaxed),
+        pages_requested: serving.requested.load(Ordering::Relaxed),
+        pages_streamed: serving.streamed.load(Ordering::Relaxed),
+        max_sends_per_page: serving
+            .sends
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0),
+        guest_rounds,
+    })
+}
+
+/// The zero pages: those never touched (not resident), and resident ones that hold zeros.
+fn zero_pages(ram: &GuestRam) -> Result<Bitmap> {
+    let map = Bitmap::new(ram.pages());
+    for (page, resident) in ram.resident()?.into_iter().enumerate() {
+        // SAFETY: The vCPUs are stopped for good.
+        if !resident || unsafe { ram.page(page as u64) }.iter().all(|&b| b == 0) {
+            map.set(page as u64);
+        }
+    }
+    Ok(map)
+}
+
+/// Answers the destination's requests until it says it is done; returns the downtime.
+fn serve_requests(
+    serving: &Serving,
+    requests: &mut TcpStream,
+    paused: Instant,
+    setup: Duration,
+) -> Result<Duration> {
+    let mut reader = requests
+        .try_clone()
+        .map_err(io("cloning the requests socket"))?;
+    let mut downtime = None;
+    loop {
+        match protocol::recv_frame(&mut reader, "requests channel")? {
+            Frame::Control(Control::Request { pages }) => {
+                for chunk in pages.chunks(BATCH_PAGES) {
+                    if let Some(&bad) = chunk.iter().find(|&&p| p >= serving.zero.len()) {
+                        return Err(Error::Protocol(format!("request for page {bad} past RAM")));
+                    }
+                    for &page in chunk {
+                        serving.sent.set(page);
+                        serving.count_send(page);
+                    }
+                    serving.send(requests, chunk)?;
+                    serving
+                        .requested
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+                if let Some(&last) = pages.last() {
+                    serving
+                        .next_after_request
+                        .store(last + 1, Ordering::Relaxed);
+                }
+            }
+            Frame::Control(Control::Resumed) => {
+                let elapsed = paused.elapsed();
+                downtime = Some(elapsed);
+                let times = Control::SourceTimes {
+                    setup: setup.as_micros() as u64,
+                    downtime: elapsed.as_micros() as u64,
+                };
+                let bytes = protocol::send_control(requests, &times)?;
+                serving.bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
+            Frame::Control(Control::Done) => {
+                return downtime.ok_or_else(|| {
+                    Error::Protocol("the destination finished without resuming".into())
+                })
+            }
+            Frame::Control(_) | Frame::Pages(_) => {
+                return Err(Error::Protocol(
+                    "unexpected message on the requests channel".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Sends every page not sent yet, from the last requested page on, until all are sent or
+/// the destination is done.
+fn stream_pages(serving: &Serving, mut stream: BufWriter<TcpStream>) -> Result<()> {
+    let mut cursor = 0;
+    let mut batch = Vec::with_capacity(BATCH_PAGES);
+    while !serving.done.load(Ordering::SeqCst) {
+        let after_request = serving.next_after_request.swap(u64::MAX, Ordering::Relaxed);
+        if after_request != u64::MAX {
+            cursor = after_request;
+        }
+        batch.clear();
+        while batch.len() < BATCH_PAGES {
+            let Some(page) = serving.sent.next_clear(cursor) else {
+                break;
+            };
+            cursor = page + 1;
+            if serving.sent.set(page) {
+                serving.count_send(page);
+                batch.push(page);
+            }
+        }
+        if batch.is_empty() {
+            let bytes = protocol::send_control(&mut stream, &Control::StreamEnd)?;
+            serving.bytes.fetch_add(bytes, Ordering::Relaxed);
+            stream.flush().map_err(io("sending the stream"))?;
+            return Ok(());
+        }
+        serving.send(&mut stream, &batch)?;
+        serving
+            .streamed
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        // A batch goes out at once, so that requests never wait behind a full buffer.
+        stream.flush().map_err(io("sending the stream"))?;
+    }
+    Ok(())
+}

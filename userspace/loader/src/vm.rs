@@ -1,0 +1,286 @@
+//! The virtual machine: KVM's VM with an in-kernel interrupt controller and timer, guest
+//! RAM from a muserload object, the devices, and the vCPUs; and their state, captured on
+//! the source and restored on the destination.
+
+use std::io::Write;
+
+use kvm_bindings::{
+    kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+    kvm_msr_entry, kvm_pit_config, kvm_pit_state2, kvm_regs, kvm_sregs,
+    kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES,
+    KVM_MAX_MSR_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use serde::{Deserialize, Serialize};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::{
+    boot::Entry,
+    devices::{DeviceState, Devices, COM1_IRQ},
+    error::{io, kvm, Error, Result},
+    memory::GuestRam,
+};
+
+/// Where KVM may put the TSS it needs on Intel hosts: just below 4 GiB, above any RAM
+/// the test guest has.
+const TSS_ADDR: usize = 0xfffb_d000;
+
+/// One vCPU's state.
+#[derive(Serialize, Deserialize)]
+pub struct VcpuState {
+    cpuid: Vec<kvm_cpuid_entry2>,
+    mp_state: kvm_mp_state,
+    regs: kvm_regs,
+    sregs: kvm_sregs,
+    xsave: kvm_xsave,
+    xcrs: kvm_xcrs,
+    debugregs: kvm_debugregs,
+    lapic: kvm_lapic_state,
+    msrs: Vec<kvm_msr_entry>,
+    events: kvm_vcpu_events,
+}
+
+/// The VM-wide state: interrupt controllers, timer, clock.
+#[derive(Serialize, Deserialize)]
+pub struct VmState {
+    pic_master: kvm_irqchip,
+    pic_slave: kvm_irqchip,
+    ioapic: kvm_irqchip,
+    pit: kvm_pit_state2,
+    clock: kvm_clock_data,
+}
+
+/// Everything but RAM: what the source sends while the guest is paused.
+#[derive(Serialize, Deserialize)]
+pub struct MachineState {
+    /// Guest RAM in bytes.
+    pub ram_size: u64,
+    /// Each vCPU's state, in vCPU id order.
+    pub vcpus: Vec<VcpuState>,
+    /// The VM's state.
+    pub vm: VmState,
+    /// The devices' state.
+    pub devices: DeviceState,
+}
+
+/// A VM and what its vCPUs share.
+pub struct Vm {
+    kvm: Kvm,
+    fd: VmFd,
+    ram: GuestRam,
+    devices: Devices,
+    msr_indices: Vec<u32>,
+}
+
+impl Vm {
+    /// A VM whose RAM is `ram`, with new devices writing their console to `console`.
+    pub fn new(ram: GuestRam, console: Box<dyn Write + Send>) -> Result<Self> {
+        Self::build(ram, |irq| Ok(Devices::new(irq, console)))
+    }
+
+    /// A VM whose RAM is `ram`, with devices in the state `devices`.
+    pub fn with_devices(
+        ram: GuestRam,
+        console: Box<dyn Write + Send>,
+        devices: DeviceState,
+    ) -> Result<Self> {
+        Self::build(ram, |irq| Devices::restore(irq, console, devices))
+    }
+
+    fn build(ram: GuestRam, devices: impl FnOnce(EventFd) -> Result<Devices>) -> Result<Self> {
+        let system = Kvm::new().map_err(kvm("open /dev/kvm"))?;
+        let fd = system.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
+        fd.set_tss_address(TSS_ADDR)
+            .map_err(kvm("KVM_SET_TSS_ADDR"))?;
+        fd.create_irq_chip().map_err(kvm("KVM_CREATE_IRQCHIP"))?;
+        fd.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(kvm("KVM_CREATE_PIT2"))?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: ram.size(),
+            userspace_addr: ram.guest().as_ptr() as u64,
+        };
+        // SAFETY: The region is `ram`'s mapping, which lives as long as the VM: both are
+        // fields of `Self`, and `ram` is dropped after `fd` (declared after it).
+        unsafe { fd.set_user_memory_region(region) }.map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        let irq = EventFd::new(nix::libc::EFD_NONBLOCK).map_err(io("eventfd"))?;
+        fd.register_irqfd(&irq, COM1_IRQ)
+            .map_err(kvm("KVM_IRQFD"))?;
+        let msr_indices = system
+            .get_msr_index_list()
+            .map_err(kvm("KVM_GET_MSR_INDEX_LIST"))?
+            .as_slice()
+            .to_vec();
+        // `kvm_xsave` holds 4 KiB; larger state (AMX) needs KVM_GET_XSAVE2, which this
+        // loader does not do.
+        let xsave_size = fd.check_extension_int(Cap::Xsave2);
+        if xsave_size > std::mem::size_of::<kvm_xsave>() as i32 {
+            return Err(Error::Config(format!(
+                "the host's XSAVE state is {xsave_size} bytes; this loader migrates at most 4096"
+            )));
+        }
+        Ok(Self {
+            devices: devices(irq)?,
+            kvm: system,
+            fd,
+            ram,
+            msr_indices,
+        })
+    }
+
+    /// Guest RAM.
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    /// The devices.
+    pub fn devices(&self) -> &Devices {
+        &self.devices
+    }
+
+    /// Creates vCPU `id` ready to enter the guest at `entry`.
+    pub fn boot_vcpu(&self, id: u8, entry: &Entry) -> Result<VcpuFd> {
+        let vcpu = self
+            .fd
+            .create_vcpu(id.into())
+            .map_err(kvm("KVM_CREATE_VCPU"))?;
+        let mut cpuid = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm("KVM_GET_SUPPORTED_CPUID"))?;
+        for leaf in cpuid.as_mut_slice() {
+            // The initial APIC id, in leaf 1 and the topology leaves.
+            match leaf.function {
+                1 => leaf.ebx = (leaf.ebx & 0x00ff_ffff) | (u32::from(id) << 24),
+                0xb | 0x1f => leaf.edx = id.into(),
+                _ => {}
+            }
+        }
+        vcpu.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
+        let mut sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+        Entry::long_mode(&mut sregs);
+        vcpu.set_sregs(&sregs).map_err(kvm("KVM_SET_SREGS"))?;
+        vcpu.set_regs(&entry.regs).map_err(kvm("KVM_SET_REGS"))?;
+        vcpu.set_fpu(&entry.fpu).map_err(kvm("KVM_SET_FPU"))?;
+        Ok(vcpu)
+    }
+
+    /// Creates vCPU `id` in the state `state` (from [`Vm::vcpu_state`] on the source).
+    pub fn restore_vcpu(&self, id: u8, state: &VcpuState) -> Result<VcpuFd> {
+        let vcpu = self
+            .fd
+            .create_vcpu(id.into())
+            .map_err(kvm("KVM_CREATE_VCPU"))?;
+        let cpuid = CpuId::from_entries(&state.cpuid)
+            .map_err(|_| Error::Protocol("too many CPUID entries".into()))?;
+        vcpu.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
+        vcpu.set_mp_state(state.mp_state)
+            .map_err(kvm("KVM_SET_MP_STATE"))?;
+        vcpu.set_regs(&state.regs).map_err(kvm("KVM_SET_REGS"))?;
+        vcpu.set_sregs(&state.sregs).map_err(kvm("KVM_SET_SREGS"))?;
+        // SAFETY: `Vm::build` checked that the host's XSAVE state fits `kvm_xsave`.
+        unsafe { vcpu.set_xsave(&state.xsave) }.map_err(kvm("KVM_SET_XSAVE"))?;
+        vcpu.set_xcrs(&state.xcrs).map_err(kvm("KVM_SET_XCRS"))?;
+        vcpu.set_debug_regs(&state.debugregs)
+            .map_err(kvm("KVM_SET_DEBUGREGS"))?;
+        vcpu.set_lapic(&state.lapic).map_err(kvm("KVM_SET_LAPIC"))?;
+        for chunk in state.msrs.chunks(KVM_MAX_MSR_ENTRIES) {
+            let msrs =
+                Msrs::from_entries(chunk).map_err(|_| Error::Protocol("too many MSRs".into()))?;
+            let set = vcpu.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
+            if set != chunk.len() {
+                return Err(Error::Config(format!(
+                    "KVM_SET_MSRS refused MSR {:#x}",
+                    chunk[set].index
+                )));
+            }
+        }
+        vcpu.set_vcpu_events(&state.events)
+            .map_err(kvm("KVM_SET_VCPU_EVENTS"))?;
+        Ok(vcpu)
+    }
+
+    /// `vcpu`'s state. Call from its thread, after KVM_RUN completed any pending I/O.
+    pub fn vcpu_state(&self, vcpu: &VcpuFd) -> Result<VcpuState> {
+        Ok(VcpuState {
+            cpuid: vcpu
+                .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+                .map_err(kvm("KVM_GET_CPUID2"))?
+                .as_slice()
+                .to_vec(),
+            mp_state: vcpu.get_mp_state().map_err(kvm("KVM_GET_MP_STATE"))?,
+            regs: vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?,
+            sregs: vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?,
+            xsave: vcpu.get_xsave().map_err(kvm("KVM_GET_XSAVE"))?,
+            xcrs: vcpu.get_xcrs().map_err(kvm("KVM_GET_XCRS"))?,
+            debugregs: vcpu.get_debug_regs().map_err(kvm("KVM_GET_DEBUGREGS"))?,
+            lapic: vcpu.get_lapic().map_err(kvm("KVM_GET_LAPIC"))?,
+            msrs: self.read_msrs(vcpu)?,
+            events: vcpu.get_vcpu_events().map_err(kvm("KVM_GET_VCPU_EVENTS"))?,
+        })
+    }
+
+    /// Every MSR KVM lists that this vCPU can read (KVM_GET_MSRS stops at the first one
+    /// it cannot: skip that one and go on).
+    fn read_msrs(&self, vcpu: &VcpuFd) -> Result<Vec<kvm_msr_entry>> {
+        let mut out = Vec::with_capacity(self.msr_indices.len());
+        let mut rest = self.msr_indices.as_slice();
+        while !rest.is_empty() {
+            let chunk = &rest[..rest.len().min(KVM_MAX_MSR_ENTRIES)];
+            let entries: Vec<kvm_msr_entry> = chunk
+                .iter()
+                .map(|&index| kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect();
+            let mut msrs =
+                Msrs::from_entries(&entries).map_err(|_| Error::Config("too many MSRs".into()))?;
+            let read = vcpu.get_msrs(&mut msrs).map_err(kvm("KVM_GET_MSRS"))?;
+            out.extend_from_slice(&msrs.as_slice()[..read]);
+            rest = &rest[(read + 1).min(rest.len())..];
+        }
+        Ok(out)
+    }
+
+    /// The VM-wide state. Call with the vCPUs stopped.
+    pub fn state(&self) -> Result<VmState> {
+        let chip = |id| -> Result<kvm_irqchip> {
+            let mut chip = kvm_irqchip {
+                chip_id: id,
+                ..Default::default()
+            };
+            self.fd
+                .get_irqchip(&mut chip)
+                .map_err(kvm("KVM_GET_IRQCHIP"))?;
+            Ok(chip)
+        };
+        Ok(VmState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+            pit: self.fd.get_pit2().map_err(kvm("KVM_GET_PIT2"))?,
+            clock: self.fd.get_clock().map_err(kvm("KVM_GET_CLOCK"))?,
+        })
+    }
+
+    /// Restores the VM-wide state, before the vCPUs run.
+    pub fn set_state(&self, state: &VmState) -> Result<()> {
+        for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
+            self.fd.set_irqchip(chip).map_err(kvm("KVM_SET_IRQCHIP"))?;
+        }
+        self.fd.set_pit2(&state.pit).map_err(kvm("KVM_SET_PIT2"))?;
+        // Only the clock's value migrates: the flags say which other fields KVM filled.
+        let clock = kvm_clock_data {
+            clock: state.clock.clock,
+            ..Default::default()
+        };
+        self.fd.set_clock(&clock).map_err(kvm("KVM_SET_CLOCK"))
+    }
+}
