@@ -11,7 +11,8 @@
 # LOG      the kernel's serial console log (ttyS0) is written here
 #
 # The guest's ttyS1 is this script's stdout. Environment: GUEST_MEM (default 4G),
-# GUEST_CPUS (2), GUEST_TIMEOUT in seconds (1200).
+# GUEST_CPUS (2), GUEST_TIMEOUT in seconds (1200), GUEST_APPEND (more of the kernel command
+# line; init sees its name=value words as environment variables).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -41,7 +42,7 @@ qemu=(qemu-system-x86_64 -machine q35 -accel tcg -cpu max
 # (before the module exists), which also turns lockdep off for the whole run.
 # no_timer_check: on a loaded host TCG's timer can miss the IO-APIC check's deadline,
 # which panics the boot ("IO-APIC + timer doesn't work"); the timer works.
-cmdline="console=ttyS0 panic=-1 no5lvl no_timer_check mlmode=$mode"
+cmdline="console=ttyS0 panic=-1 no5lvl no_timer_check mlmode=$mode ${GUEST_APPEND:-}"
 
 if [[ "$mode" == shell ]]; then
 	"${qemu[@]}" -append "$cmdline" -serial mon:stdio
