@@ -37,9 +37,12 @@ use kernel::{
         PAGE_SIZE, //
     },
     prelude::*,
-    sync::atomic::{
-        Relaxed,
-        Release, //
+    sync::{
+        atomic::{
+            Relaxed,
+            Release, //
+        },
+        ArcBorrow,
     },
     uaccess::{
         UserPtr,
@@ -94,7 +97,7 @@ struct Progress {
 }
 
 /// `MUSERLOAD_IOC_LOAD`.
-pub(crate) fn load(object: &Object, arg: UserSlice) -> Result<isize> {
+pub(crate) fn load(object: ArcBorrow<'_, Object>, arg: UserSlice) -> Result<isize> {
     let (mut reader, mut writer) = arg.reader_writer();
     let mut req: muserload_load = reader.read()?;
     let mode = Mode::parse(req.mode)?;
@@ -102,8 +105,8 @@ pub(crate) fn load(object: &Object, arg: UserSlice) -> Result<isize> {
         done: 0,
         buckets: 0,
     };
-    let result = load_range(object, mode, req.dst, req.src, req.len, &mut progress);
-    finish(object, mode, &progress);
+    let result = load_range(&object, mode, req.dst, req.src, req.len, &mut progress);
+    finish(&object, mode, &progress);
     if mode.kind == Kind::Move {
         refill_staging(object, req.src, progress.done);
     }
@@ -116,25 +119,23 @@ pub(crate) fn load(object: &Object, arg: UserSlice) -> Result<isize> {
 /// it emptied, fresh zeroed pages mapped in the caller's staging mapping, so that the next
 /// receive into them does not fault. The zeroing happens after the wake instead of in the
 /// resolver's next write. Best effort: a slot left empty zero-fills on its next touch.
-fn refill_staging(object: &Object, src: u64, len: u64) {
+fn refill_staging(object: ArcBorrow<'_, Object>, src: u64, len: u64) {
     let count = (len >> PAGE_SHIFT) as usize;
     if count == 0 {
         return;
     }
-    // Zero the pages before taking any lock: faults of this object wait for none of it.
+    // Take the pages before taking any lock: faults of this object wait for none of it.
     let Ok(mut fresh) = KVec::with_capacity(count, GFP_KERNEL) else {
         return;
     };
+    object.pool.take(&mut fresh);
+    // What the pool could not give is zeroed here.
     while fresh.len() < count {
-        match zeroed_page() {
-            Ok(page) => {
-                if fresh.push(page, GFP_KERNEL).is_err() {
-                    break;
-                }
-            }
-            Err(_) => break,
-        }
+        let Ok(page) = zeroed_page() else { break };
+        // Cannot fail: `fresh` has room for `count` pages.
+        let _ = fresh.push_within_capacity(page);
     }
+    object.refill_pool();
     // Best effort: a range that no longer maps staging is simply not refilled.
     let _ = object.locked(
         src,
@@ -154,7 +155,7 @@ fn refill_staging(object: &Object, src: u64, len: u64) {
 }
 
 /// `MUSERLOAD_IOC_LOADV`.
-pub(crate) fn loadv(object: &Object, arg: UserSlice) -> Result<isize> {
+pub(crate) fn loadv(object: ArcBorrow<'_, Object>, arg: UserSlice) -> Result<isize> {
     let (mut reader, mut writer) = arg.reader_writer();
     let mut req: muserload_loadv = reader.read()?;
     let mode = Mode::parse(req.mode)?;
@@ -178,8 +179,8 @@ pub(crate) fn loadv(object: &Object, arg: UserSlice) -> Result<isize> {
     };
     let result = vec
         .iter()
-        .try_for_each(|v| load_range(object, mode, v.dst, v.src, v.len, &mut progress));
-    finish(object, mode, &progress);
+        .try_for_each(|v| load_range(&object, mode, v.dst, v.src, v.len, &mut progress));
+    finish(&object, mode, &progress);
     if mode.kind == Kind::Move {
         // The pairs moved in order: the first `done` bytes of them emptied their staging.
         let mut left = progress.done;

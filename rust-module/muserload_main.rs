@@ -17,6 +17,10 @@
 //! - [`wait`]: hashed wait queues for faults that wait for a page.
 //! - [`signal`]: signal mode's signal with `si_addr`.
 //! - [`anon_file`]: anonymous-inode files (the events descriptor, the object's mapping).
+//! - [`pool`]: pre-zeroed pages for staging, refilled in the background.
+//! - [`memcg`]: the memory cgroup that background allocations are charged to (with
+//!   `memcg_shim.c`, the module's only C: two inline kernel helpers).
+//! - [`module_queue`]: the module's workqueue, drained before the module unloads.
 //! - [`stats`]: per-object counters.
 //! - [`api`]: the handshake ioctl.
 //! - [`uapi`]: the ABI, generated from the uapi header.
@@ -28,8 +32,11 @@ mod api;
 mod events;
 mod fault;
 mod load;
+mod memcg;
 mod misc;
+mod module_queue;
 mod object;
+mod pool;
 mod signal;
 mod stats;
 mod uapi;
@@ -47,6 +54,9 @@ module! {
 /// The module: owns the registration of `/dev/muserload`.
 #[pin_data]
 struct MuserloadModule {
+    /// Declared first: created before the device can be opened, and dropped (draining it)
+    /// once unloading has made opening it impossible.
+    _queue: module_queue::ModuleQueue,
     #[pin]
     _device: misc::MiscDeviceWithMode<object::Object>,
 }
@@ -54,6 +64,7 @@ struct MuserloadModule {
 impl kernel::InPlaceModule for MuserloadModule {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
         try_pin_init!(Self {
+            _queue: module_queue::ModuleQueue::new()?,
             // 0666: every open is a separate object, so the node's mode is not what isolates
             // users (as for /dev/kvm); no root is needed to migrate a VM.
             _device <- misc::MiscDeviceWithMode::register(c"muserload", 0o666),

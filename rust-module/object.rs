@@ -21,6 +21,8 @@ use crate::{
     anon_file::PrivateMapping,
     api,
     events::EventQueue,
+    module_queue,
+    pool::PagePool,
     stats::Stats,
     uapi::*,
     vma::{
@@ -38,6 +40,7 @@ use kernel::{
         GFP_KERNEL_ACCOUNT,
     },
     fs::File,
+    impl_has_work,
     miscdevice::{
         MiscDevice,
         MiscDeviceRegistration, //
@@ -46,7 +49,7 @@ use kernel::{
         virt::VmaNew,
         MmapReadGuard, //
     },
-    new_mutex,
+    new_mutex, new_work,
     page::{
         Page,
         PAGE_SHIFT,
@@ -69,6 +72,10 @@ use kernel::{
     uaccess::{
         UserPtr,
         UserSlice, //
+    },
+    workqueue::{
+        Work,
+        WorkItem, //
     },
 };
 
@@ -178,6 +185,24 @@ pub(crate) struct Object {
     pub(crate) stats: Stats,
     /// This object's own address space, which every mapping of it is linked into.
     pub(crate) mapping: PrivateMapping,
+    /// Zeroed pages for the staging slots that MOVE loads empty.
+    #[pin]
+    pub(crate) pool: PagePool,
+    /// Refills [`Object::pool`] on the module's workqueue.
+    #[pin]
+    refill_work: Work<Object>,
+}
+
+impl_has_work! {
+    impl HasWork<Self> for Object { self.refill_work }
+}
+
+impl WorkItem for Object {
+    type Pointer = Arc<Object>;
+
+    fn run(this: Arc<Object>) {
+        this.pool.refill();
+    }
 }
 
 impl Object {
@@ -203,6 +228,14 @@ impl Object {
     /// The bucket bit of guest page `index`, for [`Object::wake_buckets`].
     pub(crate) fn bucket_bit(index: usize) -> u64 {
         1 << (index % WAIT_BUCKETS)
+    }
+
+    /// Refills the page pool in the background if it is below its target.
+    pub(crate) fn refill_pool(self: ArcBorrow<'_, Self>) {
+        if self.pool.needs_refill() {
+            // Already queued: that run refills.
+            let _ = module_queue::queue().enqueue(Arc::<Self>::from(self));
+        }
     }
 
     /// Whether the object was aborted (explicitly or by its resolver going away).
@@ -241,7 +274,7 @@ impl Object {
         f(&guard, &range, first, &mut pages)
     }
 
-    fn setup(&self, arg: UserSlice) -> Result<isize> {
+    fn setup(self: ArcBorrow<'_, Self>, arg: UserSlice) -> Result<isize> {
         let setup: muserload_setup = arg.reader().read()?;
         let page_mask = PAGE_SIZE as u64 - 1;
         if setup.flags != 0
@@ -273,12 +306,15 @@ impl Object {
         for _ in 0..staging_pages {
             staging.push_within_capacity(None).map_err(|_| ENOMEM)?;
         }
+        self.pool.set_target(staging_pages)?;
         *pages = Pages { guest, staging };
         self.layout.populate(Layout {
             guest_pages,
             staging_pages,
             states,
         });
+        drop(pages);
+        self.refill_pool();
         Ok(0)
     }
 
@@ -359,6 +395,8 @@ impl MiscDevice for Object {
                 events_created: AtomicFlag::new(false),
                 stats: Stats::new(),
                 mapping,
+                pool <- PagePool::new(),
+                refill_work <- new_work!("muserload::Object::refill_work"),
             }),
             GFP_KERNEL,
         )
@@ -383,8 +421,8 @@ impl MiscDevice for Object {
             MUSERLOAD_IOC_API => api::handshake(user(size_of::<muserload_api>())),
             MUSERLOAD_IOC_SETUP => me.setup(user(size_of::<muserload_setup>())),
             MUSERLOAD_IOC_ARM => me.arm(user(size_of::<muserload_arm>())),
-            MUSERLOAD_IOC_LOAD => crate::load::load(&me, user(size_of::<muserload_load>())),
-            MUSERLOAD_IOC_LOADV => crate::load::loadv(&me, user(size_of::<muserload_loadv>())),
+            MUSERLOAD_IOC_LOAD => crate::load::load(me, user(size_of::<muserload_load>())),
+            MUSERLOAD_IOC_LOADV => crate::load::loadv(me, user(size_of::<muserload_loadv>())),
             MUSERLOAD_IOC_EVENTS => me.create_events(arg),
             MUSERLOAD_IOC_ABORT => {
                 me.abort();

@@ -1,0 +1,76 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The memory cgroup an object charges its pages to.
+//!
+//! Pages an object allocates in its user's system calls and faults are charged to that
+//! task's memory cgroup (`__GFP_ACCOUNT`). Pages a kernel worker allocates on the object's
+//! behalf (the page pool's refills) would be charged to no one: the worker charges them to
+//! the cgroup of the task that opened the object instead. The inline C helpers this needs
+//! are in `memcg_shim.c`.
+
+use core::{ffi::c_void, marker::PhantomData};
+
+extern "C" {
+    fn muserload_memcg_get_current() -> *mut c_void;
+    fn muserload_memcg_put(memcg: *mut c_void);
+    fn muserload_memcg_set_active(memcg: *mut c_void) -> *mut c_void;
+}
+
+/// A reference to a memory cgroup.
+///
+/// # Invariants
+///
+/// `ptr` is null (memory cgroups are off) or a `struct mem_cgroup` this value holds a
+/// reference to.
+pub(crate) struct MemCgroup {
+    ptr: *mut c_void,
+}
+
+// SAFETY: A cgroup reference may be used and dropped from any thread.
+unsafe impl Send for MemCgroup {}
+// SAFETY: `&MemCgroup` only allows making the cgroup active for the calling task.
+unsafe impl Sync for MemCgroup {}
+
+impl MemCgroup {
+    /// The memory cgroup of the current task's address space.
+    pub(crate) fn current() -> Self {
+        // SAFETY: The helper takes no argument and may run in any task context.
+        let ptr = unsafe { muserload_memcg_get_current() };
+        // INVARIANT: The helper returns null or a new reference.
+        Self { ptr }
+    }
+
+    /// Charges the current task's accounted allocations to this cgroup until the guard is
+    /// dropped.
+    pub(crate) fn charge(&self) -> Charging<'_> {
+        // SAFETY: `ptr` is null or referenced for as long as the guard borrows `self`.
+        let previous = unsafe { muserload_memcg_set_active(self.ptr) };
+        Charging {
+            previous,
+            _memcg: PhantomData,
+        }
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant `ptr` is null (which the helper ignores) or ours.
+        unsafe { muserload_memcg_put(self.ptr) };
+    }
+}
+
+/// While it lives, the current task's accounted allocations go to a [`MemCgroup`].
+///
+/// It restores the previous charging target in the same task, so it is neither `Send` nor
+/// `Sync` (the raw pointer field sees to that).
+pub(crate) struct Charging<'a> {
+    previous: *mut c_void,
+    _memcg: PhantomData<&'a MemCgroup>,
+}
+
+impl Drop for Charging<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `previous` is what `set_active_memcg` returned in this task.
+        unsafe { muserload_memcg_set_active(self.previous) };
+    }
+}
