@@ -12,8 +12,10 @@ kernel_source() {
 }
 
 # Builds the selftests and the userspace crates' test binaries (static, musl) and lays them
-# out as the guest expects: PAYLOAD/tests/{kselftest,libtest}/ and PAYLOAD/bin/.
+# out as the guest expects: PAYLOAD/tests/{kselftest,libtest}/ and PAYLOAD/bin/. BZIMAGE, if
+# given, becomes the kernel of the loader's nested Linux test guest.
 build_payload() {
+	local bzimage=${1:-}
 	local payload="$MUSERLOAD_CACHE/payload" target="$MUSERLOAD_CACHE/target"
 	rm -rf "$payload"
 	mkdir -p "$payload/tests/kselftest" "$payload/tests/libtest" "$payload/bin"
@@ -29,6 +31,15 @@ build_payload() {
 	(cd "$top/userspace/test-guest" && CARGO_TARGET_DIR=$target cargo build -q --release) >&2 ||
 		return 1
 	cp "$target/x86_64-unknown-none/release/muserload-test-guest" "$payload/bin/"
+	# The loader's Linux test guest: an initramfs whose /init is the memory workload.
+	local initrd
+	initrd=$(mktemp -d)
+	mkdir "$initrd/dev"
+	cp "$target/x86_64-unknown-linux-musl/release/muserload-guest-workload" "$initrd/init"
+	mknod "$initrd/dev/console" c 5 1
+	(cd "$initrd" && find . | cpio -o -H newc --quiet | gzip -1) >"$payload/bin/linux-guest.cpio.gz"
+	rm -rf "$initrd"
+	[[ -z "$bzimage" ]] || cp "$bzimage" "$payload/bin/linux-guest-bzImage"
 	# Integration tests need /dev/muserload, so they run in the guest only.
 	CARGO_TARGET_DIR=$target cargo test -q --release "${musl[@]}" --tests --no-run \
 		--message-format=json 2>/dev/null |
@@ -51,5 +62,5 @@ prepare_guest() {
 	"$here/install-prereqs.sh"
 	kdir=$("$here/build-kernel.sh" "$1")
 	ko=$("$here/build-module.sh" "$kdir")
-	payload=$(build_payload)
+	payload=$(build_payload "$kdir/arch/x86/boot/bzImage")
 }

@@ -54,8 +54,10 @@ done
 
 # The kernel builds unpack the source: only now is it there on a fresh machine.
 src=$(kernel_source)
-step "build selftests and userspace" build_payload || finish
-payload=$(build_payload 2>/dev/null)
+# The loader's nested Linux guest boots the last flavour's kernel (leakcheck: no KASAN).
+nested=${kdir[leakcheck]:-${kdir[$flavour]}}/arch/x86/boot/bzImage
+step "build selftests and userspace" build_payload "$nested" || finish
+payload=$(build_payload "$nested" 2>/dev/null)
 
 step "rustfmt: module" rustfmt --check --edition 2021 --config-path "$src/.rustfmt.toml" \
 	"$top"/rust-module/*.rs

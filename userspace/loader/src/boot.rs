@@ -1,13 +1,22 @@
-//! Booting the built-in test guest: its ELF image at the address it was linked for, its
-//! parameters, and a vCPU already in 64-bit long mode (no firmware), with a GDT and
-//! identity-mapped page tables in low guest memory.
+//! Booting a guest without firmware: a vCPU already in 64-bit long mode, with a GDT and
+//! identity-mapped page tables in low guest memory, entering either the built-in test guest
+//! (an ELF image at the address it was linked for, its parameters at [`PARAMS_ADDR`]) or
+//! Linux (a bzImage and an initramfs, by the kernel's 64-bit boot protocol).
 
 use std::{fs::File, path::Path};
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
-use linux_loader::loader::{elf::Elf, KernelLoader};
+use linux_loader::{
+    configurator::{linux::LinuxBootConfigurator, BootConfigurator, BootParams},
+    loader::{
+        bootparam::{boot_e820_entry, boot_params},
+        bzimage::BzImage,
+        elf::Elf,
+        KernelLoader,
+    },
+};
 use muserload_test_guest_abi::{Params, PARAMS_ADDR, PARAMS_MAGIC};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 use crate::{
     error::{Error, Result},
@@ -26,6 +35,13 @@ const PD_ADDR: u64 = 0xb000;
 const PD_COUNT: u64 = 4;
 /// The stack grows down from here.
 const STACK_TOP: u64 = 0x8_0000;
+/// Linux's boot parameters ("zero page"), its command line and its first stack.
+const ZERO_PAGE_ADDR: u64 = 0x7000;
+const CMDLINE_ADDR: u64 = 0x2_0000;
+const CMDLINE_MAX: usize = 0x1_0000;
+const LINUX_STACK: u64 = 0x8ff0;
+/// Low memory ends where the EBDA would start.
+const LOW_RAM_END: u64 = 0x9_fc00;
 /// The images must load at or above 1 MiB.
 const IMAGE_MIN: u64 = 0x10_0000;
 /// Test data starts at 2 MiB, above the image.
@@ -99,12 +115,104 @@ pub fn load_test_guest(ram: &GuestRam, path: &Path, config: TestGuestConfig) -> 
         rflags: 0x2,
         ..Default::default()
     };
-    let fpu = kvm_fpu {
+    Ok(Entry {
+        regs,
+        fpu: initial_fpu(),
+    })
+}
+
+/// A Linux guest.
+#[derive(Clone, Copy, Debug)]
+pub struct LinuxGuest<'a> {
+    /// The kernel (bzImage).
+    pub kernel: &'a Path,
+    /// The initramfs.
+    pub initrd: &'a Path,
+    /// The kernel command line.
+    pub cmdline: &'a str,
+}
+
+/// `boot_params` as guest memory bytes (linux-loader leaves that to its users).
+#[derive(Clone, Copy, Default)]
+struct ZeroPage(boot_params);
+
+// SAFETY: `boot_params` is plain old data, packed: every byte pattern is valid, there is
+// no padding.
+unsafe impl ByteValued for ZeroPage {}
+
+/// Loads Linux into `ram` (the kernel at 1 MiB, the initramfs at the top of RAM below
+/// 4 GiB, the command line and the boot parameters with an E820 map), and returns how the
+/// boot vCPU enters it.
+pub fn load_linux(ram: &GuestRam, guest: LinuxGuest<'_>) -> Result<Entry> {
+    let error = |path: &Path, reason: String| Error::Image {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut kernel = File::open(guest.kernel).map_err(|e| error(guest.kernel, e.to_string()))?;
+    let loaded = BzImage::load(ram.view(), None, &mut kernel, Some(GuestAddress(IMAGE_MIN)))
+        .map_err(|e| error(guest.kernel, e.to_string()))?;
+    let mut hdr = loaded
+        .setup_header
+        .ok_or_else(|| error(guest.kernel, "no setup header".into()))?;
+    let initrd = std::fs::read(guest.initrd).map_err(|e| error(guest.initrd, e.to_string()))?;
+    let top = ram.size().min(1 << 32);
+    let initrd_addr = top
+        .checked_sub(initrd.len() as u64)
+        .map(|a| a & !0xfff)
+        .filter(|&a| a >= loaded.kernel_end)
+        .ok_or_else(|| error(guest.initrd, "does not fit in guest RAM".into()))?;
+    write(ram, initrd_addr, &initrd)?;
+    if guest.cmdline.len() >= CMDLINE_MAX || guest.cmdline.contains('\0') {
+        return Err(Error::Config("the kernel command line is too long".into()));
+    }
+    write(ram, CMDLINE_ADDR, guest.cmdline.as_bytes())?;
+    write(ram, CMDLINE_ADDR + guest.cmdline.len() as u64, &[0])?;
+
+    hdr.type_of_loader = 0xff;
+    hdr.boot_flag = 0xaa55;
+    hdr.header = 0x5372_6448; // "HdrS"
+    hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
+    hdr.cmdline_size = guest.cmdline.len() as u32 + 1;
+    hdr.ramdisk_image = initrd_addr as u32;
+    hdr.ramdisk_size = initrd.len() as u32;
+    let mut params = ZeroPage::default();
+    params.0.hdr = hdr;
+    let e820 = [(0, LOW_RAM_END), (IMAGE_MIN, ram.size() - IMAGE_MIN)];
+    for (i, (addr, size)) in e820.into_iter().enumerate() {
+        params.0.e820_table[i] = boot_e820_entry {
+            addr,
+            size,
+            r#type: 1, // E820_RAM
+        };
+    }
+    params.0.e820_entries = e820.len() as u8;
+    LinuxBootConfigurator::write_bootparams(
+        &BootParams::new(&params, GuestAddress(ZERO_PAGE_ADDR)),
+        ram.view(),
+    )
+    .map_err(|e| Error::Config(format!("writing the boot parameters: {e}")))?;
+    write_gdt(ram)?;
+    write_page_tables(ram)?;
+    Ok(Entry {
+        regs: kvm_regs {
+            // The 64-bit entry point is 0x200 into the protected-mode kernel.
+            rip: loaded.kernel_load.0 + 0x200,
+            rsp: LINUX_STACK,
+            rbp: LINUX_STACK,
+            rsi: ZERO_PAGE_ADDR,
+            rflags: 0x2,
+            ..Default::default()
+        },
+        fpu: initial_fpu(),
+    })
+}
+
+fn initial_fpu() -> kvm_fpu {
+    kvm_fpu {
         fcw: 0x37f,
         mxcsr: 0x1f80,
         ..Default::default()
-    };
-    Ok(Entry { regs, fpu })
+    }
 }
 
 fn write(ram: &GuestRam, addr: u64, bytes: &[u8]) -> Result<()> {

@@ -26,7 +26,7 @@ use clap::{Parser, Subcommand};
 use crate::{
     boot::TestGuestConfig,
     destination::{Mode, ReceiveOptions},
-    source::RunOptions,
+    source::{Guest, RunOptions},
 };
 
 /// A KVM VMM whose guest RAM is a muserload object: runs the built-in test guest and
@@ -40,12 +40,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the test guest; migrate it when told (`--migrate-to`, or `migrate HOST:PORT` on
-    /// stdin).
+    /// Run a guest (the test guest, or Linux); migrate it when told (`--migrate-to`, or
+    /// `migrate HOST:PORT` on stdin).
     Run {
         /// The test guest's image (muserload-test-guest, an ELF file).
-        #[arg(long)]
-        test_guest: PathBuf,
+        #[arg(long, required_unless_present = "kernel", conflicts_with = "kernel")]
+        test_guest: Option<PathBuf>,
+        /// A Linux kernel (bzImage) to boot instead.
+        #[arg(long, requires = "initrd")]
+        kernel: Option<PathBuf>,
+        /// The Linux guest's initramfs (its init: muserload-guest-workload).
+        #[arg(long, requires = "kernel")]
+        initrd: Option<PathBuf>,
+        /// More of the Linux guest's command line.
+        #[arg(long, requires = "kernel", default_value = "")]
+        cmdline: String,
         /// Guest RAM in MiB.
         #[arg(long, default_value_t = 256)]
         mem_mib: u64,
@@ -92,6 +101,9 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Run {
             test_guest,
+            kernel,
+            initrd,
+            cmdline,
             mem_mib,
             working_set_mib,
             sweep_mib,
@@ -100,13 +112,34 @@ fn main() -> ExitCode {
             migrate_after_rounds,
             report_json,
         } => seconds(migrate_after, "--migrate-after").and_then(|migrate_after| {
-            source::run(RunOptions {
-                test_guest,
-                ram_size: mem_mib << 20,
-                guest: TestGuestConfig {
-                    working_set_pages: working_set_mib << 8,
-                    sweep_pages: sweep_mib << 8,
+            let guest = match (test_guest, kernel, initrd) {
+                (Some(image), None, None) => Guest::Test {
+                    image,
+                    config: TestGuestConfig {
+                        working_set_pages: working_set_mib << 8,
+                        sweep_pages: sweep_mib << 8,
+                    },
                 },
+                (None, Some(kernel), Some(initrd)) => Guest::Linux {
+                    kernel,
+                    initrd,
+                    // The workload takes half of RAM; the kernel passes the `name=value`
+                    // words it does not know to init as environment variables.
+                    cmdline: format!(
+                        "console=ttyS0 reboot=k panic=-1 no-kvmapf workload_mib={} \
+                         working_set_mib={working_set_mib} sweep_mib={sweep_mib} {cmdline}",
+                        mem_mib / 2
+                    ),
+                },
+                _ => {
+                    return Err(error::Error::Config(
+                        "give --test-guest, or --kernel and --initrd".into(),
+                    ))
+                }
+            };
+            source::run(RunOptions {
+                guest,
+                ram_size: mem_mib << 20,
                 migrate_to,
                 migrate_after,
                 migrate_after_rounds,

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::{
     bitmap::Bitmap,
-    boot::{self, TestGuestConfig},
+    boot::{self, LinuxGuest, TestGuestConfig},
     error::{io, Error, Result},
     memory::{GuestRam, BATCH_PAGES},
     protocol::{self, Channel, Control, Frame},
@@ -27,14 +27,32 @@ use crate::{
     vm::{MachineState, Vm},
 };
 
+/// The guest to run.
+pub enum Guest {
+    /// The built-in test guest.
+    Test {
+        /// Its image.
+        image: PathBuf,
+        /// What it does.
+        config: TestGuestConfig,
+    },
+    /// Linux.
+    Linux {
+        /// The bzImage.
+        kernel: PathBuf,
+        /// The initramfs.
+        initrd: PathBuf,
+        /// The command line.
+        cmdline: String,
+    },
+}
+
 /// What `muserload-loader run` was asked.
 pub struct RunOptions {
-    /// The test guest's image.
-    pub test_guest: PathBuf,
+    /// The guest.
+    pub guest: Guest,
     /// Guest RAM in bytes.
     pub ram_size: u64,
-    /// What the test guest does.
-    pub guest: TestGuestConfig,
     /// Where to migrate to without being told on stdin.
     pub migrate_to: Option<String>,
     /// Migrate this long after the start...
@@ -75,7 +93,21 @@ pub struct SourceReport {
 /// Runs the test guest, and migrates it if asked.
 pub fn run(options: RunOptions) -> Result<()> {
     let ram = GuestRam::new(options.ram_size)?;
-    let entry = boot::load_test_guest(&ram, &options.test_guest, options.guest)?;
+    let entry = match &options.guest {
+        Guest::Test { image, config } => boot::load_test_guest(&ram, image, *config)?,
+        Guest::Linux {
+            kernel,
+            initrd,
+            cmdline,
+        } => boot::load_linux(
+            &ram,
+            LinuxGuest {
+                kernel,
+                initrd,
+                cmdline,
+            },
+        )?,
+    };
     let vm = Arc::new(Vm::new(ram, Box::new(std::io::stdout()))?);
     let vcpu = vm.boot_vcpu(0, &entry)?;
     let started = Instant::now();

@@ -84,21 +84,33 @@ fn u(report: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} missing in {report}"))
 }
 
-fn migrate(mode: &str) {
-    let dir = scratch(mode);
+/// The test guest's arguments to `muserload-loader run`.
+fn test_guest_args() -> Vec<String> {
+    ["--test-guest", &test_guest(), "--mem-mib", "64"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// The Linux test guest's: the kernel and initramfs the payload put in /bin.
+fn linux_guest_args() -> Vec<String> {
+    let kernel =
+        std::env::var("MUSERLOAD_LINUX_GUEST").unwrap_or("/bin/linux-guest-bzImage".into());
+    let initrd =
+        std::env::var("MUSERLOAD_LINUX_INITRD").unwrap_or("/bin/linux-guest.cpio.gz".into());
+    ["--kernel", &kernel, "--initrd", &initrd, "--mem-mib", "128"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn migrate(name: &str, mode: &str, guest: &[String]) {
+    let dir = scratch(name);
     let (src_json, dst_json) = (dir.join("source.json"), dir.join("destination.json"));
     let dst_json_arg = dst_json.to_str().expect("path");
     let destination = Destination::start(&["--mode", mode, "--report-json", dst_json_arg]);
     let source = loader()
-        .args(["run", "--test-guest", &test_guest()])
-        .args([
-            "--mem-mib",
-            "64",
-            "--working-set-mib",
-            "8",
-            "--sweep-mib",
-            "8",
-        ])
+        .arg("run")
+        .args(guest)
+        .args(["--working-set-mib", "8", "--sweep-mib", "8"])
         .args([
             "--migrate-to",
             &destination.addr,
@@ -139,12 +151,19 @@ fn migrate(mode: &str) {
 
 #[test]
 fn post_copy_in_queue_mode() {
-    migrate("queue");
+    migrate("queue", "queue", &test_guest_args());
 }
 
 #[test]
 fn post_copy_in_signal_mode() {
-    migrate("signal");
+    migrate("signal", "signal", &test_guest_args());
+}
+
+/// Linux, its memory workload running: the guest's own checks and its heartbeats go on at
+/// the destination.
+#[test]
+fn linux_guest_post_copy() {
+    migrate("linux", "queue", &linux_guest_args());
 }
 
 /// Runs the loader with `args`; returns its output once it exits (it must within 60 s).

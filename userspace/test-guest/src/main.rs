@@ -9,10 +9,7 @@
 
 use core::{arch::asm, panic::PanicInfo};
 
-use muserload_test_guest_abi::{
-    is_zero_page, pattern_word, Params, PAGE_SIZE, PAGE_WORDS, PARAMS_MAGIC, PORT_FILLED,
-    PORT_MISMATCH, PORT_ROUND, PORT_SWEEP,
-};
+use muserload_test_guest_abi::{run, Params, Reporter, PARAMS_MAGIC};
 
 /// The serial port's transmit register (COM1).
 const SERIAL: u16 = 0x3f8;
@@ -46,42 +43,12 @@ fn print_number(mut n: u64) {
     }
 }
 
-/// Data page `page` as a pointer to its words.
-fn page_words(params: &Params, page: u64) -> *mut u64 {
-    (params.data_start + page * PAGE_SIZE) as *mut u64
-}
+/// Reports with `out` instructions.
+struct Ports;
 
-fn write_page(params: &Params, page: u64, round: u64) {
-    let words = page_words(params, page);
-    for word in 0..PAGE_WORDS {
-        // SAFETY: The loader gave us `data_pages` pages of RAM from `data_start`, which
-        // nothing else in the guest uses; volatile, because the point is the memory access.
-        unsafe {
-            words
-                .add(word)
-                .write_volatile(pattern_word(page, round, word))
-        };
-    }
-}
-
-/// Whether data page `page` holds round `round`'s pattern (or zeros, for a zero page).
-fn check_page(params: &Params, page: u64, round: u64) -> bool {
-    let words = page_words(params, page);
-    let zero = is_zero_page(page);
-    (0..PAGE_WORDS).all(|word| {
-        let want = if zero {
-            0
-        } else {
-            pattern_word(page, round, word)
-        };
-        // SAFETY: As in `write_page`.
-        unsafe { words.add(word).read_volatile() == want }
-    })
-}
-
-fn check(params: &Params, page: u64, round: u64) {
-    if !check_page(params, page, round) {
-        out32(PORT_MISMATCH, page as u32);
+impl Reporter for Ports {
+    fn report(&mut self, port: u16, value: u32) {
+        out32(port, value);
     }
 }
 
@@ -101,40 +68,14 @@ pub unsafe extern "C" fn _start(params: *const Params) -> ! {
         halt();
     }
     let working_set = params.working_set_pages.min(params.data_pages);
-    let sweep = params.sweep_pages.clamp(1, params.data_pages.max(1));
     print("muserload test guest: ");
     print_number(params.data_pages);
     print(" data pages, working set ");
     print_number(working_set);
     print("\n");
-
-    for page in (0..params.data_pages).filter(|&page| !is_zero_page(page)) {
-        write_page(&params, page, 0);
-    }
-    out32(PORT_FILLED, params.data_pages as u32);
-
-    let (mut cursor, mut sweeps) = (0, 0u64);
-    for round in 1u64.. {
-        for page in (0..working_set).filter(|&page| !is_zero_page(page)) {
-            check(&params, page, round - 1);
-            write_page(&params, page, round);
-        }
-        for _ in 0..sweep {
-            check(
-                &params,
-                cursor,
-                if cursor < working_set { round } else { 0 },
-            );
-            cursor += 1;
-            if cursor == params.data_pages {
-                cursor = 0;
-                sweeps += 1;
-                out32(PORT_SWEEP, sweeps as u32);
-            }
-        }
-        out32(PORT_ROUND, round as u32);
-    }
-    halt()
+    // SAFETY: The loader gave us `data_pages` pages of RAM from `data_start`, which nothing
+    // else in the guest uses.
+    unsafe { run(params.data_start as *mut u64, &params, &mut Ports) }
 }
 
 fn halt() -> ! {
