@@ -49,6 +49,13 @@ module! {
     authors: ["The muserload developers"],
     description: "Post-copy memory loading for userspace",
     license: "GPL",
+    params: {
+        pool_pages: u32 {
+            default: 256,
+            description: "Zeroed pages each object keeps ready for staging refills (0: none, \
+                          refills zero in the loader's thread)",
+        },
+    },
 }
 
 /// The module: owns the registration of `/dev/muserload`.

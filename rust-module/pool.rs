@@ -31,9 +31,6 @@ use kernel::{
     },
 };
 
-/// The most pages one object's pool holds.
-const POOL_MAX: usize = 256;
-
 /// An object's pool of zeroed pages.
 #[pin_data]
 pub(crate) struct PagePool {
@@ -56,9 +53,10 @@ impl PagePool {
         })
     }
 
-    /// Sizes the pool for an object with `staging_pages` staging pages (once, at setup).
+    /// Sizes the pool for an object with `staging_pages` staging pages (once, at setup): as
+    /// many pages as staging has, at most the module parameter `pool_pages`.
     pub(crate) fn set_target(&self, staging_pages: usize) -> Result {
-        let target = staging_pages.min(POOL_MAX);
+        let target = staging_pages.min(crate::module_parameters::pool_pages.value() as usize);
         // Reserve outside the spinlock; refills never allocate under it.
         let reserved = KVec::with_capacity(target, GFP_KERNEL_ACCOUNT)?;
         *self.pages.lock() = reserved;

@@ -2,7 +2,7 @@
 //! kernel, with the same sizes and the same CPU placement. Every case verifies the content
 //! of every page it loaded; a mismatch fails the run.
 //!
-//! Usage: `muserload-bench [--pages N] [--json FILE]` in the guest, and
+//! Usage: `muserload-bench [--pages N] [--json FILE] [--only move]` in the guest, and
 //! `muserload-bench --plot RESULTS.json OUT.svg` on the host to draw the results.
 
 mod anon;
@@ -70,7 +70,7 @@ pub enum Error {
         message: String,
     },
     /// A bad command line.
-    #[error("usage: muserload-bench [--pages N] [--json FILE] ({0})")]
+    #[error("usage: muserload-bench [--pages N] [--json FILE] [--only move] ({0})")]
     Usage(String),
 }
 
@@ -97,12 +97,16 @@ pub fn pin(cpu: usize) -> Result<()> {
 struct Options {
     pages: usize,
     json: Option<String>,
+    /// Only the zero-copy (MOVE) cases: `--only move`, to run them again with the module's
+    /// page pool off.
+    move_only: bool,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options> {
     let mut options = Options {
         pages: 4096,
         json: None,
+        move_only: false,
     };
     while let Some(arg) = args.next() {
         let value = args
@@ -117,6 +121,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options> {
                     .ok_or_else(|| Error::Usage(format!("bad page count {value}")))?;
             }
             "--json" => options.json = Some(value),
+            "--only" if value == "move" => options.move_only = true,
             _ => return Err(Error::Usage(format!("unknown argument {arg}"))),
         }
     }
@@ -133,6 +138,22 @@ fn run(options: &Options) -> Result<Vec<Measurement>> {
         results.push(f()?);
         Ok(())
     };
+    if options.move_only {
+        let kind = roundtrip::Kind::Move;
+        case("queue, muserload", &|| {
+            roundtrip::queue_muserload(pages, kind, 1)
+        })?;
+        case("queue, userfaultfd", &|| {
+            roundtrip::queue_uffd(pages, kind, 1)
+        })?;
+        case("bulk, muserload", &|| {
+            bulk::muserload(pages * 4, bulk::Kind::Move)
+        })?;
+        case("bulk, userfaultfd", &|| {
+            bulk::uffd(pages * 4, bulk::Kind::Move)
+        })?;
+        return Ok(results);
+    }
     case("first touch", &|| bulk::first_touch(pages))?;
     case("memcpy", &|| bulk::memcpy_4k(pages))?;
     for kind in [roundtrip::Kind::Copy, roundtrip::Kind::Move] {
