@@ -8,6 +8,15 @@ pub struct Bitmap {
     len: u64,
 }
 
+impl Clone for Bitmap {
+    fn clone(&self) -> Self {
+        Self {
+            words: self.words().into_iter().map(AtomicU64::new).collect(),
+            len: self.len,
+        }
+    }
+}
+
 impl Bitmap {
     /// `len` clear bits.
     pub fn new(len: u64) -> Self {
@@ -48,6 +57,25 @@ impl Bitmap {
     pub fn set(&self, i: u64) -> bool {
         let bit = 1 << (i % 64);
         self.words[(i / 64) as usize].fetch_or(bit, Ordering::AcqRel) & bit == 0
+    }
+
+    /// Clears bit `i`.
+    pub fn clear(&self, i: u64) {
+        self.words[(i / 64) as usize].fetch_and(!(1 << (i % 64)), Ordering::AcqRel);
+    }
+
+    /// The set bits, in order, a 64-bit word at a time (empty words cost one load).
+    pub fn ones(&self) -> impl Iterator<Item = u64> + '_ {
+        self.words.iter().enumerate().flat_map(|(w, word)| {
+            let mut bits = word.load(Ordering::Acquire);
+            std::iter::from_fn(move || {
+                (bits != 0).then(|| {
+                    let i = bits.trailing_zeros();
+                    bits &= bits - 1;
+                    w as u64 * 64 + u64::from(i)
+                })
+            })
+        })
     }
 
     /// How many bits are set.
@@ -108,6 +136,16 @@ mod tests {
         }
         assert_eq!(map.next_clear(5), None);
         assert_eq!(map.count(), 130);
+    }
+
+    #[test]
+    fn ones_lists_set_bits_in_order() {
+        let map = Bitmap::new(200);
+        for i in [0, 63, 64, 130, 199] {
+            map.set(i);
+        }
+        map.clear(64);
+        assert_eq!(map.ones().collect::<Vec<_>>(), [0, 63, 130, 199]);
     }
 
     #[test]

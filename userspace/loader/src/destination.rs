@@ -25,7 +25,7 @@ use crate::{
     bitmap::Bitmap,
     error::{io, Error, Result},
     memory::{GuestRam, BATCH_PAGES},
-    protocol::{self, Channel, Control, Frame},
+    protocol::{self, Channel, Control, Frame, Kind, Pages},
     source::resolve,
     vcpu::{Interrupted, Machine, NoFaults},
     vm::{MachineState, Vm},
@@ -62,8 +62,16 @@ pub struct ReceiveOptions {
 }
 
 /// What the destination reports.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct DestinationReport {
+    /// The kind of migration.
+    pub kind: Kind,
+    /// Pre-copy rounds (the first full pass included).
+    pub precopy_rounds: u32,
+    /// Pages received in pre-copy.
+    pub precopy_pages: u64,
+    /// Pages received in pre-copy that were stale at the switch and came again post-copy.
+    pub discarded_pages: u64,
     /// "queue" or "signal".
     pub mode: String,
     /// From the source's connection to every page loaded, in milliseconds.
@@ -113,40 +121,77 @@ pub fn receive(options: ReceiveOptions) -> Result<()> {
     let (stream, requests, accepted) = accept_channels(&listener)?;
     let mut stream = BufReader::with_capacity(1 << 16, stream);
 
-    let state = match protocol::recv_frame(&mut stream, "stream")? {
-        Frame::Control(Control::Machine(state)) => state,
+    let (ram_size, kind) = match protocol::recv_frame(&mut stream, "stream")? {
+        Frame::Control(Control::Memory { ram_size, kind }) => (ram_size, kind),
         _ => {
             return Err(Error::Protocol(
-                "the stream did not start with the machine".into(),
+                "the stream did not start with the guest's size".into(),
             ))
         }
     };
-    let MachineState {
-        ram_size,
-        vcpus,
-        vm: vm_state,
-        devices,
-    } = *state;
-    if ram_size == 0 || ram_size % PAGE != 0 || ram_size > RAM_MAX || vcpus.is_empty() {
-        return Err(Error::Protocol(format!(
-            "a guest of {ram_size} bytes and {} vCPUs",
-            vcpus.len()
-        )));
+    if ram_size == 0 || ram_size % PAGE != 0 || ram_size > RAM_MAX {
+        return Err(Error::Protocol(format!("a guest of {ram_size} bytes")));
     }
-    let zero = match protocol::recv_frame(&mut stream, "stream")? {
-        Frame::Control(Control::ZeroMap { pages, words }) if pages == ram_size / PAGE => {
-            Bitmap::from_words(pages, &words)
-        }
-        _ => None,
-    }
-    .ok_or_else(|| Error::Protocol("no valid zero-page map after the machine".into()))?;
-
+    let pages = ram_size / PAGE;
     let ram = GuestRam::new(ram_size)?;
     let fault_mode = match options.mode {
         Mode::Queue => FaultMode::Queue,
         Mode::Signal => FaultMode::Signal(FAULT_SIGNAL as i32),
     };
     ram.object().arm(ram.guest(), 0, ram_size, fault_mode)?;
+
+    // Pre-copy rounds, if any, until the machine state.
+    let loaded = Bitmap::new(pages);
+    let mut precopy_pages = 0;
+    let state = {
+        let mut staging = ram.object().map_staging()?;
+        loop {
+            match protocol::recv_frame(&mut stream, "stream")? {
+                Frame::Pages(batch) => {
+                    precopy_pages += batch.indices.len() as u64;
+                    receive_precopy(&ram, &mut stream, &mut staging, &batch, &loaded, fault_mode)?;
+                }
+                Frame::Control(Control::Machine(state)) => break state,
+                Frame::Control(_) => {
+                    return Err(Error::Protocol("stream: expected the machine".into()))
+                }
+            }
+        }
+    };
+    let MachineState {
+        ram_size: state_size,
+        vcpus,
+        vm: vm_state,
+        devices,
+    } = *state;
+    if state_size != ram_size || vcpus.is_empty() {
+        return Err(Error::Protocol(format!(
+            "a machine of {state_size} bytes and {} vCPUs",
+            vcpus.len()
+        )));
+    }
+    let mut map = |what: &str| -> Result<Bitmap> {
+        match protocol::recv_frame(&mut stream, "stream")? {
+            Frame::Control(Control::ZeroMap { pages: n, words })
+                if what == "zero" && n == pages =>
+            {
+                Bitmap::from_words(pages, &words)
+            }
+            Frame::Control(Control::Discard { words }) if what == "discard" => {
+                Bitmap::from_words(pages, &words)
+            }
+            _ => None,
+        }
+        .ok_or_else(|| Error::Protocol(format!("stream: no valid {what} map after the machine")))
+    };
+    let zero = map("zero")?;
+    // Pages pre-copy sent that the guest wrote since: armed again, to come post-copy.
+    let discard = map("discard")?;
+    for page in discard.ones() {
+        ram.object()
+            .arm(ram.guest(), page * PAGE, PAGE, fault_mode)?;
+        loaded.clear(page);
+    }
     let vm = Arc::new(Vm::with_devices(ram, Box::new(std::io::stdout()), devices)?);
     vm.set_state(&vm_state)?;
     let vcpus = vcpus
@@ -158,7 +203,7 @@ pub fn receive(options: ReceiveOptions) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
 
-    let loading = Arc::new(Loading::new(vm.clone(), zero, &requests)?);
+    let loading = Arc::new(Loading::new(vm.clone(), zero, loaded, &requests)?);
     let interrupted: Arc<dyn Interrupted> = match options.mode {
         Mode::Queue => {
             let events = vm.ram().object().events(false)?;
@@ -203,9 +248,13 @@ pub fn receive(options: ReceiveOptions) -> Result<()> {
     }
     machine.stop()?;
     let stats = vm.ram().object().stats()?;
-    let (setup_us, downtime_us) = *lock(&loading.source_times);
+    let (precopy_rounds, setup_us, downtime_us) = *lock(&loading.source_times);
     let (p50, p99, max) = percentiles(&mut lock(&loading.waits));
     let result = DestinationReport {
+        kind,
+        precopy_rounds,
+        precopy_pages,
+        discarded_pages: discard.count(),
         mode: format!("{:?}", options.mode).to_lowercase(),
         total_ms: total.as_millis() as u64,
         downtime_us,
@@ -304,7 +353,8 @@ struct Loading {
     streamed: AtomicU64,
     duplicates: AtomicU64,
     bytes: AtomicU64,
-    source_times: Mutex<(u64, u64)>,
+    /// Pre-copy rounds, setup and downtime (microseconds), as the source measured them.
+    source_times: Mutex<(u32, u64, u64)>,
     /// Every page is loaded; the source may hang up.
     done: AtomicBool,
     /// Why a loading thread stopped.
@@ -312,12 +362,12 @@ struct Loading {
 }
 
 impl Loading {
-    fn new(vm: Arc<Vm>, zero: Bitmap, requests: &TcpStream) -> Result<Self> {
+    fn new(vm: Arc<Vm>, zero: Bitmap, loaded: Bitmap, requests: &TcpStream) -> Result<Self> {
         let pages = zero.len();
         Ok(Self {
             vm,
             zero,
-            loaded: Bitmap::new(pages),
+            loaded,
             requested: Bitmap::new(pages),
             requested_at: (0..pages).map(|_| AtomicU64::new(0)).collect(),
             epoch: Instant::now(),
@@ -332,7 +382,7 @@ impl Loading {
             streamed: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
-            source_times: Mutex::new((0, 0)),
+            source_times: Mutex::new((0, 0, 0)),
             done: AtomicBool::new(false),
             failure: Mutex::new(None),
         })
@@ -540,8 +590,15 @@ impl Loading {
                     self.notify();
                 }
                 (Frame::Control(Control::StreamEnd), Channel::Stream) => return Ok(()),
-                (Frame::Control(Control::SourceTimes { setup, downtime }), Channel::Requests) => {
-                    *lock(&self.source_times) = (setup, downtime);
+                (
+                    Frame::Control(Control::SourceTimes {
+                        rounds,
+                        setup,
+                        downtime,
+                    }),
+                    Channel::Requests,
+                ) => {
+                    *lock(&self.source_times) = (rounds, setup, downtime);
                 }
                 _ => return Err(Error::Protocol(format!("{what}: unexpected message"))),
             }
@@ -606,6 +663,41 @@ impl Loading {
                 .0;
         }
     }
+}
+
+/// Loads a pre-copy batch into guest memory. The guest is not running yet; a page sent
+/// again (the guest wrote it after its last send) replaces the old copy: armed again first,
+/// since loads only fill unloaded pages.
+fn receive_precopy(
+    ram: &GuestRam,
+    stream: &mut BufReader<TcpStream>,
+    staging: &mut muserload::Staging,
+    batch: &Pages,
+    loaded: &Bitmap,
+    mode: FaultMode,
+) -> Result<()> {
+    let what = "stream";
+    if let Some(&bad) = batch.indices.iter().find(|&&p| p >= loaded.len()) {
+        return Err(Error::Protocol(format!("{what}: page {bad} past RAM")));
+    }
+    let n = batch.indices.len();
+    let first = BATCH_PAGES;
+    batch.read_data(stream, staging.slots_mut(first, n)?, what)?;
+    for &page in batch.indices.iter().filter(|&&p| loaded.get(p)) {
+        ram.object().arm(ram.guest(), page * PAGE, PAGE, mode)?;
+    }
+    let pairs: Vec<(u64, usize)> = batch
+        .indices
+        .iter()
+        .enumerate()
+        .map(|(k, &page)| (page * PAGE, first + k))
+        .collect();
+    ram.object()
+        .load_move_vectored(ram.guest(), staging, &pairs, Wake::Now)?;
+    batch.indices.iter().for_each(|&p| {
+        loaded.set(p);
+    });
+    Ok(())
 }
 
 thread_local! {

@@ -13,6 +13,7 @@ mod destination;
 mod devices;
 mod error;
 mod memory;
+mod precopy;
 mod protocol;
 mod report;
 mod source;
@@ -26,7 +27,8 @@ use clap::{Parser, Subcommand};
 use crate::{
     boot::TestGuestConfig,
     destination::{Mode, ReceiveOptions},
-    source::{Guest, RunOptions},
+    protocol::Kind,
+    source::{Guest, Migration, RunOptions},
 };
 
 /// A KVM VMM whose guest RAM is a muserload object: runs the built-in test guest and
@@ -76,6 +78,16 @@ enum Command {
         /// Write the report as JSON here.
         #[arg(long)]
         report_json: Option<PathBuf>,
+        /// How to migrate.
+        #[arg(long, value_enum, default_value_t = Kind::PostCopy)]
+        migration: Kind,
+        /// Pre-copy rounds after the first full pass: hybrid runs exactly this many,
+        /// pre-copy at most this many.
+        #[arg(long, default_value_t = 2)]
+        precopy_rounds: u32,
+        /// Pre-copy switches over once the pages left could be sent within this time.
+        #[arg(long, default_value_t = 50)]
+        downtime_target_ms: u64,
     },
     /// Receive a migrating guest and run it until it has checked all its memory.
     Receive {
@@ -111,6 +123,9 @@ fn main() -> ExitCode {
             migrate_after,
             migrate_after_rounds,
             report_json,
+            migration,
+            precopy_rounds,
+            downtime_target_ms,
         } => seconds(migrate_after, "--migrate-after").and_then(|migrate_after| {
             let guest = match (test_guest, kernel, initrd) {
                 (Some(image), None, None) => Guest::Test {
@@ -144,6 +159,11 @@ fn main() -> ExitCode {
                 migrate_after,
                 migrate_after_rounds,
                 report_json,
+                migration: Migration {
+                    kind: migration,
+                    rounds: precopy_rounds,
+                    downtime_target: Duration::from_millis(downtime_target_ms),
+                },
             })
         }),
         Command::Receive {

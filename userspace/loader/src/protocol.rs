@@ -3,8 +3,10 @@
 //! Two connections from the source to the destination's listening address, each opened
 //! with a [`Channel`] hello that names the protocol (magic, version) and the channel:
 //!
-//! - the stream: the machine state (vCPUs, VM, devices), the zero-page map, then every
-//!   other page in batches, then [`Control::StreamEnd`];
+//! - the stream: the guest's size and the kind of migration, pre-copy rounds of pages (if
+//!   any), the machine state (vCPUs, VM, devices), the zero-page map, the pages pre-copy
+//!   sent that are stale again, then every page still missing in batches, then
+//!   [`Control::StreamEnd`];
 //! - the requests channel: the destination asks for the pages its vCPUs wait for, the
 //!   source answers with batches there, ahead of the stream; the destination also says
 //!   [`Control::Resumed`] (the source answers with the times it measured) and
@@ -45,15 +47,41 @@ pub enum Channel {
     Requests = 2,
 }
 
+/// How the source migrates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Kind {
+    /// The guest moves at once; its memory follows, on demand and streamed.
+    PostCopy,
+    /// Memory first, in rounds while the guest runs, until what is left fits the downtime
+    /// target; then the guest, with all of it.
+    PreCopy,
+    /// Some pre-copy rounds, then post-copy for what they did not settle.
+    Hybrid,
+}
+
 /// Control messages.
 #[derive(Serialize, Deserialize)]
 pub enum Control {
+    /// Source to destination, stream, first: the guest's RAM size and the migration's kind.
+    /// Pre-copy batches may follow, before [`Control::Machine`].
+    Memory {
+        /// Bytes.
+        ram_size: u64,
+        /// The kind of migration.
+        kind: Kind,
+    },
     /// Source to destination, stream: everything but RAM.
     Machine(Box<MachineState>),
     /// Source to destination, stream: bit `i` of word `i / 64` is set if page `i` is zero.
     ZeroMap {
         /// Pages of guest RAM.
         pages: u64,
+        /// The bitmap.
+        words: Vec<u64>,
+    },
+    /// Source to destination, stream, after the zero map: pages the destination received
+    /// in pre-copy that the guest has written since (bitmap as in `ZeroMap`): stale.
+    Discard {
         /// The bitmap.
         words: Vec<u64>,
     },
@@ -68,6 +96,8 @@ pub enum Control {
     Resumed,
     /// Source to destination, requests: what the source measured, in microseconds.
     SourceTimes {
+        /// Pre-copy rounds.
+        rounds: u32,
         /// From connecting to pausing the guest.
         setup: u64,
         /// From pausing the guest to the destination's `Resumed`.

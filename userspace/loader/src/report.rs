@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::{
     destination::DestinationReport,
     error::{Error, Result},
+    protocol::Kind,
     source::SourceReport,
 };
 
@@ -30,6 +31,14 @@ fn table(title: &str, rows: &[(&str, String)]) -> String {
     out
 }
 
+fn kind(kind: Kind) -> &'static str {
+    match kind {
+        Kind::PostCopy => "post-copy",
+        Kind::PreCopy => "pre-copy",
+        Kind::Hybrid => "hybrid",
+    }
+}
+
 fn ms(us: u64) -> String {
     format!("{:.1} ms", us as f64 / 1000.0)
 }
@@ -45,8 +54,11 @@ impl SourceReport {
     /// The report as a table.
     pub fn table(&self) -> String {
         table(
-            "Migration (source side): completed",
+            &format!("Migration (source side): completed ({})", kind(self.kind)),
             &[
+                ("pre-copy rounds", self.precopy_rounds.to_string()),
+                ("pages sent in pre-copy", self.precopy_pages.to_string()),
+                ("stale at the switch", self.discarded_pages.to_string()),
                 ("setup", ms(self.setup_us)),
                 ("downtime", ms(self.downtime_us)),
                 ("total time", format!("{} ms", self.total_ms)),
@@ -73,10 +85,14 @@ impl DestinationReport {
         };
         table(
             &format!(
-                "Migration status: completed (post-copy, {} mode)",
+                "Migration status: completed ({}, {} mode)",
+                kind(self.kind),
                 self.mode
             ),
             &[
+                ("pre-copy rounds", self.precopy_rounds.to_string()),
+                ("pages received in pre-copy", self.precopy_pages.to_string()),
+                ("stale at the switch", self.discarded_pages.to_string()),
                 ("total time", format!("{} ms", self.total_ms)),
                 ("downtime", ms(self.downtime_us)),
                 ("setup", ms(self.setup_us)),

@@ -22,7 +22,8 @@ use crate::{
     boot::{self, LinuxGuest, TestGuestConfig},
     error::{io, Error, Result},
     memory::{GuestRam, BATCH_PAGES},
-    protocol::{self, Channel, Control, Frame},
+    precopy::{self, Plan},
+    protocol::{self, Channel, Control, Frame, Kind},
     vcpu::{Machine, NoFaults},
     vm::{MachineState, Vm},
 };
@@ -61,11 +62,32 @@ pub struct RunOptions {
     pub migrate_after_rounds: Option<u64>,
     /// Where to write the report as JSON.
     pub report_json: Option<PathBuf>,
+    /// How to migrate.
+    pub migration: Migration,
+}
+
+/// How to migrate.
+#[derive(Clone, Copy, Debug)]
+pub struct Migration {
+    /// Post-copy, pre-copy or hybrid.
+    pub kind: Kind,
+    /// Hybrid: pre-copy rounds before the switch; pre-copy: the most rounds.
+    pub rounds: u32,
+    /// Pre-copy: switch once what is left could be sent within this time.
+    pub downtime_target: Duration,
 }
 
 /// What the source reports after a migration.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct SourceReport {
+    /// The kind of migration.
+    pub kind: Kind,
+    /// Pre-copy rounds (the first full pass included).
+    pub precopy_rounds: u32,
+    /// Pages sent in pre-copy (and, in pre-copy, while paused).
+    pub precopy_pages: u64,
+    /// Pages pre-copy sent that were stale at the switch (hybrid: fetched post-copy).
+    pub discarded_pages: u64,
     /// Connecting to the destination, in microseconds.
     pub setup_us: u64,
     /// From pausing the guest to the destination running it, in microseconds.
@@ -114,7 +136,7 @@ pub fn run(options: RunOptions) -> Result<()> {
     let machine = Machine::start(vm.clone(), vec![vcpu], Arc::new(NoFaults))?;
 
     let destination = wait_for_migrate(&machine, &options, started)?;
-    let report = migrate(machine, &destination)?;
+    let report = migrate(machine, &destination, &options.migration)?;
     println!("{}", report.table());
     if let Some(path) = &options.report_json {
         crate::report::write_json(path, &report)?;
@@ -219,7 +241,7 @@ impl Serving {
     }
 }
 
-fn migrate(machine: Machine, destination: &str) -> Result<SourceReport> {
+fn migrate(machine: Machine, destination: &str, how: &Migration) -> Result<SourceReport> {
     let addr = resolve(destination)?;
     let start = Instant::now();
     let mut stream = BufWriter::with_capacity(1 << 20, connect(addr, Channel::Stream)?);
@@ -227,9 +249,46 @@ fn migrate(machine: Machine, destination: &str) -> Result<SourceReport> {
     let setup = start.elapsed();
 
     let vm = machine.vm().clone();
+    let ram = vm.ram();
+    let mut bytes = protocol::send_control(
+        &mut stream,
+        &Control::Memory {
+            ram_size: ram.size(),
+            kind: how.kind,
+        },
+    )?;
+    let precopied = match how.kind {
+        Kind::PostCopy => None,
+        Kind::PreCopy | Kind::Hybrid => {
+            vm.set_dirty_logging(true)?;
+            let plan = Plan {
+                max_rounds: how.rounds,
+                downtime_target: (how.kind == Kind::PreCopy).then_some(how.downtime_target),
+            };
+            Some(precopy::run(&vm, &mut stream, plan)?)
+        }
+    };
+
     let paused = Instant::now();
     let vcpus = machine.stop()?;
-    let ram = vm.ram();
+    // What the guest wrote since the last round is stale at the destination.
+    let mut precopied = precopied;
+    if let Some(rounds) = &mut precopied {
+        vm.dirty_pages()?.ones().for_each(|p| rounds.valid.clear(p));
+        if how.kind == Kind::PreCopy {
+            // Pre-copy sends the rest now, while the guest is paused.
+            let stale: Vec<u64> = rounds
+                .sent
+                .ones()
+                .filter(|&p| !rounds.valid.get(p))
+                .collect();
+            let fresh: Vec<u64> = (0..ram.pages())
+                .filter(|&p| !rounds.sent.get(p) && !precopy::is_zero(ram, p))
+                .collect();
+            precopy::send(ram, &mut stream, &[stale, fresh].concat(), rounds)?;
+        }
+        vm.set_dirty_logging(false)?;
+    }
     let state = MachineState {
         ram_size: ram.size(),
         vcpus,
@@ -237,8 +296,12 @@ fn migrate(machine: Machine, destination: &str) -> Result<SourceReport> {
         devices: vm.devices().state(),
     };
     let guest_rounds = state.devices.test_report().rounds;
-    let mut bytes = protocol::send_control(&mut stream, &Control::Machine(Box::new(state)))?;
-    let zero = zero_pages(ram)?;
+    bytes += protocol::send_control(&mut stream, &Control::Machine(Box::new(state)))?;
+    // Zero pages: never sent (or sent and written since) and zero now.
+    let valid = precopied
+        .as_ref()
+        .map_or_else(|| Bitmap::new(ram.pages()), |r| r.valid.clone());
+    let zero = zero_pages(ram, &valid)?;
     bytes += protocol::send_control(
         &mut stream,
         &Control::ZeroMap {
@@ -246,9 +309,29 @@ fn migrate(machine: Machine, destination: &str) -> Result<SourceReport> {
             words: zero.words(),
         },
     )?;
+    let discard = Bitmap::new(ram.pages());
+    if let Some(rounds) = &precopied {
+        rounds
+            .sent
+            .ones()
+            .filter(|&p| !rounds.valid.get(p))
+            .for_each(|p| {
+                discard.set(p);
+            });
+    }
+    bytes += protocol::send_control(
+        &mut stream,
+        &Control::Discard {
+            words: discard.words(),
+        },
+    )?;
     stream.flush().map_err(io("sending the machine state"))?;
+    // Nothing more to send for zero pages and for what pre-copy settled.
     let sent = Bitmap::from_words(zero.len(), &zero.words())
         .ok_or_else(|| Error::Protocol("zero map".into()))?;
+    valid.ones().for_each(|p| {
+        sent.set(p);
+    });
     let serving = Arc::new(Serving {
         sends: (0..ram.pages()).map(|_| AtomicU8::new(0)).collect(),
         vm: vm.clone(),
@@ -269,7 +352,8 @@ fn migrate(machine: Machine, destination: &str) -> Result<SourceReport> {
             .spawn(move || stream_pages(&serving, stream))
             .map_err(io("spawning the stream thread"))?
     };
-    let served = serve_requests(&serving, &mut requests, paused, setup);
+    let rounds = precopied.as_ref().map_or(0, |r| r.rounds);
+    let served = serve_requests(&serving, &mut requests, paused, setup, rounds);
     serving.done.store(true, Ordering::SeqCst);
     let streamed = streamer
         .join()
@@ -280,6 +364,10 @@ fn migrate(machine: Machine, destination: &str) -> Result<SourceReport> {
         eprintln!("muserload-loader: stream ended early (harmless, all pages loaded): {e}");
     }
     Ok(SourceReport {
+        kind: how.kind,
+        precopy_rounds: rounds,
+        precopy_pages: precopied.as_ref().map_or(0, |r| r.pages),
+        discarded_pages: discard.count(),
         setup_us: setup.as_micros() as u64,
         downtime_us: downtime.as_micros() as u64,
         total_ms: start.elapsed().as_millis() as u64,
@@ -299,13 +387,15 @@ fn migrate(machine: Machine, destination: &str) -> Result<SourceReport> {
     })
 }
 
-/// The zero pages: those never touched (not resident), and resident ones that hold zeros.
-fn zero_pages(ram: &GuestRam) -> Result<Bitmap> {
+/// The zero pages the destination does not have yet: those never touched (not resident),
+/// and resident ones that hold zeros, except the `valid` ones (pre-copy sent them).
+fn zero_pages(ram: &GuestRam, valid: &Bitmap) -> Result<Bitmap> {
     let map = Bitmap::new(ram.pages());
     for (page, resident) in ram.resident()?.into_iter().enumerate() {
+        let page = page as u64;
         // SAFETY: The vCPUs are stopped for good.
-        if !resident || unsafe { ram.page(page as u64) }.iter().all(|&b| b == 0) {
-            map.set(page as u64);
+        if !valid.get(page) && (!resident || unsafe { ram.page(page) }.iter().all(|&b| b == 0)) {
+            map.set(page);
         }
     }
     Ok(map)
@@ -317,6 +407,7 @@ fn serve_requests(
     requests: &mut TcpStream,
     paused: Instant,
     setup: Duration,
+    rounds: u32,
 ) -> Result<Duration> {
     let mut reader = requests
         .try_clone()
@@ -348,6 +439,7 @@ fn serve_requests(
                 let elapsed = paused.elapsed();
                 downtime = Some(elapsed);
                 let times = Control::SourceTimes {
+                    rounds,
                     setup: setup.as_micros() as u64,
                     downtime: elapsed.as_micros() as u64,
                 };

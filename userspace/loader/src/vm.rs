@@ -9,13 +9,14 @@ use kvm_bindings::{
     kvm_msr_entry, kvm_pit_config, kvm_pit_state2, kvm_regs, kvm_sregs,
     kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs,
     KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES,
-    KVM_MAX_MSR_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    KVM_MAX_MSR_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::{
+    bitmap::Bitmap,
     boot::Entry,
     devices::{DeviceState, Devices, COM1_IRQ},
     error::{io, kvm, Error, Result},
@@ -132,6 +133,31 @@ impl Vm {
             ram,
             msr_indices,
         })
+    }
+
+    /// Turns KVM's dirty page logging of guest RAM on or off.
+    pub fn set_dirty_logging(&self, on: bool) -> Result<()> {
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+            guest_phys_addr: 0,
+            memory_size: self.ram.size(),
+            userspace_addr: self.ram.guest().as_ptr() as u64,
+        };
+        // SAFETY: The same region as in `build`, with other flags.
+        unsafe { self.fd.set_user_memory_region(region) }
+            .map_err(kvm("KVM_SET_USER_MEMORY_REGION (dirty logging)"))
+    }
+
+    /// The pages the guest wrote since the last call (or since logging started), which
+    /// KVM then forgets.
+    pub fn dirty_pages(&self) -> Result<Bitmap> {
+        let words = self
+            .fd
+            .get_dirty_log(0, self.ram.size() as usize)
+            .map_err(kvm("KVM_GET_DIRTY_LOG"))?;
+        Bitmap::from_words(self.ram.pages(), &words)
+            .ok_or_else(|| Error::Config("KVM's dirty log has the wrong size".into()))
     }
 
     /// Guest RAM.

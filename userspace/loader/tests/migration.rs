@@ -102,7 +102,9 @@ fn linux_guest_args() -> Vec<String> {
         .to_vec()
 }
 
-fn migrate(name: &str, mode: &str, guest: &[String]) {
+/// Migrates a guest (`kind`: post-copy, pre-copy or hybrid; `mode`: queue or signal) and
+/// checks both reports; returns them.
+fn migrate(name: &str, kind: &str, mode: &str, guest: &[String]) -> (Value, Value) {
     let dir = scratch(name);
     let (src_json, dst_json) = (dir.join("source.json"), dir.join("destination.json"));
     let dst_json_arg = dst_json.to_str().expect("path");
@@ -110,7 +112,14 @@ fn migrate(name: &str, mode: &str, guest: &[String]) {
     let source = loader()
         .arg("run")
         .args(guest)
-        .args(["--working-set-mib", "8", "--sweep-mib", "8"])
+        .args([
+            "--working-set-mib",
+            "8",
+            "--sweep-mib",
+            "8",
+            "--migration",
+            kind,
+        ])
         .args([
             "--migrate-to",
             &destination.addr,
@@ -129,16 +138,23 @@ fn migrate(name: &str, mode: &str, guest: &[String]) {
     assert_eq!(u(&dst, "guest_mismatches"), 0);
     assert!(u(&dst, "guest_sweeps_here") >= 1);
     assert!(u(&dst, "guest_rounds_here") >= 1);
-    // Zero pages never went over the wire, and no page went more than twice.
+    // Zero pages never went over the wire.
     assert!(u(&src, "zero_pages") > 0);
     assert_eq!(u(&src, "zero_pages"), u(&dst, "zero_pages"));
     assert_eq!(u(&src, "zero_pages_sent"), 0);
+    assert!(u(&dst, "downtime_us") > 0);
+    (src, dst)
+}
+
+/// Post-copy: no page went more than twice, every page that is not zero went, and vCPUs
+/// waiting on pages were served by requests far sooner than the stream brought everything.
+fn post_copy(name: &str, mode: &str, guest: &[String]) {
+    let (src, dst) = migrate(name, "post-copy", mode, guest);
+    assert_eq!(u(&src, "precopy_pages"), 0);
     assert!(u(&src, "max_sends_per_page") <= 2);
     let normal = u(&dst, "normal_pages");
     assert!(u(&src, "pages_requested") + u(&src, "pages_streamed") >= normal);
     assert!(u(&dst, "bytes_received") < (normal + 64) * 4200 * 2);
-    // vCPUs waited on pages, and were served by requests far sooner than the stream
-    // brought everything.
     assert!(u(&dst, "faults") > 0 && u(&dst, "pages_requested") > 0);
     assert!(
         u(&dst, "fault_wait_p50_us") * 10 < u(&dst, "load_all_ms") * 1000,
@@ -146,24 +162,62 @@ fn migrate(name: &str, mode: &str, guest: &[String]) {
         u(&dst, "fault_wait_p50_us"),
         u(&dst, "load_all_ms")
     );
-    assert!(u(&dst, "downtime_us") > 0);
+}
+
+/// Pre-copy: every page arrives before the guest resumes, so nothing is requested.
+fn pre_copy(name: &str, guest: &[String]) {
+    let (src, dst) = migrate(name, "pre-copy", "queue", guest);
+    assert!(u(&src, "precopy_rounds") >= 1);
+    assert!(u(&dst, "precopy_pages") >= u(&dst, "normal_pages"));
+    assert_eq!(u(&dst, "pages_requested"), 0);
+    assert_eq!(u(&dst, "discarded_pages"), 0);
+}
+
+/// Hybrid: pre-copy rounds, then what the guest kept writing comes post-copy.
+fn hybrid(name: &str, guest: &[String]) {
+    let (src, dst) = migrate(name, "hybrid", "queue", guest);
+    assert_eq!(u(&src, "precopy_rounds"), 3);
+    assert!(u(&dst, "precopy_pages") > 0);
+    // The working set is rewritten all the time: stale at the switch, fetched again.
+    assert!(u(&dst, "discarded_pages") > 0);
+    assert_eq!(u(&src, "discarded_pages"), u(&dst, "discarded_pages"));
 }
 
 #[test]
 fn post_copy_in_queue_mode() {
-    migrate("queue", "queue", &test_guest_args());
+    post_copy("queue", "queue", &test_guest_args());
 }
 
 #[test]
 fn post_copy_in_signal_mode() {
-    migrate("signal", "signal", &test_guest_args());
+    post_copy("signal", "signal", &test_guest_args());
+}
+
+#[test]
+fn pre_copy_of_the_test_guest() {
+    pre_copy("pre-copy", &test_guest_args());
+}
+
+#[test]
+fn hybrid_of_the_test_guest() {
+    hybrid("hybrid", &test_guest_args());
 }
 
 /// Linux, its memory workload running: the guest's own checks and its heartbeats go on at
-/// the destination.
+/// the destination, whichever way it migrates.
 #[test]
 fn linux_guest_post_copy() {
-    migrate("linux", "queue", &linux_guest_args());
+    post_copy("linux-post-copy", "queue", &linux_guest_args());
+}
+
+#[test]
+fn linux_guest_pre_copy() {
+    pre_copy("linux-pre-copy", &linux_guest_args());
+}
+
+#[test]
+fn linux_guest_hybrid() {
+    hybrid("linux-hybrid", &linux_guest_args());
 }
 
 /// Runs the loader with `args`; returns its output once it exits (it must within 60 s).

@@ -1,0 +1,116 @@
+//! The source's pre-copy rounds: pages go to the destination while the guest runs, KVM's
+//! dirty log says which ones the guest wrote since, and those go again, until what is left
+//! is small enough (pre-copy: sendable within the downtime target; hybrid: after a fixed
+//! number of rounds) to switch over.
+
+use std::{
+    io::Write,
+    time::{Duration, Instant},
+};
+
+use muserload::PAGE_SIZE;
+
+use crate::{
+    bitmap::Bitmap,
+    error::Result,
+    memory::{GuestRam, BATCH_PAGES},
+    protocol,
+    vm::Vm,
+};
+
+/// When to stop the rounds.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    /// At most this many rounds after the first full pass.
+    pub max_rounds: u32,
+    /// Stop once the dirty pages could be sent within this time (pre-copy); `None`: run all
+    /// `max_rounds` (hybrid).
+    pub downtime_target: Option<Duration>,
+}
+
+/// What the rounds did.
+pub struct Rounds {
+    /// Pages whose content the destination has and the guest has not written since.
+    pub valid: Bitmap,
+    /// Pages sent at least once.
+    pub sent: Bitmap,
+    /// Rounds run (the first full pass included).
+    pub rounds: u32,
+    /// Pages sent, all rounds together.
+    pub pages: u64,
+    /// Bytes sent.
+    pub bytes: u64,
+}
+
+/// Runs the rounds with the guest running; dirty logging must be on.
+pub fn run(vm: &Vm, stream: &mut impl Write, plan: Plan) -> Result<Rounds> {
+    let ram = vm.ram();
+    let mut rounds = Rounds {
+        valid: Bitmap::new(ram.pages()),
+        sent: Bitmap::new(ram.pages()),
+        rounds: 0,
+        pages: 0,
+        bytes: 0,
+    };
+    // Forget what was dirtied before: the first pass reads every page anyway.
+    vm.dirty_pages()?;
+    let start = Instant::now();
+    let resident = ram.resident()?;
+    let first: Vec<u64> = (0..ram.pages())
+        .filter(|&p| resident[p as usize] && !is_zero(ram, p))
+        .collect();
+    send(ram, stream, &first, &mut rounds)?;
+    loop {
+        rounds.rounds += 1;
+        let dirty = vm.dirty_pages()?;
+        dirty.ones().for_each(|p| rounds.valid.clear(p));
+        let left = dirty.count();
+        let settled = match plan.downtime_target {
+            Some(target) => {
+                let rate = rounds.bytes as f64 / start.elapsed().as_secs_f64().max(1e-6);
+                (left * PAGE_SIZE as u64) as f64 <= rate * target.as_secs_f64()
+            }
+            None => false,
+        };
+        if settled || rounds.rounds > plan.max_rounds {
+            return Ok(rounds);
+        }
+        let pages: Vec<u64> = dirty.ones().collect();
+        send(ram, stream, &pages, &mut rounds)?;
+    }
+}
+
+/// Sends `pages` (in batches), marking them sent and valid.
+pub fn send(
+    ram: &GuestRam,
+    stream: &mut impl Write,
+    pages: &[u64],
+    rounds: &mut Rounds,
+) -> Result<()> {
+    let mut buf = vec![0u8; BATCH_PAGES * PAGE_SIZE];
+    for chunk in pages.chunks(BATCH_PAGES) {
+        for (i, &page) in chunk.iter().enumerate() {
+            // The guest may be writing the page: the dirty log will say so, and it goes again.
+            ram.guest().read(
+                page * PAGE_SIZE as u64,
+                &mut buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE],
+            )?;
+            rounds.valid.set(page);
+            rounds.sent.set(page);
+        }
+        let batch: Vec<(u64, &[u8])> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| (p, &buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]))
+            .collect();
+        rounds.bytes += protocol::send_pages(stream, &batch)?;
+        rounds.pages += chunk.len() as u64;
+    }
+    Ok(())
+}
+
+/// Whether page `p` reads as zeros (now: the guest may be running).
+pub fn is_zero(ram: &GuestRam, p: u64) -> bool {
+    let mut page = [0u8; PAGE_SIZE];
+    ram.guest().read(p * PAGE_SIZE as u64, &mut page).is_ok() && page.iter().all(|&b| b == 0)
+}
