@@ -142,13 +142,14 @@ pub fn receive(options: ReceiveOptions) -> Result<()> {
 
     // Pre-copy rounds, if any, until the machine state.
     let loaded = Bitmap::new(pages);
-    let mut precopy_pages = 0;
+    let (mut precopy_pages, mut precopy_bytes) = (0, 0);
     let state = {
         let mut staging = ram.object().map_staging()?;
         loop {
             match protocol::recv_frame(&mut stream, "stream")? {
                 Frame::Pages(batch) => {
                     precopy_pages += batch.indices.len() as u64;
+                    precopy_bytes += batch.wire_size();
                     receive_precopy(&ram, &mut stream, &mut staging, &batch, &loaded, fault_mode)?;
                 }
                 Frame::Control(Control::Machine(state)) => break state,
@@ -204,6 +205,7 @@ pub fn receive(options: ReceiveOptions) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
 
     let loading = Arc::new(Loading::new(vm.clone(), zero, loaded, &requests)?);
+    loading.bytes.fetch_add(precopy_bytes, Ordering::Relaxed);
     let interrupted: Arc<dyn Interrupted> = match options.mode {
         Mode::Queue => {
             let events = vm.ram().object().events(false)?;

@@ -341,7 +341,7 @@ fn migrate(machine: Machine, destination: &str, how: &Migration) -> Result<Sourc
         requested: AtomicU64::new(0),
         streamed: AtomicU64::new(0),
         zero_sent: AtomicU64::new(0),
-        bytes: AtomicU64::new(bytes),
+        bytes: AtomicU64::new(bytes + precopied.as_ref().map_or(0, |r| r.bytes)),
         done: AtomicBool::new(false),
     });
 
