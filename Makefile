@@ -7,6 +7,7 @@
 #   make test       build everything and run every test in the guests (README)
 #   make demo       boot the guest and run the demo
 #   make bench      muserload against userfaultfd in the plain (non-debug) guest
+#   make bench-migrate  the loader's migrations: downtime and total time by size and kind
 #   make shell      a shell in the guest (FLAVOUR=debug|leakcheck|plain)
 #   make kernel     build the FLAVOUR kernel (default debug)
 #   make prereqs    install what the build needs (Debian 12, root)
@@ -14,7 +15,7 @@
 
 FLAVOUR ?= debug
 
-.PHONY: all module test demo bench shell kernel prereqs clean
+.PHONY: all module test demo bench bench-migrate shell kernel prereqs clean
 
 all: module
 
@@ -34,6 +35,9 @@ demo:
 
 bench:
 	@vm/bench.sh
+
+bench-migrate:
+	@vm/bench-migrate.sh
 
 shell:
 	@FLAVOUR=$(FLAVOUR) vm/shell.sh

@@ -27,7 +27,8 @@ chmod 755 "$root"
 mkdir -p "$root"/{bin,lib,tests,proc,sys,dev,tmp}
 cp /bin/busybox "$root/bin/busybox"
 cp "$here/guest/init" "$root/init"
-cp "$here/guest/run-tests" "$here/guest/run-demo" "$here/guest/run-bench" "$root/bin/"
+cp "$here/guest/run-tests" "$here/guest/run-demo" "$here/guest/run-bench" \
+	"$here/guest/run-bench-migrate" "$root/bin/"
 cp "$module" "$root/lib/muserload.ko"
 [[ -d "$payload/tests" ]] && cp -a "$payload/tests/." "$root/tests/"
 [[ -d "$payload/bin" ]] && cp -a "$payload/bin/." "$root/bin/"

@@ -3,10 +3,13 @@
 //! of every page it loaded; a mismatch fails the run.
 //!
 //! Usage: `muserload-bench [--pages N] [--json FILE] [--only move]` in the guest, and
-//! `muserload-bench --plot RESULTS.json OUT.svg` on the host to draw the results.
+//! `muserload-bench --plot RESULTS.json OUT.svg` on the host to draw the results;
+//! `muserload-bench --migrations MIGRATIONS.json OUT.svg` tabulates and draws
+//! `make bench-migrate`'s.
 
 mod anon;
 mod bulk;
+mod migrations;
 mod pattern;
 mod plot;
 mod report;
@@ -200,11 +203,29 @@ fn plot(json: &str, svg: &str) -> Result<()> {
     plot::plot(&results, svg)
 }
 
+/// `--migrations RESULTS.json OUT.svg`: `make bench-migrate`'s table and picture.
+fn migrations(json: &str, svg: &str) -> Result<()> {
+    let results_error = |message: String| Error::Results {
+        path: json.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(json).map_err(|e| results_error(e.to_string()))?;
+    let results: Vec<migrations::Migration> =
+        serde_json::from_str(&text).map_err(|e| results_error(e.to_string()))?;
+    migrations::print_table(&results);
+    migrations::plot(&results, svg)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [flag, json, svg] = args.as_slice() {
-        if flag == "--plot" {
-            return match plot(json, svg) {
+        if flag == "--plot" || flag == "--migrations" {
+            let result = if flag == "--plot" {
+                plot(json, svg)
+            } else {
+                migrations(json, svg)
+            };
+            return match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("muserload-bench: {err}");

@@ -241,7 +241,12 @@ pub fn receive(options: ReceiveOptions) -> Result<()> {
     loading.send(&Control::Done)?;
     loading.done.store(true, Ordering::SeqCst);
 
-    let target = before.sweeps + options.check_sweeps + 1;
+    // A sweep under way at the switch began before it: the first complete one here is the
+    // second to end. 0: stop once every page is loaded.
+    let target = match options.check_sweeps {
+        0 => before.sweeps,
+        n => before.sweeps + n + 1,
+    };
     let report = vm.devices().wait_report(options.timeout, |r| {
         r.sweeps >= target || r.mismatches > 0 || machine.failure().is_some()
     });

@@ -97,7 +97,8 @@ enum Command {
         /// How faults on pages not received yet reach the loader.
         #[arg(long, value_enum, default_value_t = Mode::Queue)]
         mode: Mode,
-        /// Complete checks of its memory the guest makes here before it is stopped.
+        /// Complete checks of its memory the guest makes here before it is stopped (0: stop
+        /// once every page is loaded).
         #[arg(long, default_value_t = 1)]
         check_sweeps: u64,
         /// Seconds the guest may take for them.
