@@ -232,6 +232,7 @@ pub fn receive(options: ReceiveOptions) -> Result<()> {
     })?;
 
     let before = vm.devices().report();
+    vm.devices().resume_interrupts()?;
     let machine = Machine::start(vm.clone(), vcpus, interrupted)?;
     let resumed = Instant::now();
     loading.send(&Control::Resumed)?;

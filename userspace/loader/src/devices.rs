@@ -117,6 +117,23 @@ impl Devices {
         })
     }
 
+    /// Raises the serial interrupt again if the restored registers say one is pending.
+    /// Call on the destination after restoring the interrupt controllers: an interrupt the
+    /// source raised through its irqfd just before pausing may never have reached its
+    /// controllers, and a guest whose console driver waits for "transmitter empty" would
+    /// then wait forever. A spurious one is harmless: the driver reads IIR first.
+    pub fn resume_interrupts(&self) -> Result<()> {
+        let serial = lock(&self.serial);
+        // IIR bit 0 clear: an interrupt is pending.
+        if serial.state().interrupt_identification & 1 == 0 {
+            serial.interrupt_evt().trigger().map_err(|e| Error::Io {
+                what: "raising the serial interrupt",
+                source: e,
+            })?;
+        }
+        Ok(())
+    }
+
     /// The devices' state. Call with the vCPUs stopped.
     pub fn state(&self) -> DeviceState {
         let s = lock(&self.serial).state();

@@ -91,17 +91,6 @@ fn test_guest_args() -> Vec<String> {
         .to_vec()
 }
 
-/// The Linux test guest's: the kernel and initramfs the payload put in /bin.
-fn linux_guest_args() -> Vec<String> {
-    let kernel =
-        std::env::var("MUSERLOAD_LINUX_GUEST").unwrap_or("/bin/linux-guest-bzImage".into());
-    let initrd =
-        std::env::var("MUSERLOAD_LINUX_INITRD").unwrap_or("/bin/linux-guest.cpio.gz".into());
-    ["--kernel", &kernel, "--initrd", &initrd, "--mem-mib", "128"]
-        .map(String::from)
-        .to_vec()
-}
-
 /// Migrates a guest (`kind`: post-copy, pre-copy or hybrid; `mode`: queue or signal) and
 /// checks both reports; returns them.
 fn migrate(name: &str, kind: &str, mode: &str, guest: &[String]) -> (Value, Value) {
@@ -201,23 +190,6 @@ fn pre_copy_of_the_test_guest() {
 #[test]
 fn hybrid_of_the_test_guest() {
     hybrid("hybrid", &test_guest_args());
-}
-
-/// Linux, its memory workload running: the guest's own checks and its heartbeats go on at
-/// the destination, whichever way it migrates.
-#[test]
-fn linux_guest_post_copy() {
-    post_copy("linux-post-copy", "queue", &linux_guest_args());
-}
-
-#[test]
-fn linux_guest_pre_copy() {
-    pre_copy("linux-pre-copy", &linux_guest_args());
-}
-
-#[test]
-fn linux_guest_hybrid() {
-    hybrid("linux-hybrid", &linux_guest_args());
 }
 
 /// Runs the loader with `args`; returns its output once it exits (it must within 60 s).
