@@ -74,15 +74,17 @@ impl PagePool {
         }
     }
 
-    /// Whether the pool is below its target.
+    /// Whether the pool has fallen to half its target: then a refill is worth waking a
+    /// worker for (waking one for every page taken costs more than the zeroing it saves).
     pub(crate) fn needs_refill(&self) -> bool {
-        self.pages.lock().len() < self.target.load(Acquire)
+        let target = self.target.load(Acquire);
+        target > 0 && self.pages.lock().len() <= target / 2
     }
 
     /// Fills the pool up to its target (from the module's workqueue).
     pub(crate) fn refill(&self) {
         let _charging = self.memcg.charge();
-        while self.needs_refill() {
+        while self.pages.lock().len() < self.target.load(Acquire) {
             let Ok(page) = zeroed_page() else { return };
             // A concurrent refill may have filled it meanwhile: then the page is freed.
             if self.pages.lock().push_within_capacity(page).is_err() {
