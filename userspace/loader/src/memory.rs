@@ -98,6 +98,21 @@ impl GuestRam {
         unsafe { std::slice::from_raw_parts(self.guest.as_ptr().add(offset), PAGE_SIZE) }
     }
 
+    /// Whether page `index` holds only zeros, reading a word at a time and stopping at the
+    /// first that is not (so a page with data costs one read). The guest may be running:
+    /// the reads are volatile, and the answer is that of some moment during the call.
+    pub fn is_zero(&self, index: u64) -> bool {
+        let offset = index as usize * PAGE_SIZE;
+        if offset + PAGE_SIZE > self.guest.len() {
+            return false;
+        }
+        // SAFETY: The page lies in the mapping, which lives as long as `self`, and is
+        // 8-byte aligned.
+        let words = unsafe { self.guest.as_ptr().add(offset) }.cast::<u64>();
+        // SAFETY: As above; volatile, since the guest may write the page meanwhile.
+        (0..PAGE_SIZE / 8).all(|i| unsafe { words.add(i).read_volatile() } == 0)
+    }
+
     /// Which pages are present in this process's mapping (`mincore(2)`); the others have
     /// never been touched, so they are zero.
     pub fn resident(&self) -> Result<Vec<bool>> {

@@ -57,7 +57,7 @@ pub fn run(vm: &Vm, stream: &mut impl Write, plan: Plan) -> Result<Rounds> {
     let start = Instant::now();
     let resident = ram.resident()?;
     let first: Vec<u64> = (0..ram.pages())
-        .filter(|&p| resident[p as usize] && !is_zero(ram, p))
+        .filter(|&p| resident[p as usize] && !ram.is_zero(p))
         .collect();
     send(ram, stream, &first, &mut rounds)?;
     loop {
@@ -107,10 +107,4 @@ pub fn send(
         rounds.pages += chunk.len() as u64;
     }
     Ok(())
-}
-
-/// Whether page `p` reads as zeros (now: the guest may be running).
-pub fn is_zero(ram: &GuestRam, p: u64) -> bool {
-    let mut page = [0u8; PAGE_SIZE];
-    ram.guest().read(p * PAGE_SIZE as u64, &mut page).is_ok() && page.iter().all(|&b| b == 0)
 }

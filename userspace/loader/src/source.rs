@@ -283,7 +283,7 @@ fn migrate(machine: Machine, destination: &str, how: &Migration) -> Result<Sourc
                 .filter(|&p| !rounds.valid.get(p))
                 .collect();
             let fresh: Vec<u64> = (0..ram.pages())
-                .filter(|&p| !rounds.sent.get(p) && !precopy::is_zero(ram, p))
+                .filter(|&p| !rounds.sent.get(p) && !ram.is_zero(p))
                 .collect();
             precopy::send(ram, &mut stream, &[stale, fresh].concat(), rounds)?;
         }
@@ -393,8 +393,7 @@ fn zero_pages(ram: &GuestRam, valid: &Bitmap) -> Result<Bitmap> {
     let map = Bitmap::new(ram.pages());
     for (page, resident) in ram.resident()?.into_iter().enumerate() {
         let page = page as u64;
-        // SAFETY: The vCPUs are stopped for good.
-        if !valid.get(page) && (!resident || unsafe { ram.page(page) }.iter().all(|&b| b == 0)) {
+        if !valid.get(page) && (!resident || ram.is_zero(page)) {
             map.set(page);
         }
     }
