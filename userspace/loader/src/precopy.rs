@@ -75,7 +75,12 @@ pub fn run(vm: &Vm, stream: &mut impl Write, plan: Plan) -> Result<Rounds> {
         if settled || rounds.rounds > plan.max_rounds {
             return Ok(rounds);
         }
-        let pages: Vec<u64> = dirty.ones().collect();
+        // A page never sent that reads as zero goes in the zero map at the switch instead
+        // (KVM's log also lists pages the guest only faulted in, reading them).
+        let pages: Vec<u64> = dirty
+            .ones()
+            .filter(|&p| rounds.sent.get(p) || !ram.is_zero(p))
+            .collect();
         send(ram, stream, &pages, &mut rounds)?;
     }
 }
