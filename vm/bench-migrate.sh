@@ -2,8 +2,8 @@
 # `make bench-migrate`: downtime and total time of the loader's migrations of its test guest
 # (64, 256 and 1024 MiB; idle and write-heavy; post-copy, pre-copy and hybrid) in one boot
 # of the plain (non-debug) kernel. Prints the table; writes it, the JSON and an SVG plot to
-# $MUSERLOAD_CACHE/results/migrations.{txt,json,svg} (the guest's whole output, with the errors of
-# any failed migration, in migrations.log). SIZES="64 256" picks the sizes.
+# $MUSERLOAD_CACHE/results/migrations.{txt,json,svg}, and the guest's whole output (with
+# the errors of any failed migration) to migrations.log. SIZES="64 256" picks the sizes.
 set -euo pipefail
 
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
