@@ -28,11 +28,19 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// A destination loader, listening.
+/// A destination loader, listening. Killed if the test ends first.
 struct Destination {
     child: Child,
     addr: String,
-    stderr: thread::JoinHandle<String>,
+    stderr: Option<thread::JoinHandle<String>>,
+}
+
+impl Drop for Destination {
+    fn drop(&mut self) {
+        // It exited already, unless the test failed first.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Destination {
@@ -63,13 +71,35 @@ impl Destination {
         Self {
             child,
             addr,
-            stderr,
+            stderr: Some(stderr),
         }
     }
 
     fn finish(mut self) -> (bool, String) {
-        let status = self.child.wait().expect("waiting for the destination");
-        (status.success(), self.stderr.join().expect("stderr reader"))
+        let ok = wait_or_kill(&mut self.child, "the destination");
+        let stderr = self.stderr.take().map(|t| t.join().expect("stderr reader"));
+        (ok, stderr.unwrap_or_default())
+    }
+}
+
+/// How long one loader may take in these tests: a hang fails the test, it does not stall
+/// the suite.
+const LOADER_DEADLINE: Duration = Duration::from_secs(240);
+
+/// Waits for `child` until [`LOADER_DEADLINE`]; kills it after that (the test then fails,
+/// saying which one hung). Returns whether it exited successfully.
+fn wait_or_kill(child: &mut Child, what: &str) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for a loader") {
+            return status.success();
+        }
+        if start.elapsed() > LOADER_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} hung for {LOADER_DEADLINE:?} and was killed");
+        }
+        thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -98,7 +128,7 @@ fn migrate(name: &str, kind: &str, mode: &str, guest: &[String]) -> (Value, Valu
     let (src_json, dst_json) = (dir.join("source.json"), dir.join("destination.json"));
     let dst_json_arg = dst_json.to_str().expect("path");
     let destination = Destination::start(&["--mode", mode, "--report-json", dst_json_arg]);
-    let source = loader()
+    let mut source = loader()
         .arg("run")
         .args(guest)
         .args([
@@ -116,10 +146,11 @@ fn migrate(name: &str, kind: &str, mode: &str, guest: &[String]) -> (Value, Valu
             "2",
         ])
         .args(["--report-json", src_json.to_str().expect("path")])
-        .status()
+        .spawn()
         .expect("running the source");
+    let source_ok = wait_or_kill(&mut source, "the source");
     let (dst_ok, _) = destination.finish();
-    assert!(source.success(), "the source failed");
+    assert!(source_ok, "the source failed");
     assert!(dst_ok, "the destination failed");
 
     let (src, dst) = (json(&src_json), json(&dst_json));
