@@ -579,21 +579,19 @@ impl Loading {
             };
             match (frame, channel) {
                 (Frame::Pages(pages), _) => {
-                    if let Some(&bad) = pages.indices.iter().find(|&&p| p >= self.zero.len()) {
-                        return Err(Error::Protocol(format!("{what}: page {bad} past RAM")));
-                    }
-                    let n = pages.indices.len();
-                    pages.read_data(&mut conn, staging.slots_mut(first_slot, n)?, what)?;
+                    let pairs = stage(
+                        &pages,
+                        &mut conn,
+                        &mut staging,
+                        first_slot,
+                        self.zero.len(),
+                        what,
+                    )?;
                     self.bytes.fetch_add(pages.wire_size(), Ordering::Relaxed);
                     if channel == Channel::Stream {
-                        self.streamed.fetch_add(n as u64, Ordering::Relaxed);
+                        self.streamed
+                            .fetch_add(pairs.len() as u64, Ordering::Relaxed);
                     }
-                    let pairs: Vec<(u64, usize)> = pages
-                        .indices
-                        .iter()
-                        .enumerate()
-                        .map(|(k, &page)| (page * PAGE, first_slot + k))
-                        .collect();
                     self.move_pages(&mut staging, &pairs)?;
                     self.notify();
                 }
@@ -684,28 +682,39 @@ fn receive_precopy(
     loaded: &Bitmap,
     mode: FaultMode,
 ) -> Result<()> {
-    let what = "stream";
-    if let Some(&bad) = batch.indices.iter().find(|&&p| p >= loaded.len()) {
-        return Err(Error::Protocol(format!("{what}: page {bad} past RAM")));
-    }
-    let n = batch.indices.len();
-    let first = BATCH_PAGES;
-    batch.read_data(stream, staging.slots_mut(first, n)?, what)?;
+    let pairs = stage(batch, stream, staging, BATCH_PAGES, loaded.len(), "stream")?;
     for &page in batch.indices.iter().filter(|&&p| loaded.get(p)) {
         ram.object().arm(ram.guest(), page * PAGE, PAGE, mode)?;
     }
-    let pairs: Vec<(u64, usize)> = batch
-        .indices
-        .iter()
-        .enumerate()
-        .map(|(k, &page)| (page * PAGE, first + k))
-        .collect();
     ram.object()
         .load_move_vectored(ram.guest(), staging, &pairs, Wake::Now)?;
     batch.indices.iter().for_each(|&p| {
         loaded.set(p);
     });
     Ok(())
+}
+
+/// Checks a batch's page indices against the guest's `pages`, reads its data into staging
+/// slots `first_slot..`, and returns the `(guest offset, slot)` pairs to MOVE.
+fn stage(
+    batch: &Pages,
+    conn: &mut BufReader<TcpStream>,
+    staging: &mut muserload::Staging,
+    first_slot: usize,
+    pages: u64,
+    what: &'static str,
+) -> Result<Vec<(u64, usize)>> {
+    if let Some(&bad) = batch.indices.iter().find(|&&p| p >= pages) {
+        return Err(Error::Protocol(format!("{what}: page {bad} past RAM")));
+    }
+    let n = batch.indices.len();
+    batch.read_data(conn, staging.slots_mut(first_slot, n)?, what)?;
+    Ok(batch
+        .indices
+        .iter()
+        .enumerate()
+        .map(|(k, &page)| (page * PAGE, first_slot + k))
+        .collect())
 }
 
 thread_local! {
