@@ -146,6 +146,8 @@ fn migrate(name: &str, kind: &str, mode: &str, guest: &[String]) -> (Value, Valu
             "2",
         ])
         .args(["--report-json", src_json.to_str().expect("path")])
+        // The source reads commands from stdin; it has none to get here.
+        .stdin(Stdio::null())
         .spawn()
         .expect("running the source");
     let source_ok = wait_or_kill(&mut source, "the source");
