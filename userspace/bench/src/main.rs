@@ -141,77 +141,69 @@ fn run(options: &Options) -> Result<Vec<Measurement>> {
         results.push(f()?);
         Ok(())
     };
-    if options.move_only {
-        let kind = roundtrip::Kind::Move;
+    let (round_trips, bulks): (&[roundtrip::Kind], &[bulk::Kind]) = if options.move_only {
+        (&[roundtrip::Kind::Move], &[bulk::Kind::Move])
+    } else {
+        case("first touch", &|| bulk::first_touch(pages))?;
+        case("memcpy", &|| bulk::memcpy_4k(pages))?;
+        (
+            &[roundtrip::Kind::Copy, roundtrip::Kind::Move],
+            &[
+                bulk::Kind::Move,
+                bulk::Kind::RecvCopy,
+                bulk::Kind::Copy,
+                bulk::Kind::Zero,
+            ],
+        )
+    };
+    for &kind in round_trips {
         case("queue, muserload", &|| {
             roundtrip::queue_muserload(pages, kind, 1)
         })?;
         case("queue, userfaultfd", &|| {
             roundtrip::queue_uffd(pages, kind, 1)
         })?;
-        case("bulk, muserload", &|| {
-            bulk::muserload(pages * 4, bulk::Kind::Move)
-        })?;
-        case("bulk, userfaultfd", &|| {
-            bulk::uffd(pages * 4, bulk::Kind::Move)
-        })?;
-        return Ok(results);
     }
-    case("first touch", &|| bulk::first_touch(pages))?;
-    case("memcpy", &|| bulk::memcpy_4k(pages))?;
-    for kind in [roundtrip::Kind::Copy, roundtrip::Kind::Move] {
-        case("queue, muserload", &|| {
-            roundtrip::queue_muserload(pages, kind, 1)
-        })?;
-        case("queue, userfaultfd", &|| {
-            roundtrip::queue_uffd(pages, kind, 1)
-        })?;
+    if !options.move_only {
+        // Throughput as faulting threads grow, one resolver.
+        for threads in [2, 4, 8] {
+            let copy = roundtrip::Kind::Copy;
+            case("scaling, muserload", &|| {
+                roundtrip::queue_muserload(pages, copy, threads)
+            })?;
+            case("scaling, userfaultfd", &|| {
+                roundtrip::queue_uffd(pages, copy, threads)
+            })?;
+        }
+        case("signal, muserload", &|| roundtrip::signal_muserload(pages))?;
+        case("signal, userfaultfd", &|| roundtrip::signal_uffd(pages))?;
     }
-    // Throughput as faulting threads grow, one resolver.
-    for threads in [2, 4, 8] {
-        let copy = roundtrip::Kind::Copy;
-        case("scaling, muserload", &|| {
-            roundtrip::queue_muserload(pages, copy, threads)
-        })?;
-        case("scaling, userfaultfd", &|| {
-            roundtrip::queue_uffd(pages, copy, threads)
-        })?;
-    }
-    case("signal, muserload", &|| roundtrip::signal_muserload(pages))?;
-    case("signal, userfaultfd", &|| roundtrip::signal_uffd(pages))?;
-    for kind in [
-        bulk::Kind::Move,
-        bulk::Kind::RecvCopy,
-        bulk::Kind::Copy,
-        bulk::Kind::Zero,
-    ] {
+    for &kind in bulks {
         case("bulk, muserload", &|| bulk::muserload(pages * 4, kind))?;
         case("bulk, userfaultfd", &|| bulk::uffd(pages * 4, kind))?;
     }
     Ok(results)
 }
 
-/// `--plot RESULTS.json OUT.svg`.
-fn plot(json: &str, svg: &str) -> Result<()> {
+/// Reads a results file written as JSON.
+fn read_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
     let results_error = |message: String| Error::Results {
         path: json.to_owned(),
         message,
     };
     let text = std::fs::read_to_string(json).map_err(|e| results_error(e.to_string()))?;
-    let results: Vec<Measurement> =
-        serde_json::from_str(&text).map_err(|e| results_error(e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| results_error(e.to_string()))
+}
+
+/// `--plot RESULTS.json OUT.svg`.
+fn plot(json: &str, svg: &str) -> Result<()> {
+    let results: Vec<Measurement> = read_json(json)?;
     plot::plot(&results, svg)
 }
 
 /// `--migrations RESULTS.json OUT.svg`: `make bench-migrate`'s table and picture.
 fn migrations(json: &str, svg: &str) -> Result<()> {
-    let results_error = |message: String| Error::Results {
-        path: json.to_owned(),
-        message,
-    };
-    let text = std::fs::read_to_string(json).map_err(|e| results_error(e.to_string()))?;
-    let results: Vec<migrations::Migration> =
-        serde_json::from_str(&text).map_err(|e| results_error(e.to_string()))?;
+    let results: Vec<migrations::Migration> = read_json(json)?;
     migrations::print_table(&results);
     migrations::plot(&results, svg)
 }

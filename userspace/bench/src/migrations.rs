@@ -6,7 +6,7 @@
 use plotters::prelude::*;
 use serde::Deserialize;
 
-use crate::{Error, Result};
+use crate::{plot::draw_error, Result};
 
 /// One migration, as vm/guest/run-bench-migrate writes it.
 #[derive(Debug, Deserialize)]
@@ -59,10 +59,6 @@ pub fn print_table(migrations: &[Migration]) {
             m.field(&m.source, "discarded_pages"),
         );
     }
-}
-
-fn draw_error(e: impl std::fmt::Display) -> Error {
-    Error::Plot(e.to_string())
 }
 
 /// Draws downtime and total time against RAM size, a line per (kind, load), into `path`.

@@ -5,7 +5,8 @@ use plotters::prelude::*;
 
 use crate::{report::Measurement, Error, Result};
 
-fn draw_error(e: impl std::fmt::Display) -> Error {
+/// A plotting error as the benchmark's.
+pub(crate) fn draw_error(e: impl std::fmt::Display) -> Error {
     Error::Plot(e.to_string())
 }
 

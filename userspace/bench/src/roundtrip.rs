@@ -154,13 +154,7 @@ fn serve_events(
 ) -> Result<()> {
     pin(CPU)?;
     let pages = source.len() / PAGE_SIZE;
-    let mut batch = [Event {
-        address: 0,
-        offset: 0,
-        tid: 0,
-        write: false,
-        kernel: false,
-    }; 16];
+    let mut batch = [Event::default(); 16];
     let mut served = 0;
     while served < pages {
         let n = events.read(&mut batch)?;

@@ -171,23 +171,20 @@ pub fn receive(options: ReceiveOptions) -> Result<()> {
             vcpus.len()
         )));
     }
-    let mut map = |what: &str| -> Result<Bitmap> {
-        match protocol::recv_frame(&mut stream, "stream")? {
-            Frame::Control(Control::ZeroMap { pages: n, words })
-                if what == "zero" && n == pages =>
-            {
-                Bitmap::from_words(pages, &words)
-            }
-            Frame::Control(Control::Discard { words }) if what == "discard" => {
-                Bitmap::from_words(pages, &words)
-            }
-            _ => None,
+    let bad_map = |what: &str| Error::Protocol(format!("stream: no valid {what} map"));
+    let zero = match protocol::recv_frame(&mut stream, "stream")? {
+        Frame::Control(Control::ZeroMap { pages: n, words }) if n == pages => {
+            Bitmap::from_words(pages, &words)
         }
-        .ok_or_else(|| Error::Protocol(format!("stream: no valid {what} map after the machine")))
-    };
-    let zero = map("zero")?;
+        _ => None,
+    }
+    .ok_or_else(|| bad_map("zero-page"))?;
     // Pages pre-copy sent that the guest wrote since: armed again, to come post-copy.
-    let discard = map("discard")?;
+    let discard = match protocol::recv_frame(&mut stream, "stream")? {
+        Frame::Control(Control::Discard { words }) => Bitmap::from_words(pages, &words),
+        _ => None,
+    }
+    .ok_or_else(|| bad_map("discard"))?;
     for page in discard.ones() {
         ram.object()
             .arm(ram.guest(), page * PAGE, PAGE, fault_mode)?;
@@ -476,13 +473,7 @@ impl Loading {
 
     /// Queue mode: reads fault events and resolves them, until the object is aborted.
     fn resolve_events(&self, events: &Events) -> Result<()> {
-        let mut batch = [Event {
-            address: 0,
-            offset: 0,
-            tid: 0,
-            write: false,
-            kernel: false,
-        }; BATCH_PAGES];
+        let mut batch = [Event::default(); BATCH_PAGES];
         loop {
             let n = events.read(&mut batch)?;
             if n == 0 {

@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// A page a thread waits for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
     /// The first waiter's faulting address, page aligned.
     pub address: u64,

@@ -16,7 +16,7 @@
 //! let mut staging = object.map_staging()?;
 //! object.arm(&guest, 0, guest.len() as u64, FaultMode::Queue)?;
 //! let events = object.events(false)?;
-//! let mut batch = [Event { address: 0, offset: 0, tid: 0, write: false, kernel: false }; 16];
+//! let mut batch = [Event::default(); 16];
 //! while let n @ 1.. = events.read(&mut batch)? {
 //!     for event in &batch[..n] {
 //!         let slot = staging.slot_mut(0)?;

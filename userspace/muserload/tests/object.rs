@@ -68,16 +68,6 @@ fn ranges_are_checked_before_the_kernel() {
     assert_eq!(err.errno(), Some(Errno::EINVAL));
 }
 
-fn no_event() -> Event {
-    Event {
-        address: 0,
-        offset: 0,
-        tid: 0,
-        write: false,
-        kernel: false,
-    }
-}
-
 #[test]
 fn queue_mode_round_trip() {
     let object = object(8, 0);
@@ -89,7 +79,7 @@ fn queue_mode_round_trip() {
     let data = pattern(5);
     thread::scope(|s| {
         let reader = s.spawn(|| page_at(&guest, 5 * PAGE));
-        let mut batch = [no_event(); 4];
+        let mut batch = [Event::default(); 4];
         assert_eq!(events.read(&mut batch).expect("read"), 1);
         assert_eq!(batch[0].offset, 5 * PAGE);
         assert_eq!(batch[0].address, guest.as_ptr() as u64 + 5 * PAGE);
