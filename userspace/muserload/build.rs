@@ -4,8 +4,10 @@
 use std::{env, path::PathBuf};
 
 fn main() {
-    let header =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../include/uapi/linux/muserload.h");
+    // Read at run time, not with env!(): cargo reuses a compiled build script for another
+    // checkout of the same crate that shares the target directory.
+    let manifest_dir = env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let header = PathBuf::from(manifest_dir).join("../../include/uapi/linux/muserload.h");
     println!("cargo:rerun-if-changed={}", header.display());
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     bindgen::Builder::default()
