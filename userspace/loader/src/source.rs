@@ -148,8 +148,11 @@ pub fn run(options: RunOptions) -> Result<()> {
 /// `migrate ADDR` line on stdin. Returns the destination.
 fn wait_for_migrate(machine: &Machine, options: &RunOptions, started: Instant) -> Result<String> {
     let (tx, rx) = mpsc::channel();
-    // Commands on stdin. The thread is left blocked in read() once the migration starts.
-    thread::spawn(move || {
+    // Commands on stdin, only when no destination was given: a loader started in the
+    // background of a shell that read its terminal would be stopped by SIGTTIN, vCPUs and
+    // all. The thread is left blocked in read() once the migration starts.
+    let interactive = options.migrate_to.is_none();
+    interactive.then(|| thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
             let Ok(line) = line else { break };
             let mut words = line.split_whitespace();
@@ -161,7 +164,7 @@ fn wait_for_migrate(machine: &Machine, options: &RunOptions, started: Instant) -
                 _ => eprintln!("muserload-loader: commands: migrate HOST:PORT, status"),
             }
         }
-    });
+    }));
     let devices = machine.vm().devices();
     loop {
         if let Some(failure) = machine.failure() {
