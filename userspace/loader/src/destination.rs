@@ -9,7 +9,7 @@ use std::{
     net::{TcpListener, TcpStream},
     path::PathBuf,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
         Arc, Condvar, Mutex, MutexGuard,
     },
     thread,
@@ -27,6 +27,7 @@ use crate::{
     memory::{GuestRam, BATCH_PAGES},
     protocol::{self, Channel, Control, Frame, Kind, Pages},
     source::resolve,
+    timeline::{Cause, Timeline},
     vcpu::{Interrupted, Machine, NoFaults},
     vm::{MachineState, Vm},
 };
@@ -57,8 +58,12 @@ pub struct ReceiveOptions {
     pub check_sweeps: u64,
     /// How long the guest may take to make them.
     pub timeout: Duration,
+    /// How long to wait for the source to reconnect after a connection broke.
+    pub recover_timeout: Duration,
     /// Where to write the report as JSON.
     pub report_json: Option<PathBuf>,
+    /// Where to draw the timeline (SVG).
+    pub plot: Option<PathBuf>,
 }
 
 /// What the destination reports.
@@ -110,6 +115,10 @@ pub struct DestinationReport {
     pub guest_sweeps_here: u64,
     /// Pages the guest found wrong (here or before).
     pub guest_mismatches: u64,
+    /// Reconnections of the source after a connection broke in post-copy.
+    pub recoveries: u32,
+    /// Time without a connection to the source, in milliseconds.
+    pub disconnected_ms: u64,
 }
 
 /// Receives a guest and runs it until it has checked its memory.
@@ -118,7 +127,7 @@ pub fn receive(options: ReceiveOptions) -> Result<()> {
     let listener = TcpListener::bind(addr).map_err(|source| Error::Listen { addr, source })?;
     let local = listener.local_addr().map_err(io("listening"))?;
     eprintln!("muserload-loader: listening on {local}");
-    let (stream, requests, accepted) = accept_channels(&listener)?;
+    let (stream, requests, accepted) = accept_channels(&listener, None)?;
     let mut stream = BufReader::with_capacity(1 << 16, stream);
 
     let (ram_size, kind) = match protocol::recv_frame(&mut stream, "stream")? {
@@ -192,16 +201,10 @@ pub fn receive(options: ReceiveOptions) -> Result<()> {
     }
     let vm = Arc::new(Vm::with_devices(ram, Box::new(std::io::stdout()), devices)?);
     vm.set_state(&vm_state)?;
-    let vcpus = vcpus
-        .iter()
-        .enumerate()
-        .map(|(id, state)| {
-            let id = u8::try_from(id).map_err(|_| Error::Protocol("too many vCPUs".into()))?;
-            vm.restore_vcpu(id, state)
-        })
-        .collect::<Result<Vec<_>>>()?;
 
-    let loading = Arc::new(Loading::new(vm.clone(), zero, loaded, &requests)?);
+    // Faults are served from here on: restoring a vCPU already touches guest pages (KVM
+    // maps the kvmclock and steal-time pages when their MSRs are set).
+    let loading = Arc::new(Loading::new(vm.clone(), zero, loaded));
     loading.bytes.fetch_add(precopy_bytes, Ordering::Relaxed);
     let interrupted: Arc<dyn Interrupted> = match options.mode {
         Mode::Queue => {
@@ -215,25 +218,29 @@ pub fn receive(options: ReceiveOptions) -> Result<()> {
         }
     };
     loading.spawn("zero-loader", Loading::load_zero_pages)?;
-    let requests_in = BufReader::with_capacity(
-        1 << 16,
-        requests
-            .try_clone()
-            .map_err(io("cloning the requests socket"))?,
-    );
-    loading.spawn("request-replies", move |l| {
-        l.receive_batches(requests_in, 0, Channel::Requests)
-    })?;
-    loading.spawn("stream", move |l| {
-        l.receive_batches(stream, BATCH_PAGES, Channel::Stream)
-    })?;
+    loading.attach(stream, requests, &mut lock(&loading.link))?;
+    let vcpus = vcpus
+        .iter()
+        .enumerate()
+        .map(|(id, state)| {
+            let id = u8::try_from(id).map_err(|_| Error::Protocol("too many vCPUs".into()))?;
+            vm.restore_vcpu(id, state, interrupted.as_ref())
+        })
+        .collect::<Result<Vec<_>>>()?;
 
     let before = vm.devices().report();
     vm.devices().resume_interrupts()?;
     let machine = Machine::start(vm.clone(), vcpus, interrupted)?;
     let resumed = Instant::now();
     loading.send(&Control::Resumed)?;
-    loading.wait_all_loaded(&machine)?;
+    let waited = loading.wait_all_loaded(&machine, &listener, options.recover_timeout);
+    if let Err(e) = waited {
+        // Pages will not come: vCPUs waiting on one get SIGBUS from the module's ABORT (in
+        // queue mode) or give up (in signal mode), and exiting stops the guest.
+        loading.abandoned.store(true, Ordering::SeqCst);
+        let _ = vm.ram().object().abort();
+        return Err(e);
+    }
     let load_all = resumed.elapsed();
     let total = accepted.elapsed();
     loading.send(&Control::Done)?;
@@ -254,7 +261,7 @@ pub fn receive(options: ReceiveOptions) -> Result<()> {
     machine.stop()?;
     let stats = vm.ram().object().stats()?;
     let (precopy_rounds, setup_us, downtime_us) = *lock(&loading.source_times);
-    let (p50, p99, max) = percentiles(&mut lock(&loading.waits));
+    let (p50, p99, max) = percentiles(&mut loading.timeline.waits_us());
     let result = DestinationReport {
         kind,
         precopy_rounds,
@@ -282,10 +289,21 @@ pub fn receive(options: ReceiveOptions) -> Result<()> {
         guest_rounds_here: report.rounds - before.rounds,
         guest_sweeps_here: report.sweeps - before.sweeps,
         guest_mismatches: report.mismatches,
+        recoveries: loading.recoveries.load(Ordering::Relaxed),
+        disconnected_ms: loading.disconnected_ms.load(Ordering::Relaxed),
     };
     println!("{}", result.table());
     if let Some(path) = &options.report_json {
         crate::report::write_json(path, &result)?;
+    }
+    if let Some(path) = &options.plot {
+        let title = format!(
+            "{} of a {} MiB guest, {} mode",
+            result.kind_name(),
+            ram_size >> 20,
+            result.mode
+        );
+        loading.timeline.plot(path, &title)?;
     }
     if report.mismatches > 0 {
         return Err(Error::Mismatch {
@@ -302,18 +320,41 @@ pub fn receive(options: ReceiveOptions) -> Result<()> {
     Ok(())
 }
 
-/// Accepts the source's two connections, in either order.
-fn accept_channels(listener: &TcpListener) -> Result<(TcpStream, TcpStream, Instant)> {
+/// Accepts the source's two connections, in either order. With a `deadline` (a
+/// reconnection), fails with [`Error::Unrecovered`] once it passes, and a connection that
+/// breaks in its hello, or a channel opened again, replaces what came before: a source
+/// may die and come back halfway through.
+fn accept_channels(
+    listener: &TcpListener,
+    deadline: Option<Instant>,
+) -> Result<(TcpStream, TcpStream, Instant)> {
     let (mut stream, mut requests, mut first) = (None, None, None);
+    listener
+        .set_nonblocking(deadline.is_some())
+        .map_err(io("listening"))?;
     while stream.is_none() || requests.is_none() {
-        let (mut conn, _) = listener.accept().map_err(io("accepting the source"))?;
-        first.get_or_insert_with(Instant::now);
-        conn.set_nodelay(true).map_err(io("TCP_NODELAY"))?;
-        let slot = match protocol::accept_hello(&mut conn)? {
-            Channel::Stream => &mut stream,
-            Channel::Requests => &mut requests,
+        let mut conn = match listener.accept() {
+            Ok((conn, _)) => conn,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(Error::Unrecovered("no reconnection".into()));
+                }
+                thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(e) => return Err(io("accepting the source")(e)),
         };
-        if slot.replace(conn).is_some() {
+        first.get_or_insert_with(Instant::now);
+        conn.set_nonblocking(false)
+            .map_err(io("accepting the source"))?;
+        protocol::tune(&conn)?;
+        let slot = match protocol::accept_hello(&mut conn) {
+            Ok(Channel::Stream) => &mut stream,
+            Ok(Channel::Requests) => &mut requests,
+            Err(Error::Disconnected { .. }) if deadline.is_some() => continue,
+            Err(e) => return Err(e),
+        };
+        if slot.replace(conn).is_some() && deadline.is_none() {
             return Err(Error::Protocol("the source opened a channel twice".into()));
         }
     }
@@ -348,10 +389,13 @@ struct Loading {
     /// When each page was requested: nanoseconds since `epoch`, plus one (0: never).
     requested_at: Vec<AtomicU64>,
     epoch: Instant,
-    /// Fault waits in microseconds.
-    waits: Mutex<Vec<u64>>,
-    /// The requests channel's sending side.
-    requests: Mutex<TcpStream>,
+    /// Loads by cause, fault waits, outages.
+    timeline: Timeline,
+    /// The connections to the source. Taken after any other lock of `Loading`, never with
+    /// `progress.0` held.
+    link: Mutex<Link>,
+    recoveries: AtomicU32,
+    disconnected_ms: AtomicU64,
     /// Notified whenever pages are loaded (signal mode's vCPUs and the main thread wait).
     progress: (Mutex<()>, Condvar),
     faults: AtomicU64,
@@ -362,26 +406,39 @@ struct Loading {
     source_times: Mutex<(u32, u64, u64)>,
     /// Every page is loaded; the source may hang up.
     done: AtomicBool,
+    /// The source is gone for good: pages not loaded never will be.
+    abandoned: AtomicBool,
     /// Why a loading thread stopped.
     failure: Mutex<Option<Error>>,
 }
 
+/// The connections to the source; replaced when it reconnects.
+#[derive(Default)]
+struct Link {
+    /// The requests channel's sending side; `None` while the connections are broken.
+    requests: Option<TcpStream>,
+    /// Both connections, to shut them when either breaks.
+    sockets: Vec<TcpStream>,
+    /// Which connections the receiving threads read: bumped at each (re)connection.
+    generation: u32,
+    /// When and why the connections broke, while they are broken.
+    broken: Option<(Instant, String)>,
+}
+
 impl Loading {
-    fn new(vm: Arc<Vm>, zero: Bitmap, loaded: Bitmap, requests: &TcpStream) -> Result<Self> {
+    fn new(vm: Arc<Vm>, zero: Bitmap, loaded: Bitmap) -> Self {
         let pages = zero.len();
-        Ok(Self {
+        Self {
             vm,
             zero,
             loaded,
             requested: Bitmap::new(pages),
             requested_at: (0..pages).map(|_| AtomicU64::new(0)).collect(),
             epoch: Instant::now(),
-            waits: Mutex::new(Vec::new()),
-            requests: Mutex::new(
-                requests
-                    .try_clone()
-                    .map_err(io("cloning the requests socket"))?,
-            ),
+            timeline: Timeline::new(),
+            link: Mutex::new(Link::default()),
+            recoveries: AtomicU32::new(0),
+            disconnected_ms: AtomicU64::new(0),
             progress: (Mutex::new(()), Condvar::new()),
             faults: AtomicU64::new(0),
             streamed: AtomicU64::new(0),
@@ -389,8 +446,9 @@ impl Loading {
             bytes: AtomicU64::new(0),
             source_times: Mutex::new((0, 0, 0)),
             done: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
             failure: Mutex::new(None),
-        })
+        }
     }
 
     fn ram(&self) -> &GuestRam {
@@ -416,8 +474,139 @@ impl Loading {
             .map_err(io("spawning a thread"))
     }
 
+    /// Sends `control` to the source. While the connections are broken it is dropped:
+    /// a reconnection sends again what matters (see [`Loading::recover`]).
     fn send(&self, control: &Control) -> Result<()> {
-        protocol::send_control(&mut *lock(&self.requests), control).map(drop)
+        let mut link = lock(&self.link);
+        let Some(requests) = link.requests.as_mut() else {
+            return Ok(());
+        };
+        match protocol::send_control(requests, control) {
+            Err(e @ Error::Disconnected { .. }) => {
+                self.broke(&mut link, &e);
+                Ok(())
+            }
+            result => result.map(drop),
+        }
+    }
+
+    /// Takes the connections down (`link` is `self.link`, locked): every receiving thread
+    /// stops, and the main thread waits for the source to reconnect.
+    fn broke(&self, link: &mut Link, why: &Error) {
+        if link.broken.is_some() {
+            return;
+        }
+        for socket in link.sockets.drain(..) {
+            // Fails only if it is shut already.
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+        link.requests = None;
+        link.broken = Some((Instant::now(), why.to_string()));
+        self.notify();
+    }
+
+    /// A receiving thread of connections `generation` saw them break.
+    fn lost(&self, generation: u32, why: &Error) {
+        let mut link = lock(&self.link);
+        if link.generation == generation {
+            self.broke(&mut link, why);
+        }
+    }
+
+    /// Takes new connections (`link` is `self.link`, locked) and starts a receiving thread
+    /// on each.
+    fn attach(
+        self: &Arc<Self>,
+        stream: BufReader<TcpStream>,
+        requests: TcpStream,
+        link: &mut Link,
+    ) -> Result<()> {
+        let clone = |s: &TcpStream| s.try_clone().map_err(io("cloning a socket"));
+        link.sockets = vec![clone(stream.get_ref())?, clone(&requests)?];
+        let requests_in = BufReader::with_capacity(1 << 16, clone(&requests)?);
+        link.requests = Some(requests);
+        link.generation += 1;
+        link.broken = None;
+        let generation = link.generation;
+        self.spawn("request-replies", move |l| {
+            l.receive_batches(requests_in, 0, Channel::Requests, generation)
+        })?;
+        self.spawn("stream", move |l| {
+            l.receive_batches(stream, BATCH_PAGES, Channel::Stream, generation)
+        })
+    }
+
+    /// Waits for the source to reconnect after the connections broke, at most `timeout`,
+    /// and tells it what to send again: every page not loaded, the requests not answered.
+    /// Gives up by aborting the object: vCPUs waiting on a page get `SIGBUS`.
+    fn recover(self: &Arc<Self>, listener: &TcpListener, timeout: Duration) -> Result<()> {
+        let Some((since, why)) = lock(&self.link).broken.clone() else {
+            return Ok(());
+        };
+        eprintln!(
+            "muserload-loader: the connection to the source broke ({why}); the guest waits \
+             for its missing pages while the source reconnects (for up to {timeout:?})"
+        );
+        let accepted =
+            accept_channels(listener, Some(since + timeout)).and_then(|(stream, requests, _)| {
+                let mut stream = BufReader::with_capacity(1 << 16, stream);
+                match protocol::recv_frame(&mut stream, "stream")? {
+                    Frame::Control(Control::Resume) => Ok((stream, requests)),
+                    _ => Err(Error::Protocol(
+                        "a reconnected stream did not start with Resume".into(),
+                    )),
+                }
+            });
+        let (stream, mut requests) = match accepted {
+            Ok(connections) => connections,
+            Err(e) => {
+                let reason = match e {
+                    Error::Unrecovered(_) => format!("it did not reconnect within {timeout:?}"),
+                    e => e.to_string(),
+                };
+                return Err(Error::Unrecovered(format!(
+                    "the connection to the source broke ({why}) and {reason}: the guest, \
+                     missing pages only the source had, was stopped"
+                )));
+            }
+        };
+        // Under the link's lock: a fault resolved meanwhile either is in `requested`
+        // before the list below is made, or sends its request on the new connection.
+        let mut link = lock(&self.link);
+        let pages = self.zero.len();
+        let missing = Bitmap::new(pages);
+        let mut unanswered = Vec::new();
+        for page in (0..pages).filter(|&p| !self.loaded.get(p) && !self.zero.get(p)) {
+            missing.set(page);
+            if self.requested.get(page) {
+                unanswered.push(page);
+            }
+        }
+        let mut bytes = protocol::send_control(
+            &mut requests,
+            &Control::Missing {
+                words: missing.words(),
+            },
+        )?;
+        // The first may have been lost; the source keeps the first it gets.
+        bytes += protocol::send_control(&mut requests, &Control::Resumed)?;
+        if !unanswered.is_empty() {
+            bytes +=
+                protocol::send_control(&mut requests, &Control::Request { pages: unanswered })?;
+        }
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.attach(stream, requests, &mut link)?;
+        self.recoveries.fetch_add(1, Ordering::Relaxed);
+        self.disconnected_ms
+            .fetch_add(since.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.timeline
+            .outage(self.timeline.now_ms() - since.elapsed().as_secs_f64() * 1000.0);
+        eprintln!(
+            "muserload-loader: the source reconnected after {} ms; {} pages to go",
+            since.elapsed().as_millis(),
+            missing.count()
+        );
+        Ok(())
     }
 
     /// Records that `page` is loaded (by us or, after EEXIST, by another thread).
@@ -428,7 +617,7 @@ impl Loading {
         let at = self.requested_at[page as usize].load(Ordering::Relaxed);
         if at != 0 {
             let now = self.epoch.elapsed().as_nanos() as u64 + 1;
-            lock(&self.waits).push(now.saturating_sub(at) / 1000);
+            self.timeline.served(now.saturating_sub(at) / 1000);
         }
     }
 
@@ -453,7 +642,7 @@ impl Loading {
                     PAGE,
                     Wake::Now,
                 ) {
-                    Ok(_) => {}
+                    Ok(_) => self.timeline.loaded(Cause::Zero, 1),
                     Err(e) if e.errno() == Some(Errno::EEXIST) => {}
                     Err(e) => return Err(e.into()),
                 }
@@ -490,6 +679,9 @@ impl Loading {
             if let Some(e) = lock(&self.failure).take() {
                 return Err(e);
             }
+            if self.abandoned.load(Ordering::SeqCst) {
+                return Err(Error::Unrecovered(format!("page {page} will not come")));
+            }
             guard = self
                 .progress
                 .1
@@ -525,6 +717,7 @@ impl Loading {
                         }) => (loaded, true),
                         Err(e) => return Err(e.into()),
                     };
+                self.timeline.loaded(Cause::Zero, (done / PAGE) as u32);
                 rest = self.consume(rest, done, skip);
             }
             self.notify();
@@ -550,8 +743,27 @@ impl Loading {
 
     /// Receives batches of pages on one channel into staging slots `first_slot..` and
     /// moves them into guest memory, until the stream ends (or, on the requests channel,
-    /// the source hangs up after `Done`).
+    /// the source hangs up after `Done`). A broken connection is not an error: the thread
+    /// ends and the main thread waits for the source to reconnect.
     fn receive_batches(
+        &self,
+        conn: BufReader<TcpStream>,
+        first_slot: usize,
+        channel: Channel,
+        generation: u32,
+    ) -> Result<()> {
+        match self.receive_frames(conn, first_slot, channel) {
+            // After `Done` the source may hang up at any moment.
+            Err(_) if self.done.load(Ordering::SeqCst) => Ok(()),
+            Err(e @ Error::Disconnected { .. }) => {
+                self.lost(generation, &e);
+                Ok(())
+            }
+            result => result,
+        }
+    }
+
+    fn receive_frames(
         &self,
         mut conn: BufReader<TcpStream>,
         first_slot: usize,
@@ -563,12 +775,7 @@ impl Loading {
         };
         let mut staging = self.ram().object().map_staging()?;
         loop {
-            let frame = match protocol::recv_frame(&mut conn, what) {
-                Ok(frame) => frame,
-                Err(_) if self.done.load(Ordering::SeqCst) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            match (frame, channel) {
+            match (protocol::recv_frame(&mut conn, what)?, channel) {
                 (Frame::Pages(pages), _) => {
                     let pairs = stage(
                         &pages,
@@ -579,11 +786,15 @@ impl Loading {
                         what,
                     )?;
                     self.bytes.fetch_add(pages.wire_size(), Ordering::Relaxed);
-                    if channel == Channel::Stream {
-                        self.streamed
-                            .fetch_add(pairs.len() as u64, Ordering::Relaxed);
-                    }
-                    self.move_pages(&mut staging, &pairs)?;
+                    let cause = match channel {
+                        Channel::Stream => {
+                            self.streamed
+                                .fetch_add(pairs.len() as u64, Ordering::Relaxed);
+                            Cause::Stream
+                        }
+                        Channel::Requests => Cause::Request,
+                    };
+                    self.move_pages(&mut staging, &pairs, cause)?;
                     self.notify();
                 }
                 (Frame::Control(Control::StreamEnd), Channel::Stream) => return Ok(()),
@@ -604,7 +815,12 @@ impl Loading {
 
     /// Moves staging slots into guest pages, `(offset, slot)` pairs; a page loaded
     /// meanwhile (EEXIST) is skipped and counted as a duplicate.
-    fn move_pages(&self, staging: &mut muserload::Staging, pairs: &[(u64, usize)]) -> Result<()> {
+    fn move_pages(
+        &self,
+        staging: &mut muserload::Staging,
+        pairs: &[(u64, usize)],
+        cause: Cause,
+    ) -> Result<()> {
         let (object, guest) = (self.ram().object(), self.ram().guest());
         let mut rest = pairs;
         while !rest.is_empty() {
@@ -617,6 +833,7 @@ impl Loading {
                 }) => ((loaded / PAGE) as usize, 1),
                 Err(e) => return Err(e.into()),
             };
+            self.timeline.loaded(cause, moved as u32);
             let taken = (moved + skip).min(rest.len());
             for &(offset, _) in &rest[..taken] {
                 self.mark_loaded(offset / PAGE);
@@ -627,8 +844,14 @@ impl Loading {
         Ok(())
     }
 
-    /// Waits until every page is loaded, showing progress on a terminal.
-    fn wait_all_loaded(&self, machine: &Machine) -> Result<()> {
+    /// Waits until every page is loaded, showing progress on a terminal; takes the
+    /// source's reconnections on `listener` if the connections break.
+    fn wait_all_loaded(
+        self: &Arc<Self>,
+        machine: &Machine,
+        listener: &TcpListener,
+        recover_timeout: Duration,
+    ) -> Result<()> {
         let total = self.zero.len();
         let bar = ProgressBar::new(total);
         if let Ok(style) =
@@ -636,8 +859,15 @@ impl Loading {
         {
             bar.set_style(style);
         }
-        let mut guard = lock(&self.progress.0);
         loop {
+            if lock(&self.link).broken.is_some() {
+                bar.set_message("(reconnecting)");
+                if let Err(e) = self.recover(listener, recover_timeout) {
+                    bar.abandon();
+                    return Err(e);
+                }
+                bar.set_message("");
+            }
             let loaded = self.loaded.count();
             bar.set_position(loaded);
             if loaded == total {
@@ -652,12 +882,15 @@ impl Loading {
                 bar.abandon();
                 return Err(Error::Guest(failure));
             }
-            guard = self
-                .progress
-                .1
-                .wait_timeout(guard, Duration::from_millis(100))
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
+            // Not holding `progress.0` while taking `link` above: a notification between the
+            // checks and this wait only delays the next look by the timeout.
+            let guard = lock(&self.progress.0);
+            drop(
+                self.progress
+                    .1
+                    .wait_timeout(guard, Duration::from_millis(100))
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            );
         }
     }
 }
@@ -723,10 +956,10 @@ fn note_fault(address: u64) {
 struct SignalFaults(Arc<Loading>);
 
 impl Interrupted for SignalFaults {
-    fn interrupted(&self) -> Result<()> {
+    fn interrupted(&self) -> Result<bool> {
         let address = FAULT_ADDRESS.with(|a| a.replace(0));
         if address == 0 {
-            return Ok(());
+            return Ok(false);
         }
         let base = self.0.ram().guest().as_ptr() as u64;
         let page = address
@@ -735,6 +968,7 @@ impl Interrupted for SignalFaults {
             .filter(|&page| page < self.0.zero.len())
             .ok_or_else(|| Error::Guest(format!("fault signal for {address:#x}, not guest RAM")))?;
         self.0.resolve([page])?;
-        self.0.wait_loaded(page)
+        self.0.wait_loaded(page)?;
+        Ok(true)
     }
 }

@@ -51,6 +51,18 @@ pub enum Error {
         /// Why it failed.
         source: io::Error,
     },
+    /// The connection to the peer broke: closed, reset or timed out. In post-copy both
+    /// sides then wait for the source to reconnect.
+    #[error("{what}: {reason}")]
+    Disconnected {
+        /// What was being sent or received.
+        what: &'static str,
+        /// Why it broke.
+        reason: String,
+    },
+    /// The connection broke in post-copy and did not come back in time.
+    #[error("{0}")]
+    Unrecovered(String),
     /// The peer broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -78,7 +90,19 @@ pub(crate) fn kvm(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |source| Error::Kvm { op, source }
 }
 
-/// `map_err` helper for socket I/O.
+/// `map_err` helper for the sockets of a migration: a failure is a [`Error::Disconnected`].
+pub(crate) fn net(what: &'static str) -> impl FnOnce(io::Error) -> Error {
+    move |e| Error::Disconnected {
+        what,
+        reason: if e.kind() == io::ErrorKind::UnexpectedEof {
+            "the peer closed the connection mid-stream".into()
+        } else {
+            e.to_string()
+        },
+    }
+}
+
+/// `map_err` helper for other I/O.
 pub(crate) fn io(what: &'static str) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Io { what, source }
 }

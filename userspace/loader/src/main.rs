@@ -17,6 +17,7 @@ mod precopy;
 mod protocol;
 mod report;
 mod source;
+mod timeline;
 mod vcpu;
 mod vm;
 
@@ -88,6 +89,9 @@ enum Command {
         /// Pre-copy switches over once the pages left could be sent within this time.
         #[arg(long, default_value_t = 50)]
         downtime_target_ms: u64,
+        /// Seconds to keep reconnecting if a connection breaks in post-copy.
+        #[arg(long, default_value_t = 60.0)]
+        recover_timeout: f64,
     },
     /// Receive a migrating guest and run it until it has checked all its memory.
     Receive {
@@ -104,9 +108,17 @@ enum Command {
         /// Seconds the guest may take for them.
         #[arg(long, default_value_t = 600.0)]
         timeout: f64,
+        /// Seconds to wait for the source to reconnect if a connection breaks in post-copy;
+        /// then the guest is stopped.
+        #[arg(long, default_value_t = 60.0)]
+        recover_timeout: f64,
         /// Write the report as JSON here.
         #[arg(long)]
         report_json: Option<PathBuf>,
+        /// Draw the migration's timeline here (SVG): pages loaded per ms by cause, vCPU
+        /// fault waits.
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
 }
 
@@ -127,7 +139,12 @@ fn main() -> ExitCode {
             migration,
             precopy_rounds,
             downtime_target_ms,
-        } => seconds(migrate_after, "--migrate-after").and_then(|migrate_after| {
+            recover_timeout,
+        } => (|| {
+            let migrate_after = migrate_after
+                .map(|s| seconds(s, "--migrate-after"))
+                .transpose()?;
+            let recover_timeout = seconds(recover_timeout, "--recover-timeout")?;
             let guest = match (test_guest, kernel, initrd) {
                 (Some(image), None, None) => Guest::Test {
                     image,
@@ -164,24 +181,29 @@ fn main() -> ExitCode {
                     kind: migration,
                     rounds: precopy_rounds,
                     downtime_target: Duration::from_millis(downtime_target_ms),
+                    recover_timeout,
                 },
             })
-        }),
+        })(),
         Command::Receive {
             listen,
             mode,
             check_sweeps,
             timeout,
+            recover_timeout,
             report_json,
-        } => seconds(Some(timeout), "--timeout").and_then(|timeout| {
+            plot,
+        } => (|| {
             destination::receive(ReceiveOptions {
                 listen,
                 mode,
                 check_sweeps,
-                timeout: timeout.unwrap_or_default(),
+                timeout: seconds(timeout, "--timeout")?,
+                recover_timeout: seconds(recover_timeout, "--recover-timeout")?,
                 report_json,
+                plot,
             })
-        }),
+        })(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -192,11 +214,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn seconds(value: Option<f64>, what: &str) -> error::Result<Option<Duration>> {
-    value
-        .map(|s| {
-            Duration::try_from_secs_f64(s)
-                .map_err(|_| error::Error::Config(format!("{what} {s}: not a number of seconds")))
-        })
-        .transpose()
+fn seconds(value: f64, what: &str) -> error::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| error::Error::Config(format!("{what} {value}: not a number of seconds")))
 }

@@ -12,18 +12,27 @@
 //!   [`Control::Resumed`] (the source answers with the times it measured) and
 //!   [`Control::Done`] (every page loaded: the source may exit).
 //!
+//! If either connection breaks in post-copy, the source reconnects both: its stream then
+//! starts with [`Control::Resume`], and the destination answers on the requests channel
+//! with [`Control::Missing`], the pages it has not loaded; the source sends those, and the
+//! destination asks again for the pages its vCPUs wait on.
+//!
 //! After the hello, a frame is a kind byte and a little-endian u32 body length. A control
 //! frame's body is a postcard-encoded [`Control`]. A pages frame's body is a u32 page
 //! count, the CRC-32 of what follows, the pages' indices (u64 each) and their data, which
 //! the receiver reads straight into its staging slots before checking the CRC.
 
-use std::io::{Read, Write};
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+};
 
 use muserload::PAGE_SIZE;
+use nix::sys::socket::{setsockopt, sockopt};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    error::{io, Error, Result},
+    error::{net, Error, Result},
     memory::BATCH_PAGES,
     vm::MachineState,
 };
@@ -31,7 +40,7 @@ use crate::{
 /// Opens every connection.
 pub const MAGIC: [u8; 8] = *b"MUSERLD\0";
 /// The protocol version this loader speaks.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 const KIND_CONTROL: u8 = 1;
 const KIND_PAGES: u8 = 2;
@@ -105,6 +114,14 @@ pub enum Control {
     },
     /// Destination to source, requests: every page is loaded; the source may go.
     Done,
+    /// Source to destination, stream, first after a reconnection in post-copy.
+    Resume,
+    /// Destination to source, requests, the answer to [`Control::Resume`]: the pages not
+    /// loaded yet (bitmap as in `ZeroMap`), which the source sends again.
+    Missing {
+        /// The bitmap.
+        words: Vec<u64>,
+    },
 }
 
 /// A received frame.
@@ -122,13 +139,38 @@ pub struct Pages {
     crc: u32,
 }
 
+/// Readies a connection of a migration: no Nagle delay (requests are small and urgent),
+/// and a dead peer noticed within seconds (keepalive probes while idle, a timeout on
+/// unacknowledged data) rather than after the system's default of minutes to hours.
+pub fn tune(stream: &TcpStream) -> Result<()> {
+    stream.set_nodelay(true).map_err(net("TCP_NODELAY"))?;
+    let set = |result: nix::Result<()>, what| result.map_err(|e| net(what)(e.into()));
+    set(
+        setsockopt(stream, sockopt::KeepAlive, &true),
+        "SO_KEEPALIVE",
+    )?;
+    set(setsockopt(stream, sockopt::TcpKeepIdle, &2), "TCP_KEEPIDLE")?;
+    set(
+        setsockopt(stream, sockopt::TcpKeepInterval, &1),
+        "TCP_KEEPINTVL",
+    )?;
+    set(setsockopt(stream, sockopt::TcpKeepCount, &3), "TCP_KEEPCNT")?;
+    set(
+        setsockopt(stream, sockopt::TcpUserTimeout, &DEAD_PEER_MS),
+        "TCP_USER_TIMEOUT",
+    )
+}
+
+/// How long sent data may stay unacknowledged before the connection counts as broken.
+const DEAD_PEER_MS: u32 = 5000;
+
 /// The hello that opens a connection: magic, version, channel.
 pub fn send_hello(w: &mut impl Write, channel: Channel) -> Result<()> {
     let mut hello = [0u8; 16];
     hello[..8].copy_from_slice(&MAGIC);
     hello[8..12].copy_from_slice(&VERSION.to_le_bytes());
     hello[12..].copy_from_slice(&(channel as u32).to_le_bytes());
-    w.write_all(&hello).map_err(io("sending the hello"))
+    w.write_all(&hello).map_err(net("sending the hello"))
 }
 
 /// Reads a hello and answers it: accepts our version, refuses any other (telling the
@@ -137,7 +179,7 @@ pub fn accept_hello(stream: &mut (impl Read + Write)) -> Result<Channel> {
     let mut hello = [0u8; 16];
     stream
         .read_exact(&mut hello)
-        .map_err(io("receiving the hello"))?;
+        .map_err(net("receiving the hello"))?;
     if hello[..8] != MAGIC {
         return Err(Error::Protocol(
             "the peer does not speak the muserload migration protocol".into(),
@@ -164,7 +206,7 @@ pub fn accept_hello(stream: &mut (impl Read + Write)) -> Result<Channel> {
     answer.extend_from_slice(reason.as_bytes());
     stream
         .write_all(&answer)
-        .map_err(io("answering the hello"))?;
+        .map_err(net("answering the hello"))?;
     match refusal {
         Some(reason) => Err(Error::Refused(reason)),
         None => channel.map_err(Error::Protocol),
@@ -175,7 +217,7 @@ pub fn accept_hello(stream: &mut (impl Read + Write)) -> Result<Channel> {
 pub fn hello_answer(r: &mut impl Read) -> Result<()> {
     let mut head = [0u8; 16];
     r.read_exact(&mut head)
-        .map_err(io("receiving the answer to the hello"))?;
+        .map_err(net("receiving the answer to the hello"))?;
     if head[..8] != MAGIC {
         return Err(Error::Protocol(
             "the peer does not speak the muserload migration protocol".into(),
@@ -192,7 +234,7 @@ pub fn hello_answer(r: &mut impl Read) -> Result<()> {
     }
     let mut reason = vec![0; len.min(4096) as usize];
     r.read_exact(&mut reason)
-        .map_err(io("receiving the answer to the hello"))?;
+        .map_err(net("receiving the answer to the hello"))?;
     Err(Error::Refused(
         String::from_utf8_lossy(&reason).into_owned(),
     ))
@@ -210,7 +252,7 @@ pub fn send_control(w: &mut impl Write, control: &Control) -> Result<u64> {
     frame.push(KIND_CONTROL);
     frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
     frame.extend_from_slice(&body);
-    w.write_all(&frame).map_err(io("sending a message"))?;
+    w.write_all(&frame).map_err(net("sending a message"))?;
     Ok(frame.len() as u64)
 }
 
@@ -229,9 +271,9 @@ pub fn send_pages(w: &mut impl Write, pages: &[(u64, &[u8])]) -> Result<u64> {
     }
     head.extend_from_slice(&crc.finalize().to_le_bytes());
     head.extend_from_slice(&indices);
-    w.write_all(&head).map_err(io("sending pages"))?;
+    w.write_all(&head).map_err(net("sending pages"))?;
     for (_, data) in pages {
-        w.write_all(data).map_err(io("sending pages"))?;
+        w.write_all(data).map_err(net("sending pages"))?;
     }
     Ok((head.len() + pages.len() * PAGE_SIZE) as u64)
 }
@@ -306,11 +348,10 @@ impl Pages {
 }
 
 fn read_exact(r: &mut impl Read, buf: &mut [u8], what: &'static str) -> Result<()> {
-    r.read_exact(buf).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            Error::Protocol(format!("{what}: the peer closed the connection mid-stream"))
-        } else {
-            Error::Io { what, source: e }
-        }
-    })
+    r.read_exact(buf).map_err(net(what))
+}
+
+/// Flushes what `w` buffered onto the connection.
+pub fn flush(w: &mut impl Write, what: &'static str) -> Result<()> {
+    w.flush().map_err(net(what))
 }

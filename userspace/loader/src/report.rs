@@ -70,12 +70,18 @@ impl SourceReport {
                 ("pages streamed", self.pages_streamed.to_string()),
                 ("most sends of a page", self.max_sends_per_page.to_string()),
                 ("guest rounds before pause", self.guest_rounds.to_string()),
+                ("reconnections", self.recoveries.to_string()),
             ],
         )
     }
 }
 
 impl DestinationReport {
+    /// "post-copy", "pre-copy" or "hybrid".
+    pub fn kind_name(&self) -> &'static str {
+        kind(self.kind)
+    }
+
     /// The report as a table.
     pub fn table(&self) -> String {
         let mbps = if self.total_ms == 0 {
@@ -113,6 +119,13 @@ impl DestinationReport {
                     ),
                 ),
                 ("time to load all pages", format!("{} ms", self.load_all_ms)),
+                (
+                    "reconnections",
+                    format!(
+                        "{} ({} ms without a connection)",
+                        self.recoveries, self.disconnected_ms
+                    ),
+                ),
                 (
                     "guest after resume",
                     format!(

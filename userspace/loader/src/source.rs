@@ -5,7 +5,7 @@
 
 use std::{
     io::{BufRead, BufWriter, Write},
-    net::{SocketAddr, TcpStream, ToSocketAddrs},
+    net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs},
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering},
@@ -75,6 +75,8 @@ pub struct Migration {
     pub rounds: u32,
     /// Pre-copy: switch once what is left could be sent within this time.
     pub downtime_target: Duration,
+    /// Post-copy: how long to keep reconnecting after a connection broke.
+    pub recover_timeout: Duration,
 }
 
 /// What the source reports after a migration.
@@ -110,6 +112,8 @@ pub struct SourceReport {
     pub max_sends_per_page: u8,
     /// What the guest had reported when it was paused.
     pub guest_rounds: u64,
+    /// Reconnections after a connection broke in post-copy.
+    pub recoveries: u32,
 }
 
 /// Runs the test guest, and migrates it if asked.
@@ -152,19 +156,21 @@ fn wait_for_migrate(machine: &Machine, options: &RunOptions, started: Instant) -
     // background of a shell that read its terminal would be stopped by SIGTTIN, vCPUs and
     // all. The thread is left blocked in read() once the migration starts.
     let interactive = options.migrate_to.is_none();
-    interactive.then(|| thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            let mut words = line.split_whitespace();
-            match (words.next(), words.next()) {
-                (Some("migrate"), Some(addr)) => {
-                    let _ = tx.send(addr.to_owned());
+    interactive.then(|| {
+        thread::spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                let mut words = line.split_whitespace();
+                match (words.next(), words.next()) {
+                    (Some("migrate"), Some(addr)) => {
+                        let _ = tx.send(addr.to_owned());
+                    }
+                    (Some("status"), None) | (None, _) => {}
+                    _ => eprintln!("muserload-loader: commands: migrate HOST:PORT, status"),
                 }
-                (Some("status"), None) | (None, _) => {}
-                _ => eprintln!("muserload-loader: commands: migrate HOST:PORT, status"),
             }
-        }
-    }));
+        })
+    });
     let devices = machine.vm().devices();
     loop {
         if let Some(failure) = machine.failure() {
@@ -200,7 +206,7 @@ pub fn resolve(addr: &str) -> Result<SocketAddr> {
 
 fn connect(addr: SocketAddr, channel: Channel) -> Result<TcpStream> {
     let mut stream = TcpStream::connect(addr).map_err(|source| Error::Connect { addr, source })?;
-    stream.set_nodelay(true).map_err(io("TCP_NODELAY"))?;
+    protocol::tune(&stream)?;
     protocol::send_hello(&mut stream, channel)?;
     protocol::hello_answer(&mut stream)?;
     Ok(stream)
@@ -220,7 +226,15 @@ struct Serving {
     streamed: AtomicU64,
     zero_sent: AtomicU64,
     bytes: AtomicU64,
-    done: AtomicBool,
+}
+
+/// The times the source reports to the destination once the guest runs there.
+struct Times {
+    paused: Instant,
+    setup: Duration,
+    rounds: u32,
+    /// Set by the first `Resumed` (a recovery repeats it).
+    downtime: Option<Duration>,
 }
 
 impl Serving {
@@ -328,7 +342,7 @@ fn migrate(machine: Machine, destination: &str, how: &Migration) -> Result<Sourc
             words: discard.words(),
         },
     )?;
-    stream.flush().map_err(io("sending the machine state"))?;
+    protocol::flush(&mut stream, "sending the machine state")?;
     // Nothing more to send for zero pages and for what pre-copy settled.
     let sent = Bitmap::from_words(zero.len(), &zero.words())
         .ok_or_else(|| Error::Protocol("zero map".into()))?;
@@ -345,27 +359,34 @@ fn migrate(machine: Machine, destination: &str, how: &Migration) -> Result<Sourc
         streamed: AtomicU64::new(0),
         zero_sent: AtomicU64::new(0),
         bytes: AtomicU64::new(bytes + precopied.as_ref().map_or(0, |r| r.bytes)),
-        done: AtomicBool::new(false),
     });
 
-    let streamer = {
-        let serving = serving.clone();
-        thread::Builder::new()
-            .name("stream".into())
-            .spawn(move || stream_pages(&serving, stream))
-            .map_err(io("spawning the stream thread"))?
-    };
     let rounds = precopied.as_ref().map_or(0, |r| r.rounds);
-    let served = serve_requests(&serving, &mut requests, paused, setup, rounds);
-    serving.done.store(true, Ordering::SeqCst);
-    let streamed = streamer
-        .join()
-        .map_err(|_| Error::Protocol("the stream thread panicked".into()))?;
-    let downtime = served?;
-    // Once the destination has every page, a stream cut short is no loss.
-    if let Err(e) = streamed {
-        eprintln!("muserload-loader: stream ended early (harmless, all pages loaded): {e}");
+    let mut times = Times {
+        paused,
+        setup,
+        rounds,
+        downtime: None,
+    };
+    let mut recoveries = 0;
+    // Post-copy: the guest runs at the destination, and only this process has the pages it
+    // has not loaded yet. A broken connection is not the end: reconnect and go on.
+    while let Err(e) = serve(&serving, stream, &mut requests, &mut times) {
+        let Error::Disconnected { .. } = e else {
+            return Err(e);
+        };
+        eprintln!(
+            "muserload-loader: the connection to the destination broke ({e}); reconnecting \
+             for up to {:?}",
+            how.recover_timeout
+        );
+        (stream, requests) = reconnect(addr, &serving, how.recover_timeout)?;
+        recoveries += 1;
+        eprintln!("muserload-loader: reconnected; the migration goes on");
     }
+    let downtime = times
+        .downtime
+        .ok_or_else(|| Error::Protocol("the destination finished without resuming".into()))?;
     Ok(SourceReport {
         kind: how.kind,
         precopy_rounds: rounds,
@@ -387,7 +408,148 @@ fn migrate(machine: Machine, destination: &str, how: &Migration) -> Result<Sourc
             .max()
             .unwrap_or(0),
         guest_rounds,
+        recoveries,
     })
+}
+
+/// Serves one pair of connections: streams pages in a thread and answers requests, until
+/// the destination is done (`Ok`) or a connection breaks.
+fn serve(
+    serving: &Arc<Serving>,
+    stream: BufWriter<TcpStream>,
+    requests: &mut TcpStream,
+    times: &mut Times,
+) -> Result<()> {
+    // Whichever side fails shuts both connections, so that the other's blocking call
+    // returns too; the first failure is the one to report.
+    let sockets = Arc::new(Sockets::new(stream.get_ref(), requests)?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let streamer = {
+        let (serving, stop, sockets) = (serving.clone(), stop.clone(), sockets.clone());
+        thread::Builder::new()
+            .name("stream".into())
+            .spawn(move || {
+                let streamed = stream_pages(&serving, stream, &stop);
+                if streamed.is_err() {
+                    sockets.shut(Side::Stream);
+                }
+                streamed
+            })
+            .map_err(io("spawning the stream thread"))?
+    };
+    let served = serve_requests(serving, requests, times);
+    stop.store(true, Ordering::SeqCst);
+    if served.is_err() {
+        sockets.shut(Side::Requests);
+    }
+    let streamed = streamer
+        .join()
+        .map_err(|_| Error::Protocol("the stream thread panicked".into()))?;
+    match (served, streamed) {
+        (Ok(()), Ok(())) => Ok(()),
+        // Once the destination has every page, a stream cut short is no loss.
+        (Ok(()), Err(e)) => {
+            eprintln!("muserload-loader: stream ended early (harmless, all pages loaded): {e}");
+            Ok(())
+        }
+        (Err(e), Ok(())) => Err(e),
+        (Err(served), Err(streamed)) => Err(match sockets.first_to_fail() {
+            Some(Side::Stream) => streamed,
+            _ => served,
+        }),
+    }
+}
+
+/// The two sides of [`serve`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Stream = 1,
+    Requests = 2,
+}
+
+/// Handles on both connections, to shut them from another thread.
+struct Sockets {
+    sockets: [TcpStream; 2],
+    /// The [`Side`] that shut them first (0: none yet).
+    first: AtomicU8,
+}
+
+impl Sockets {
+    fn new(stream: &TcpStream, requests: &TcpStream) -> Result<Self> {
+        let clone = |s: &TcpStream| s.try_clone().map_err(io("cloning a socket"));
+        Ok(Self {
+            sockets: [clone(stream)?, clone(requests)?],
+            first: AtomicU8::new(0),
+        })
+    }
+
+    fn shut(&self, by: Side) {
+        let _ = self
+            .first
+            .compare_exchange(0, by as u8, Ordering::SeqCst, Ordering::SeqCst);
+        for socket in &self.sockets {
+            // Fails only if it is shut already.
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn first_to_fail(&self) -> Option<Side> {
+        match self.first.load(Ordering::SeqCst) {
+            1 => Some(Side::Stream),
+            2 => Some(Side::Requests),
+            _ => None,
+        }
+    }
+}
+
+/// Reconnects to the destination after a connection broke, retrying until `timeout`;
+/// returns the new connections, with `serving` set to send what the destination misses.
+fn reconnect(
+    addr: SocketAddr,
+    serving: &Serving,
+    timeout: Duration,
+) -> Result<(BufWriter<TcpStream>, TcpStream)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match resume(addr, serving) {
+            Ok(connections) => return Ok(connections),
+            Err(e @ (Error::Connect { .. } | Error::Disconnected { .. })) => {
+                if Instant::now() >= deadline {
+                    return Err(Error::Unrecovered(format!(
+                        "the destination did not come back within {timeout:?} ({e}); the \
+                         guest, which runs there, cannot get its missing pages"
+                    )));
+                }
+                thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Opens both connections again and asks the destination which pages it misses.
+fn resume(addr: SocketAddr, serving: &Serving) -> Result<(BufWriter<TcpStream>, TcpStream)> {
+    let mut stream = BufWriter::with_capacity(1 << 20, connect(addr, Channel::Stream)?);
+    let mut requests = connect(addr, Channel::Requests)?;
+    let bytes = protocol::send_control(&mut stream, &Control::Resume)?;
+    protocol::flush(&mut stream, "resuming the stream")?;
+    let pages = serving.zero.len();
+    let missing = match protocol::recv_frame(&mut requests, "requests channel")? {
+        Frame::Control(Control::Missing { words }) => Bitmap::from_words(pages, &words),
+        _ => None,
+    }
+    .ok_or_else(|| Error::Protocol("expected the destination's missing pages".into()))?;
+    serving.bytes.fetch_add(bytes, Ordering::Relaxed);
+    // Whatever was in flight when the connection broke is missing again.
+    for page in 0..pages {
+        if missing.get(page) {
+            serving.sent.clear(page);
+        } else {
+            serving.sent.set(page);
+        }
+    }
+    serving.next_after_request.store(0, Ordering::Relaxed);
+    Ok((stream, requests))
 }
 
 /// The zero pages the destination does not have yet: those never touched (not resident),
@@ -403,18 +565,11 @@ fn zero_pages(ram: &GuestRam, valid: &Bitmap) -> Result<Bitmap> {
     Ok(map)
 }
 
-/// Answers the destination's requests until it says it is done; returns the downtime.
-fn serve_requests(
-    serving: &Serving,
-    requests: &mut TcpStream,
-    paused: Instant,
-    setup: Duration,
-    rounds: u32,
-) -> Result<Duration> {
+/// Answers the destination's requests until it says it is done; notes the downtime.
+fn serve_requests(serving: &Serving, requests: &mut TcpStream, times: &mut Times) -> Result<()> {
     let mut reader = requests
         .try_clone()
         .map_err(io("cloning the requests socket"))?;
-    let mut downtime = None;
     loop {
         match protocol::recv_frame(&mut reader, "requests channel")? {
             Frame::Control(Control::Request { pages }) => {
@@ -438,21 +593,16 @@ fn serve_requests(
                 }
             }
             Frame::Control(Control::Resumed) => {
-                let elapsed = paused.elapsed();
-                downtime = Some(elapsed);
-                let times = Control::SourceTimes {
-                    rounds,
-                    setup: setup.as_micros() as u64,
-                    downtime: elapsed.as_micros() as u64,
+                let downtime = *times.downtime.get_or_insert(times.paused.elapsed());
+                let message = Control::SourceTimes {
+                    rounds: times.rounds,
+                    setup: times.setup.as_micros() as u64,
+                    downtime: downtime.as_micros() as u64,
                 };
-                let bytes = protocol::send_control(requests, &times)?;
+                let bytes = protocol::send_control(requests, &message)?;
                 serving.bytes.fetch_add(bytes, Ordering::Relaxed);
             }
-            Frame::Control(Control::Done) => {
-                return downtime.ok_or_else(|| {
-                    Error::Protocol("the destination finished without resuming".into())
-                })
-            }
+            Frame::Control(Control::Done) => return Ok(()),
             Frame::Control(_) | Frame::Pages(_) => {
                 return Err(Error::Protocol(
                     "unexpected message on the requests channel".into(),
@@ -463,11 +613,15 @@ fn serve_requests(
 }
 
 /// Sends every page not sent yet, from the last requested page on, until all are sent or
-/// the destination is done.
-fn stream_pages(serving: &Serving, mut stream: BufWriter<TcpStream>) -> Result<()> {
+/// `stop` is set (the destination is done, or the connections broke).
+fn stream_pages(
+    serving: &Serving,
+    mut stream: BufWriter<TcpStream>,
+    stop: &AtomicBool,
+) -> Result<()> {
     let mut cursor = 0;
     let mut batch = Vec::with_capacity(BATCH_PAGES);
-    while !serving.done.load(Ordering::SeqCst) {
+    while !stop.load(Ordering::SeqCst) {
         let after_request = serving.next_after_request.swap(u64::MAX, Ordering::Relaxed);
         if after_request != u64::MAX {
             cursor = after_request;
@@ -486,7 +640,7 @@ fn stream_pages(serving: &Serving, mut stream: BufWriter<TcpStream>) -> Result<(
         if batch.is_empty() {
             let bytes = protocol::send_control(&mut stream, &Control::StreamEnd)?;
             serving.bytes.fetch_add(bytes, Ordering::Relaxed);
-            stream.flush().map_err(io("sending the stream"))?;
+            protocol::flush(&mut stream, "sending the stream")?;
             return Ok(());
         }
         serving.send(&mut stream, &batch)?;
@@ -494,7 +648,7 @@ fn stream_pages(serving: &Serving, mut stream: BufWriter<TcpStream>) -> Result<(
             .streamed
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         // A batch goes out at once, so that requests never wait behind a full buffer.
-        stream.flush().map_err(io("sending the stream"))?;
+        protocol::flush(&mut stream, "sending the stream")?;
     }
     Ok(())
 }

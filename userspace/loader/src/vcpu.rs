@@ -28,12 +28,13 @@ use crate::{
 /// The signal that kicks a vCPU thread out of KVM_RUN.
 const KICK: Signal = Signal::SIGUSR2;
 
-/// What a vCPU thread does when KVM_RUN is interrupted by a signal: signal mode's fault
-/// handling on a destination. The default does nothing.
+/// What a thread does when a KVM call of its was interrupted by a signal: signal mode's
+/// fault handling on a destination. The default does nothing.
 pub trait Interrupted: Send + Sync {
-    /// Called in the vCPU's thread after KVM_RUN returned `EINTR`.
-    fn interrupted(&self) -> Result<()> {
-        Ok(())
+    /// Called in the thread after KVM_RUN returned `EINTR`, or KVM_SET_MSRS stopped short;
+    /// returns whether it handled a fault (the call may then succeed if made again).
+    fn interrupted(&self) -> Result<bool> {
+        Ok(false)
     }
 }
 

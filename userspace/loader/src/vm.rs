@@ -21,11 +21,23 @@ use crate::{
     devices::{DeviceState, Devices, COM1_IRQ},
     error::{io, kvm, Error, Result},
     memory::GuestRam,
+    vcpu::Interrupted,
 };
 
 /// Where KVM may put the TSS it needs on Intel hosts: just below 4 GiB, above any RAM
 /// the test guest has.
 const TSS_ADDR: usize = 0xfffb_d000;
+/// The busy bit of a TSS descriptor's type.
+const TSS_BUSY: u8 = 0x2;
+
+/// Whether the host CPU is AMD's (or Hygon's): KVM runs guests with SVM there.
+fn host_is_amd() -> bool {
+    let leaf = std::arch::x86_64::__cpuid(0);
+    let vendor = [leaf.ebx, leaf.edx, leaf.ecx]
+        .map(u32::to_le_bytes)
+        .concat();
+    vendor == b"AuthenticAMD" || vendor == b"HygonGenuine"
+}
 
 /// One vCPU's state.
 #[derive(Serialize, Deserialize)]
@@ -197,8 +209,14 @@ impl Vm {
         Ok(vcpu)
     }
 
-    /// Creates vCPU `id` in the state `state` (from [`Vm::vcpu_state`] on the source).
-    pub fn restore_vcpu(&self, id: u8, state: &VcpuState) -> Result<VcpuFd> {
+    /// Creates vCPU `id` in the state `state` (from [`Vm::vcpu_state`] on the source);
+    /// `faults` handles signal mode's faults on the pages KVM touches meanwhile.
+    pub fn restore_vcpu(
+        &self,
+        id: u8,
+        state: &VcpuState,
+        faults: &dyn Interrupted,
+    ) -> Result<VcpuFd> {
         let vcpu = self
             .fd
             .create_vcpu(id.into())
@@ -209,23 +227,37 @@ impl Vm {
         vcpu.set_mp_state(state.mp_state)
             .map_err(kvm("KVM_SET_MP_STATE"))?;
         vcpu.set_regs(&state.regs).map_err(kvm("KVM_SET_REGS"))?;
-        vcpu.set_sregs(&state.sregs).map_err(kvm("KVM_SET_SREGS"))?;
+        let mut sregs = state.sregs;
+        if host_is_amd() {
+            // KVM on AMD reports the task register as busy (type 11) though SVM's VMCB
+            // holds it as available (type 9), like the CPU after LTR. Hardware ignores the
+            // difference, but QEMU's emulated SVM (our test hosts) then fails every I/O
+            // permission bitmap check: a Linux process's ioperm()ed `out` would raise #GP
+            // after the migration. Restore what the source's VMCB held.
+            sregs.tr.type_ &= !TSS_BUSY;
+        }
+        vcpu.set_sregs(&sregs).map_err(kvm("KVM_SET_SREGS"))?;
         // SAFETY: `Vm::build` checked that the host's XSAVE state fits `kvm_xsave`.
         unsafe { vcpu.set_xsave(&state.xsave) }.map_err(kvm("KVM_SET_XSAVE"))?;
         vcpu.set_xcrs(&state.xcrs).map_err(kvm("KVM_SET_XCRS"))?;
         vcpu.set_debug_regs(&state.debugregs)
             .map_err(kvm("KVM_SET_DEBUGREGS"))?;
         vcpu.set_lapic(&state.lapic).map_err(kvm("KVM_SET_LAPIC"))?;
-        for chunk in state.msrs.chunks(KVM_MAX_MSR_ENTRIES) {
+        let mut rest = state.msrs.as_slice();
+        while !rest.is_empty() {
+            let chunk = &rest[..rest.len().min(KVM_MAX_MSR_ENTRIES)];
             let msrs =
                 Msrs::from_entries(chunk).map_err(|_| Error::Protocol("too many MSRs".into()))?;
             let set = vcpu.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
-            if set != chunk.len() {
+            // KVM maps the page some MSRs name (kvmclock, steal time): one not loaded yet
+            // makes it stop there in signal mode, after signalling this thread.
+            if set < chunk.len() && !faults.interrupted()? {
                 return Err(Error::Config(format!(
                     "KVM_SET_MSRS refused MSR {:#x}",
                     chunk[set].index
                 )));
             }
+            rest = &rest[set..];
         }
         vcpu.set_vcpu_events(&state.events)
             .map_err(kvm("KVM_SET_VCPU_EVENTS"))?;
