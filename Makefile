@@ -5,6 +5,7 @@
 #   make            build muserload.ko (against the project's debug kernel, built if needed,
 #                   or against KDIR=<a built Rust-enabled kernel tree>)
 #   make test       build everything and run every test in the guests (README)
+#   make test-2vm   migrate between two VMs joined by a network (too slow for make test)
 #   make demo       boot the guest and run the demo
 #   make bench      muserload against userfaultfd in the plain (non-debug) guest
 #   make bench-migrate  the loader's migrations: downtime and total time by size and kind
@@ -15,7 +16,7 @@
 
 FLAVOUR ?= debug
 
-.PHONY: all module test demo bench bench-migrate shell kernel prereqs clean
+.PHONY: all module test test-2vm demo bench bench-migrate shell kernel prereqs clean
 
 all: module
 
@@ -29,6 +30,9 @@ endif
 
 test:
 	@vm/test.sh
+
+test-2vm:
+	@vm/test-2vm.sh
 
 demo:
 	@vm/demo.sh

@@ -4,7 +4,8 @@
 #
 #   vm/run-guest.sh MODE KDIR MODULE PAYLOAD LOG
 #
-# MODE     test (run vm/guest/run-tests, KTAP on stdout), demo, bench, or shell (interactive)
+# MODE     test (run vm/guest/run-tests, KTAP on stdout), demo, bench, 2vm, or shell
+#          (interactive)
 # KDIR     a built kernel tree (vm/build-kernel.sh)
 # MODULE   muserload.ko built against it
 # PAYLOAD  a directory whose tests/ and bin/ go into the guest's /tests and /bin
@@ -12,7 +13,8 @@
 #
 # The guest's ttyS1 is this script's stdout. Environment: GUEST_MEM (default 4G),
 # GUEST_CPUS (2), GUEST_TIMEOUT in seconds (1200), GUEST_APPEND (more of the kernel command
-# line; init sees its name=value words as environment variables).
+# line; init sees its name=value words as environment variables), GUEST_QEMU_ARGS (more
+# QEMU options, split at spaces: vm/test-2vm.sh's network).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -28,7 +30,7 @@ mkdir -p "$root"/{bin,lib,tests,proc,sys,dev,tmp}
 cp /bin/busybox "$root/bin/busybox"
 cp "$here/guest/init" "$root/init"
 cp "$here/guest/run-tests" "$here/guest/run-demo" "$here/guest/run-bench" \
-	"$here/guest/run-bench-migrate" "$root/bin/"
+	"$here/guest/run-bench-migrate" "$here/guest/run-2vm" "$root/bin/"
 cp "$module" "$root/lib/muserload.ko"
 [[ -d "$payload/tests" ]] && cp -a "$payload/tests/." "$root/tests/"
 [[ -d "$payload/bin" ]] && cp -a "$payload/bin/." "$root/bin/"
@@ -39,6 +41,8 @@ qemu=(qemu-system-x86_64 -machine q35 -accel tcg -cpu max
 	-smp "${GUEST_CPUS:-2}" -m "${GUEST_MEM:-4G}"
 	-kernel "$kdir/arch/x86/boot/bzImage" -initrd "$root.cpio.gz"
 	-display none -no-reboot)
+# shellcheck disable=SC2206 # options, split at spaces on purpose
+qemu+=(${GUEST_QEMU_ARGS:-})
 # no5lvl: with TCG's 5-level paging, KASAN reports a wild access in an early interrupt
 # (before the module exists), which also turns lockdep off for the whole run.
 # no_timer_check: on a loaded host TCG's timer can miss the IO-APIC check's deadline,
