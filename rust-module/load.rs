@@ -17,8 +17,9 @@
 //! allocates nothing: the page is marked loaded, and a touch zero-fills it.
 
 use crate::{
+    memcg::charged_may_fail,
     object::{
-        zeroed_page,
+        zeroed_page_may_fail,
         Layout,
         Object,
         Pages,
@@ -30,7 +31,6 @@ use crate::{
     vma::LockedRange,
 };
 use kernel::{
-    alloc::flags::GFP_KERNEL_ACCOUNT,
     page::{
         Page,
         PAGE_SHIFT,
@@ -141,7 +141,9 @@ fn refill_staging(object: ArcBorrow<'_, Object>, src: u64, len: u64) {
     }
     // What the pool could not give is zeroed here.
     while fresh.len() < count {
-        let Ok(page) = zeroed_page() else { break };
+        let Ok(page) = zeroed_page_may_fail() else {
+            break;
+        };
         // Cannot fail: `fresh` has room for `count` pages.
         let _ = fresh.push_within_capacity(page);
     }
@@ -224,8 +226,11 @@ fn load_range(
     match mode.kind {
         Kind::Zero | Kind::Wake if src != 0 => Err(EINVAL),
         Kind::Copy => {
-            // The range is checked as each chunk is installed: a bad one costs a wasted copy
-            // rather than a second mmap lock and vma walk on every good one.
+            // Its mapping is checked as each chunk is installed: a bad one costs a wasted
+            // copy rather than a second mmap lock and vma walk on every good one. Its shape
+            // is checked first: a length of 0, or one that is not a page multiple, would
+            // otherwise load nothing, or its whole pages, and succeed.
+            check_shape(dst, len)?;
             let mut reader =
                 UserSlice::new(UserPtr::from_addr(src as usize), len as usize).reader();
             let total = (len >> PAGE_SHIFT) as usize;
@@ -296,6 +301,17 @@ fn load_range(
     }
 }
 
+/// EINVAL unless `[addr, addr + len)` is page aligned, nonempty and does not wrap: the
+/// checks of [`LockedRange::find`] that need no lock.
+fn check_shape(addr: u64, len: u64) -> Result {
+    let page_mask = PAGE_SIZE as u64 - 1;
+    if addr & page_mask != 0 || len & page_mask != 0 || len == 0 || addr.checked_add(len).is_none()
+    {
+        return Err(EINVAL);
+    }
+    Ok(())
+}
+
 /// Whether guest page `index` is loaded already: it has a page, or is a zero page not yet
 /// allocated. Called with `Object::pages` held.
 fn present(object: &Object, pages: &Pages, index: usize) -> bool {
@@ -307,7 +323,7 @@ fn present(object: &Object, pages: &Pages, index: usize) -> bool {
 
 /// A new page holding the next page of `reader`.
 fn copied_page(reader: &mut UserSliceReader) -> Result<Page> {
-    let page = Page::alloc_page(GFP_KERNEL_ACCOUNT)?;
+    let page = Page::alloc_page(charged_may_fail())?;
     // SAFETY: The page is new: nobody else reads or writes it.
     unsafe { page.copy_from_user_slice_raw(reader, 0, PAGE_SIZE)? };
     Ok(page)
@@ -356,7 +372,7 @@ fn move_pages(object: &Object, dst: u64, src: u64, len: u64, progress: &mut Prog
             // taking anything, so that a failure leaves every staging page where it was.
             for slot in &mut pages.staging[staging..staging + movable] {
                 if slot.is_none() {
-                    *slot = Some(zeroed_page()?);
+                    *slot = Some(zeroed_page_may_fail()?);
                 }
             }
             if movable > 0 {

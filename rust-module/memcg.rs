@@ -7,8 +7,34 @@
 //! behalf (the page pool's refills) would be charged to no one: the worker charges them to
 //! the cgroup of the task that opened the object instead. The inline C helpers this needs
 //! are in `memcg_shim.c`.
+//!
+//! What happens past the cgroup's `memory.max` depends on who asked: a fault that needs a
+//! page (a touch of an empty page) runs the cgroup's OOM killer, as anonymous memory does;
+//! a system call (setup, a load) and background work get ENOMEM instead
+//! ([`charged_may_fail`]), so that a limit fails a load rather than killing the VMM.
 
 use core::{ffi::c_void, marker::PhantomData};
+use kernel::{
+    alloc::{flags::GFP_KERNEL_ACCOUNT, Flags},
+    bindings,
+};
+
+/// Allocation flags of memory a system call or background work allocates: charged to the
+/// memory cgroup, and failing with ENOMEM past its limit instead of running its OOM
+/// killer (`__GFP_RETRY_MAYFAIL`).
+pub(crate) fn charged_may_fail() -> Flags {
+    GFP_KERNEL_ACCOUNT | retry_may_fail()
+}
+
+/// `__GFP_RETRY_MAYFAIL`, which `kernel::alloc::flags` lacks and has no constructor for.
+fn retry_may_fail() -> Flags {
+    const _: () = assert!(size_of::<Flags>() == size_of::<u32>());
+    let raw = 1u32 << bindings::___GFP_RETRY_MAYFAIL_BIT;
+    // SAFETY: `Flags` is a struct whose only field is a `u32` of gfp bits, and it is no
+    // bigger than that field (checked above), so the field fills it and any `u32` is a valid
+    // `Flags`; `raw` is a real gfp flag, as `kernel::alloc::flags` holds.
+    unsafe { core::mem::transmute::<u32, Flags>(raw) }
+}
 
 extern "C" {
     fn muserload_memcg_get_current() -> *mut c_void;

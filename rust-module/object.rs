@@ -21,6 +21,7 @@ use crate::{
     anon_file::PrivateMapping,
     api,
     events::EventQueue,
+    memcg::charged_may_fail,
     module_queue,
     pool::PagePool,
     stats::Stats,
@@ -159,9 +160,16 @@ pub(crate) struct Pages {
     pub(crate) staging: KVVec<Option<Page>>,
 }
 
-/// A new zeroed page, charged to the current task's memory cgroup.
+/// A new zeroed page for a fault, charged to the current task's memory cgroup (past its
+/// limit, the cgroup's OOM killer runs, as for anonymous memory).
 pub(crate) fn zeroed_page() -> Result<Page> {
     Ok(Page::alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO)?)
+}
+
+/// A new zeroed page for a system call or background work, charged to the current (or
+/// active) memory cgroup; past its limit, ENOMEM.
+pub(crate) fn zeroed_page_may_fail() -> Result<Page> {
+    Ok(Page::alloc_page(charged_may_fail() | __GFP_ZERO)?)
 }
 
 /// One open of `/dev/muserload`.
@@ -294,9 +302,9 @@ impl Object {
         if self.layout().is_some() {
             return Err(EBUSY);
         }
-        let mut states = KVVec::with_capacity(guest_pages, GFP_KERNEL_ACCOUNT)?;
-        let mut guest = KVVec::with_capacity(guest_pages, GFP_KERNEL_ACCOUNT)?;
-        let mut staging = KVVec::with_capacity(staging_pages, GFP_KERNEL_ACCOUNT)?;
+        let mut states = KVVec::with_capacity(guest_pages, charged_may_fail())?;
+        let mut guest = KVVec::with_capacity(guest_pages, charged_may_fail())?;
+        let mut staging = KVVec::with_capacity(staging_pages, charged_may_fail())?;
         for _ in 0..guest_pages {
             states
                 .push_within_capacity(Atomic::new(0))

@@ -15,9 +15,14 @@
 //! allocating one; it nests inside [`crate::object::Object::pages`] nowhere (refills take
 //! from the pool before taking that lock).
 
-use crate::{memcg::MemCgroup, object::zeroed_page};
+use crate::{
+    memcg::{
+        charged_may_fail,
+        MemCgroup, //
+    },
+    object::zeroed_page_may_fail,
+};
 use kernel::{
-    alloc::flags::GFP_KERNEL_ACCOUNT,
     new_spinlock,
     page::Page,
     prelude::*,
@@ -58,7 +63,7 @@ impl PagePool {
     pub(crate) fn set_target(&self, staging_pages: usize) -> Result {
         let target = staging_pages.min(crate::module_parameters::pool_pages.value() as usize);
         // Reserve outside the spinlock; refills never allocate under it.
-        let reserved = KVec::with_capacity(target, GFP_KERNEL_ACCOUNT)?;
+        let reserved = KVec::with_capacity(target, charged_may_fail())?;
         *self.pages.lock() = reserved;
         self.target.store(target, Release);
         Ok(())
@@ -85,7 +90,9 @@ impl PagePool {
     pub(crate) fn refill(&self) {
         let _charging = self.memcg.charge();
         while self.pages.lock().len() < self.target.load(Acquire) {
-            let Ok(page) = zeroed_page() else { return };
+            let Ok(page) = zeroed_page_may_fail() else {
+                return;
+            };
             // A concurrent refill may have filled it meanwhile: then the page is freed.
             if self.pages.lock().push_within_capacity(page).is_err() {
                 return;

@@ -286,6 +286,27 @@ TEST_F(load, bad_input)
 	EXPECT_EQ(0, st.loads_move + st.loads_copy + st.loads_zero);
 }
 
+/*
+ * COPY checks its range's shape before it copies: a length of 0 loaded nothing
+ * and succeeded, one not a page multiple loaded its whole pages and succeeded,
+ * and a wrapping one failed with EFAULT (found by the fuzzer).
+ */
+TEST_F(load, copy_bad_shape)
+{
+	struct ml *ml = &self->ml;
+	__u64 g = (uintptr_t)ml->guest;
+	struct muserload_stats st;
+	char buf[2 * PAGE] __attribute__((aligned(8)));
+
+	EXPECT_EQ(EINVAL, load_errno(ml, g, (uintptr_t)buf, 0, MUSERLOAD_LOAD_COPY));
+	EXPECT_EQ(EINVAL, load_errno(ml, g, (uintptr_t)buf, PAGE + 8, MUSERLOAD_LOAD_COPY));
+	EXPECT_EQ(EINVAL, load_errno(ml, g, (uintptr_t)buf, -g, MUSERLOAD_LOAD_COPY));
+	EXPECT_EQ(EINVAL, load_errno(ml, g + 8, (uintptr_t)buf, PAGE, MUSERLOAD_LOAD_COPY));
+	ASSERT_EQ(0, ml_stats(ml, &st));
+	EXPECT_EQ(GUEST_PAGES, st.unloaded);
+	EXPECT_EQ(0, st.loads_copy);
+}
+
 /* Loads into pages never armed fill them; loads where a page is, EEXIST. */
 TEST(unarmed_pages)
 {
