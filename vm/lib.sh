@@ -26,7 +26,10 @@ build_payload() {
 		return 1
 	cp "$target/x86_64-unknown-linux-musl/release/examples/handshake" \
 		"$target/x86_64-unknown-linux-musl/release/muserload-bench" \
+		"$target/x86_64-unknown-linux-musl/release/muserload-fuzz" \
 		"$target/x86_64-unknown-linux-musl/release/muserload-loader" "$payload/bin/"
+	# The suite's short fuzz: without arguments the fuzzer runs 60 s and prints KTAP.
+	cp "$target/x86_64-unknown-linux-musl/release/muserload-fuzz" "$payload/tests/kselftest/fuzz"
 	# The loader's test guest: freestanding, its own workspace and target (.cargo/config.toml).
 	(cd "$top/userspace/test-guest" && CARGO_TARGET_DIR=$target cargo build -q --release) >&2 ||
 		return 1

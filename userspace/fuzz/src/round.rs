@@ -1,0 +1,535 @@
+//! One round: an object set up and armed, worker processes and threads loading, faulting,
+//! remapping and aborting it at random, a resolver serving its events; then, once all of
+//! them are gone, the shadow model's check of every page.
+
+use std::{
+    collections::HashMap,
+    ffi::CStr,
+    os::fd::RawFd,
+    sync::atomic::{AtomicBool, Ordering::SeqCst},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    abi::{self, muserload_arm, muserload_event, muserload_load, muserload_setup},
+    inject::Injector,
+    rng::Rng,
+    shared::{self, fill, Content, Entry, Kind, Shared, PAGE},
+    sys::{self, Exit},
+    target::{self, load_logged, Piece},
+    worker::{Process, Round, Worker},
+    Error,
+};
+
+const DEVICE: &CStr = c"/dev/muserload";
+
+/// How long a round's workers may run before the round counts as hung.
+const HANG: Duration = Duration::from_secs(120);
+
+/// The shape of a run's rounds.
+pub struct Shape {
+    /// Worker processes per round.
+    pub procs: usize,
+    /// Threads per worker process.
+    pub threads: usize,
+    /// Staging slots per thread.
+    pub slots: usize,
+}
+
+/// Runs round `number` with `ops` operations per thread at most.
+pub fn run(
+    shared: &'static Shared,
+    shape: &Shape,
+    number: u64,
+    seed: u64,
+    ops: u64,
+    injector: Option<&Injector>,
+) -> Result<(), Error> {
+    let mut rng = Rng::new(seed, 0);
+    shared.begin_round(number);
+    let pages = rng.range(8, 96);
+    let threads = shape.procs * shape.threads;
+    let staging_pages = threads * shape.slots;
+    let fd = sys::open(DEVICE).map_err(|e| Error::Sys("open /dev/muserload", e))?;
+    let fail = |what: std::fmt::Arguments<'_>| {
+        shared.fail(format_args!("round {number} (seed {seed:#x}): {what}"));
+    };
+
+    // The handshake, and setups the module must refuse.
+    let (api, r) = abi::handshake(fd, u64::from(abi::MUSERLOAD_API) + 1, 0);
+    if r != Err(libc::EINVAL) || api.api != u64::from(abi::MUSERLOAD_API) {
+        fail(format_args!(
+            "API with a wrong version: {r:?}, module speaks {}",
+            api.api
+        ));
+    }
+    let (_, r) = abi::handshake(fd, u64::from(abi::MUSERLOAD_API), 0);
+    r.map_err(|e| Error::Sys("MUSERLOAD_IOC_API", e))?;
+    let page = PAGE as u64;
+    for (what, size, staging, flags) in [
+        ("size 0", 0, 0, 0),
+        ("an unaligned size", page + 1, 0, 0),
+        (
+            "size past staging",
+            abi::MUSERLOAD_STAGING_OFFSET + page,
+            0,
+            0,
+        ),
+        (
+            "too much staging",
+            page,
+            u64::from(abi::MUSERLOAD_STAGING_MAX) + page,
+            0,
+        ),
+        ("flags", page, 0, 1),
+    ] {
+        let r = abi::setup(
+            fd,
+            &muserload_setup {
+                size,
+                staging_size: staging,
+                flags,
+            },
+        );
+        if r != Err(libc::EINVAL) {
+            fail(format_args!("SETUP with {what}: {r:?}, expected EINVAL"));
+        }
+    }
+    let setup = muserload_setup {
+        size: (pages * PAGE) as u64,
+        staging_size: (staging_pages * PAGE) as u64,
+        flags: 0,
+    };
+    abi::setup(fd, &setup).map_err(|e| Error::Sys("MUSERLOAD_IOC_SETUP", e))?;
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let map = |len, offset| sys::mmap(len, rw, libc::MAP_SHARED, fd, offset);
+    let guest = map(pages * PAGE, 0).map_err(|e| Error::Sys("mmap guest", e))?;
+    // A second view, which must always show what the first shows.
+    let view = map(pages * PAGE, 0).map_err(|e| Error::Sys("mmap guest", e))?;
+    let staging = map(staging_pages * PAGE, abi::MUSERLOAD_STAGING_OFFSET)
+        .map_err(|e| Error::Sys("mmap staging", e))?;
+    if let Ok(addr) = map(2 * PAGE, ((pages - 1) * PAGE) as u64) {
+        fail(format_args!("mmap past guest memory succeeded"));
+        // SAFETY: Nothing uses that mapping.
+        let _ = unsafe { sys::munmap(addr, 2 * PAGE) };
+    }
+
+    // Arm runs of pages in queue or signal mode; leave some empty.
+    let signals = [libc::SIGUSR1, libc::SIGUSR2];
+    target::set(shared, fd, guest, pages);
+    let mut initially_armed = vec![false; pages];
+    let mut p = 0;
+    while p < pages {
+        let n = rng.range(1, 16).min(pages - p);
+        let mode = rng.below(4);
+        if mode > 0 {
+            let signal = if mode == 3 { signals[rng.below(2)] } else { 0 };
+            let record = shared.reserve(1).ok_or(Error::LogFull)?;
+            shared.write(record, Kind::ArmAttempt, p, n, 0, shared.seq());
+            let arm = muserload_arm {
+                start: (guest + p * PAGE) as u64,
+                len: (n * PAGE) as u64,
+                signal: signal as u32,
+                flags: 0,
+            };
+            abi::arm(fd, &arm).map_err(|e| Error::Sys("MUSERLOAD_IOC_ARM", e))?;
+            shared.complete(record, Kind::Armed, shared.seq());
+            initially_armed[p..p + n].fill(true);
+        }
+        p += n;
+    }
+    let events = abi::ioctl_value(fd, abi::IOC_EVENTS, 0).map_err(|e| Error::Sys("EVENTS", e))?;
+
+    let round = Round {
+        number,
+        seed,
+        fd,
+        events,
+        guest,
+        pages,
+        staging,
+        slots: shape.slots,
+        signals,
+        inject: injector.is_some(),
+    };
+    // Another object, whose addresses this round's object must refuse, and an address
+    // nothing can be read from: made before allocations may fail.
+    let other_fd = sys::open(DEVICE).map_err(|e| Error::Sys("open /dev/muserload", e))?;
+    let other_setup = muserload_setup {
+        size: 4 * PAGE as u64,
+        staging_size: 0,
+        flags: 0,
+    };
+    abi::handshake(other_fd, u64::from(abi::MUSERLOAD_API), 0)
+        .1
+        .map_err(|e| Error::Sys("MUSERLOAD_IOC_API", e))?;
+    abi::setup(other_fd, &other_setup).map_err(|e| Error::Sys("MUSERLOAD_IOC_SETUP", e))?;
+    let process = Process {
+        other: sys::mmap(4 * PAGE, libc::PROT_READ, libc::MAP_SHARED, other_fd, 0)
+            .map_err(|e| Error::Sys("mmap", e))?,
+        hole: sys::mmap(
+            PAGE,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+        .map_err(|e| Error::Sys("mmap", e))?,
+    };
+    if let Some(injector) = injector {
+        injector.start();
+    }
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for index in 0..shape.procs {
+        // SAFETY: The parent is single-threaded here (the resolver starts after the forks),
+        // so the child may do anything.
+        match unsafe { sys::fork() } {
+            Ok(0) => worker_process(shared, &round, &process, index, shape.threads, ops),
+            Ok(pid) => workers.push(pid),
+            Err(e) => return Err(Error::Sys("fork", e)),
+        }
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let resolver = {
+        let stop = stop.clone();
+        std::thread::spawn(move || resolve(shared, fd, events, guest, pages, &stop))
+    };
+
+    // Wait for the workers, then end the post-copy: abort, or close the events
+    // descriptor (the resolver going away).
+    let mut hung = false;
+    for pid in workers {
+        let exit = loop {
+            match sys::wait(pid, true) {
+                Ok(Some(exit)) => break Some(exit),
+                Ok(None) if started.elapsed() < HANG => sys::sleep_us(2000),
+                Ok(None) => {
+                    hung = true;
+                    fail(format_args!(
+                        "worker {pid} still running after {HANG:?}: a hang"
+                    ));
+                    if let Ok(s) = abi::stats(fd) {
+                        fail(format_args!(
+                            "stats: waiters {} unloaded {}",
+                            s.waiters, s.unloaded
+                        ));
+                    }
+                    shared.aborted.store(true, SeqCst);
+                    let _ = abi::ioctl_value(fd, abi::IOC_ABORT, 0);
+                    sys::kill(pid, libc::SIGKILL);
+                }
+                Err(e) => break Some(Exit::Code(1000 + e)),
+            }
+        };
+        match exit {
+            Some(Exit::Code(0)) => {}
+            Some(Exit::Signal(libc::SIGBUS)) if shared.aborted.load(SeqCst) => {}
+            Some(Exit::Signal(libc::SIGKILL)) if hung => {}
+            other => fail(format_args!("worker {pid} ended with {other:?}")),
+        }
+    }
+    if let Some(injector) = injector {
+        injector.stop();
+    }
+    shared.aborted.store(true, SeqCst);
+    if rng.one_in(2) {
+        abi::ioctl_value(fd, abi::IOC_ABORT, 0).map_err(|e| Error::Sys("ABORT", e))?;
+        // The resolver sees end of file, then its descriptor is closed.
+        if resolver.join().is_err() {
+            fail(format_args!("the resolver panicked"));
+        }
+        sys::close(events);
+    } else {
+        // The resolver goes away: closing the last reference (the workers, who shared it,
+        // are gone) aborts the object.
+        stop.store(true, SeqCst);
+        if resolver.join().is_err() {
+            fail(format_args!("the resolver panicked"));
+        }
+        sys::close(events);
+    }
+
+    check(shared, &round, view, &initially_armed, &mut rng, &fail);
+
+    // SAFETY: The round is over: nothing uses its mappings any more.
+    unsafe {
+        let _ = sys::munmap(guest, pages * PAGE);
+        let _ = sys::munmap(view, pages * PAGE);
+        let _ = sys::munmap(staging, staging_pages * PAGE);
+    }
+    // SAFETY: As above.
+    unsafe {
+        let _ = sys::munmap(process.other, 4 * PAGE);
+        let _ = sys::munmap(process.hole, PAGE);
+    }
+    sys::close(other_fd);
+    sys::close(fd);
+    Ok(())
+}
+
+/// A worker process: its threads run the round's operations, then it exits.
+fn worker_process(
+    shared: &'static Shared,
+    round: &Round,
+    process: &Process,
+    index: usize,
+    threads: usize,
+    ops: u64,
+) -> ! {
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(
+                move || match Worker::new(shared, round, process, index * threads + t) {
+                    Ok(worker) => worker.run(ops),
+                    Err(e) => shared.fail(format_args!("worker thread: errno {e}")),
+                },
+            );
+        }
+    });
+    sys::exit_now(0)
+}
+
+/// Queue mode's resolver: loads every page a thread waits for (COPY of a new tag), until
+/// the object is aborted or `stop` is set.
+fn resolve(
+    shared: &'static Shared,
+    fd: RawFd,
+    events: RawFd,
+    guest: usize,
+    pages: usize,
+    stop: &AtomicBool,
+) {
+    let mut batch = [muserload_event::default(); 16];
+    let mut buf = vec![0u64; PAGE / 8];
+    loop {
+        // Polled, not a blocking read: a descriptor being read is not released by close(),
+        // so the round could not end by closing it.
+        match sys::poll(events, libc::POLLIN, 20) {
+            Ok(0) if !stop.load(SeqCst) => continue,
+            Ok(0) => return,
+            Ok(_) | Err(libc::EINTR) => {}
+            Err(e) => {
+                shared.fail(format_args!("poll of events: errno {e}"));
+                return;
+            }
+        }
+        // SAFETY: `batch` is writable for its size in bytes.
+        let n = unsafe { libc::read(events, batch.as_mut_ptr().cast(), size_of_val(&batch)) };
+        if n == 0 {
+            return;
+        }
+        if n < 0 {
+            match abi::errno() {
+                libc::EINTR => continue,
+                e => {
+                    shared.fail(format_args!("read of events: errno {e}"));
+                    return;
+                }
+            }
+        }
+        for ev in &batch[..n as usize / size_of::<muserload_event>()] {
+            let page = (ev.offset / PAGE as u64) as usize;
+            if page >= pages || ev.address % PAGE as u64 != 0 {
+                shared.fail(format_args!(
+                    "event for offset {:#x} address {:#x}",
+                    ev.offset, ev.address
+                ));
+                continue;
+            }
+            // Retried while allocations fail: the waiter needs this page.
+            loop {
+                let tag = shared.tags(1);
+                fill(&mut buf, tag);
+                let piece = Piece {
+                    page,
+                    dst: guest + page * PAGE,
+                    src: buf.as_ptr() as usize,
+                    tag,
+                };
+                let mode = u64::from(abi::MUSERLOAD_LOAD_COPY);
+                match load_logged(fd, shared, &[piece], mode, true).map(|o| o.result) {
+                    Some(Err(libc::ENOMEM)) => sys::sleep_us(100),
+                    Some(Ok(()) | Err(libc::EEXIST)) | None => break,
+                    Some(Err(e)) => {
+                        shared.fail(format_args!("resolver's COPY of page {page}: errno {e}"));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One probe: loads page `page` with a new tag if it is not loaded. Some(tag) if it
+/// loaded, None if the page was loaded already.
+fn probe(shared: &Shared, fd: RawFd, guest: usize, page: usize) -> Result<Option<u64>, i32> {
+    let tag = shared.tags(1);
+    let mut buf = vec![0u64; PAGE / 8];
+    fill(&mut buf, tag);
+    let mut load = muserload_load {
+        dst: (guest + page * PAGE) as u64,
+        src: buf.as_ptr() as u64,
+        len: PAGE as u64,
+        mode: u64::from(abi::MUSERLOAD_LOAD_COPY),
+        loaded: 0,
+    };
+    match abi::load(fd, &mut load) {
+        Ok(()) => Ok(Some(tag)),
+        Err(libc::EEXIST) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The shadow model's verdict on every page, from the round's log:
+/// - nothing duplicated: between two arms of a page at most one load of it succeeds;
+/// - nothing lost: a load that surely came after the page's last arm is what the page
+///   holds, and the page is loaded;
+/// - nothing stale or foreign: a loaded page holds the content of a load of that page that
+///   may have come after its last arm (or zeros, if it was never armed), and both views
+///   show the same;
+/// - the counters agree: no page armed and unloaded, no waiter left;
+/// - then pages armed again are discarded (reloadable, new content in both views).
+fn check(
+    shared: &Shared,
+    round: &Round,
+    view: usize,
+    initially_armed: &[bool],
+    rng: &mut Rng,
+    fail: &dyn Fn(std::fmt::Arguments<'_>),
+) {
+    let entries = shared.entries();
+    let mut loads: HashMap<usize, Vec<Entry>> = HashMap::new();
+    let mut arms: HashMap<usize, Vec<Entry>> = HashMap::new();
+    for e in &entries {
+        match e.kind {
+            Kind::Loaded | Kind::LoadAttempt => loads.entry(e.page).or_default().push(*e),
+            Kind::Armed | Kind::ArmAttempt => {
+                for p in e.page..e.page + e.count {
+                    arms.entry(p).or_default().push(*e);
+                }
+            }
+            Kind::NotLoaded | Kind::NotArmed => {}
+        }
+    }
+    let none = Vec::new();
+    for (page, &armed_at_start) in initially_armed.iter().enumerate() {
+        let loads = loads.get(&page).unwrap_or(&none);
+        let arms = arms.get(&page).unwrap_or(&none);
+        // The last arm: the one that ended last (an arm whose process died may have
+        // happened at any time).
+        let last_arm = arms
+            .iter()
+            .map(|a| (a.before, a.after))
+            .max_by_key(|&(_, after)| after);
+        let after_last_arm = |e: &Entry| last_arm.is_none_or(|(_, after)| e.before > after);
+        let maybe_after_last_arm = |e: &Entry| last_arm.is_none_or(|(before, _)| e.after > before);
+        let succeeded = loads.iter().filter(|e| e.kind == Kind::Loaded).count();
+        // Each arm makes one more load possible, and so does the empty start.
+        if succeeded > arms.len() + usize::from(!armed_at_start) {
+            fail(format_args!(
+                "page {page}: {succeeded} loads succeeded across {} arms",
+                arms.len()
+            ));
+        }
+        let sure: Vec<&Entry> = loads
+            .iter()
+            .filter(|e| e.kind == Kind::Loaded && after_last_arm(e))
+            .collect();
+        if sure.len() > 1 {
+            fail(format_args!(
+                "page {page}: duplicated: {} loads after its last arm: {sure:x?}",
+                sure.len()
+            ));
+        }
+        let probed = match probe(shared, round.fd, round.guest, page) {
+            Ok(p) => p,
+            Err(e) => {
+                fail(format_args!("page {page}: probe: errno {e}"));
+                continue;
+            }
+        };
+        let addr = round.guest + page * PAGE;
+        // SAFETY: The page is loaded now (by the probe, if not before): reading it maps it.
+        let (got, seen) = unsafe { (shared::content(addr), shared::content(view + page * PAGE)) };
+        if got != seen {
+            fail(format_args!(
+                "page {page}: the two views differ: {got:?} and {seen:?}"
+            ));
+        }
+        match probed {
+            Some(tag) => {
+                if let Some(e) = sure.first() {
+                    fail(format_args!(
+                        "page {page}: lost: not loaded, but loaded by {e:x?}"
+                    ));
+                }
+                if got != Content::Tag(tag) {
+                    fail(format_args!("page {page}: the probe's load shows {got:?}"));
+                }
+            }
+            None => {
+                let ok = match (got, sure.first()) {
+                    (Content::Zero, Some(e)) => e.tag == 0,
+                    (Content::Tag(t), Some(e)) => e.tag == t,
+                    (Content::Zero, None) => {
+                        !armed_at_start && arms.is_empty()
+                            || loads.iter().any(|e| e.tag == 0 && maybe_after_last_arm(e))
+                    }
+                    (Content::Tag(t), None) => {
+                        loads.iter().any(|e| e.tag == t && maybe_after_last_arm(e))
+                    }
+                    (Content::Corrupt { .. }, _) => false,
+                };
+                if !ok {
+                    fail(format_args!(
+                        "page {page}: holds {got:x?}; loads {loads:x?}; arms {arms:x?}; initially armed {}",
+                        armed_at_start
+                    ));
+                }
+            }
+        }
+    }
+    match abi::stats(round.fd) {
+        Ok(s) if s.unloaded == 0 && s.waiters == 0 => {}
+        Ok(s) => fail(format_args!(
+            "after the probes: unloaded {} waiters {}",
+            s.unloaded, s.waiters
+        )),
+        Err(e) => fail(format_args!("STATS: errno {e}")),
+    }
+
+    // Discard some pages: none may keep its old content anywhere.
+    for _ in 0..8 {
+        let page = rng.below(round.pages);
+        let arm = muserload_arm {
+            start: (round.guest + page * PAGE) as u64,
+            len: PAGE as u64,
+            signal: 0,
+            flags: 0,
+        };
+        if let Err(e) = abi::arm(round.fd, &arm) {
+            fail(format_args!("page {page}: re-arm: errno {e}"));
+            continue;
+        }
+        match probe(shared, round.fd, round.guest, page) {
+            Ok(Some(tag)) => {
+                // SAFETY: The page is loaded.
+                let (a, b) = unsafe {
+                    (
+                        shared::content(round.guest + page * PAGE),
+                        shared::content(view + page * PAGE),
+                    )
+                };
+                if a != Content::Tag(tag) || b != Content::Tag(tag) {
+                    fail(format_args!(
+                        "page {page}: stale after a discard: {a:x?} / {b:x?}, expected {tag:#x}"
+                    ));
+                }
+            }
+            other => fail(format_args!(
+                "page {page}: after a discard, the probe: {other:?}"
+            )),
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! What every process of a run shares: counters and the log of loads and arms that the
+//! shadow model is built from.
+//!
+//! The log lives in one anonymous shared mapping made before any fork, so that worker
+//! processes, their forked children and signal handlers all append to it with atomics and
+//! no allocation (a handler may run at any point of its thread). The checker reads it
+//! once every writer has exited.
+
+use std::{
+    ptr::NonNull,
+    sync::atomic::{
+        AtomicBool, AtomicU64,
+        Ordering::{Relaxed, SeqCst},
+    },
+};
+
+use crate::sys;
+
+/// How many kinds of operation the statistics tell apart.
+pub const OP_KINDS: usize = 32;
+
+/// How many log records one round may write.
+pub const RECORDS: usize = 1 << 17;
+
+/// A page's content: word 0 is its tag, the others derive from it.
+pub const PAGE: usize = 4096;
+const WORDS: usize = PAGE / 8;
+
+/// What a log record says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A load of one page was asked for; whether it loaded is not known (yet): its
+    /// process may have died in the call.
+    LoadAttempt = 1,
+    /// The page was loaded with this record's tag (0: zeros).
+    Loaded = 2,
+    /// The load of this page did not happen.
+    NotLoaded = 3,
+    /// An arm of `count` pages from `page` was asked for; not known to have succeeded.
+    ArmAttempt = 4,
+    /// The arm succeeded.
+    Armed = 5,
+    /// The arm failed: it changed nothing.
+    NotArmed = 6,
+}
+
+impl Kind {
+    fn from_raw(raw: u64) -> Option<Self> {
+        Some(match raw {
+            1 => Self::LoadAttempt,
+            2 => Self::Loaded,
+            3 => Self::NotLoaded,
+            4 => Self::ArmAttempt,
+            5 => Self::Armed,
+            6 => Self::NotArmed,
+            _ => return None,
+        })
+    }
+}
+
+/// One log entry, written by one thread; `what` last (0 until then).
+#[repr(C)]
+pub struct Record {
+    /// `Kind` | first page << 8 | page count << 36.
+    what: AtomicU64,
+    tag: AtomicU64,
+    /// The sequence number taken just before the call, and just after it returned.
+    before: AtomicU64,
+    after: AtomicU64,
+}
+
+/// A log entry as the checker reads it.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    /// What it says.
+    pub kind: Kind,
+    /// The first page.
+    pub page: usize,
+    /// How many pages (arms; loads log one entry per page).
+    pub count: usize,
+    /// The content's tag (loads).
+    pub tag: u64,
+    /// Sequence numbers around the call (`after` is `u64::MAX` if it never returned).
+    pub before: u64,
+    /// See `before`.
+    pub after: u64,
+}
+
+/// The shared state of a run.
+#[repr(C)]
+pub struct Shared {
+    /// Orders calls: taken before and after each logged call.
+    seq: AtomicU64,
+    /// The last tag handed out.
+    tag: AtomicU64,
+    /// Operations done (all processes).
+    pub ops: AtomicU64,
+    /// Failed checks (all processes).
+    pub failures: AtomicU64,
+    /// Calls that failed with ENOMEM while allocations were made to fail.
+    pub enomem: AtomicU64,
+    /// Set before the object is aborted: from then on a SIGBUS is expected.
+    pub aborted: AtomicBool,
+    /// Set when the run's time or operation budget is spent.
+    pub stop: AtomicBool,
+    /// The round, in the high bits of every tag, so that no round sees another's data.
+    round: AtomicU64,
+    next: AtomicU64,
+    /// Per operation kind: how many, and their total time in nanoseconds.
+    pub op_count: [AtomicU64; OP_KINDS],
+    /// See `op_count`.
+    pub op_nanos: [AtomicU64; OP_KINDS],
+    records: [Record; RECORDS],
+}
+
+impl Shared {
+    /// Maps the shared state (zeroed) for the whole run.
+    pub fn new() -> std::io::Result<&'static Self> {
+        let ptr: NonNull<u8> = sys::map_shared_anonymous(size_of::<Self>())?;
+        // SAFETY: The mapping is zeroed, page aligned, big enough, never unmapped, and an
+        // all-zero `Shared` (atomics) is valid.
+        Ok(unsafe { ptr.cast::<Self>().as_ref() })
+    }
+
+    /// Starts round `round`: an empty log.
+    pub fn begin_round(&self, round: u64) {
+        self.next.store(0, SeqCst);
+        self.aborted.store(false, SeqCst);
+        self.round.store(round, SeqCst);
+        self.tag.store(0, SeqCst);
+    }
+
+    /// A new sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq.fetch_add(1, SeqCst)
+    }
+
+    /// `count` new tags, consecutive, never 0 and never used before in this run.
+    pub fn tags(&self, count: u64) -> u64 {
+        (self.round.load(Relaxed) << 40) | (self.tag.fetch_add(count, SeqCst) + 1)
+    }
+
+    /// Reserves `count` records, or None if the round's log is full.
+    pub fn reserve(&self, count: usize) -> Option<usize> {
+        let first = self.next.fetch_add(count as u64, SeqCst) as usize;
+        (first + count <= RECORDS).then_some(first)
+    }
+
+    /// Whether the round's log is (nearly) full: time to end the round.
+    pub fn log_full(&self) -> bool {
+        self.next.load(Relaxed) as usize + 4096 > RECORDS
+    }
+
+    /// Writes record `index`.
+    pub fn write(
+        &self,
+        index: usize,
+        kind: Kind,
+        page: usize,
+        count: usize,
+        tag: u64,
+        before: u64,
+    ) {
+        let r = &self.records[index];
+        r.tag.store(tag, Relaxed);
+        r.before.store(before, Relaxed);
+        r.after.store(u64::MAX, Relaxed);
+        r.what.store(
+            kind as u64 | (page as u64) << 8 | (count as u64) << 36,
+            SeqCst,
+        );
+    }
+
+    /// Completes record `index`: its call returned at `after` with `kind`.
+    pub fn complete(&self, index: usize, kind: Kind, after: u64) {
+        let r = &self.records[index];
+        r.after.store(after, Relaxed);
+        let what = r.what.load(Relaxed);
+        r.what.store((what & !0xff) | kind as u64, SeqCst);
+    }
+
+    /// The round's log, once every writer is gone.
+    pub fn entries(&self) -> Vec<Entry> {
+        let n = (self.next.load(SeqCst) as usize).min(RECORDS);
+        self.records[..n]
+            .iter()
+            .filter_map(|r| {
+                let what = r.what.load(SeqCst);
+                Some(Entry {
+                    kind: Kind::from_raw(what & 0xff)?,
+                    page: ((what >> 8) & ((1 << 28) - 1)) as usize,
+                    count: (what >> 36) as usize,
+                    tag: r.tag.load(SeqCst),
+                    before: r.before.load(SeqCst),
+                    after: r.after.load(SeqCst),
+                })
+            })
+            .collect()
+    }
+
+    /// Counts one operation; false once the run should stop.
+    pub fn op(&self) -> bool {
+        self.ops.fetch_add(1, Relaxed);
+        !self.stop.load(Relaxed)
+    }
+
+    /// Reports a failed check (not from a signal handler: it prints).
+    pub fn fail(&self, what: std::fmt::Arguments<'_>) {
+        self.failures.fetch_add(1, SeqCst);
+        eprintln!("FAIL [pid {}]: {what}", std::process::id());
+    }
+}
+
+/// Word `i` of the content with tag `tag`.
+fn word(tag: u64, i: usize) -> u64 {
+    if i == 0 {
+        return tag;
+    }
+    let mut z = tag ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Fills `page` with the content of `tag`.
+pub fn fill(page: &mut [u64], tag: u64) {
+    for (i, w) in page.iter_mut().enumerate().take(WORDS) {
+        *w = word(tag, i);
+    }
+}
+
+/// What a page holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Content {
+    /// Zeros.
+    Zero,
+    /// The content of this tag.
+    Tag(u64),
+    /// Neither: torn, or foreign data.
+    Corrupt {
+        /// Word 0.
+        first: u64,
+        /// The first word that differs from what word 0 promises.
+        at: usize,
+    },
+}
+
+/// Reads the page at `addr`, which must be mapped readable and not fault for long.
+///
+/// # Safety
+///
+/// `addr` must be a page of a live mapping.
+pub unsafe fn content(addr: usize) -> Content {
+    let p = addr as *const u64;
+    // SAFETY: The caller vouches that the page is mapped; other threads may write it, so
+    // every word is read volatile.
+    let first = unsafe { p.read_volatile() };
+    for i in 1..WORDS {
+        // SAFETY: As above, within the page.
+        let w = unsafe { p.add(i).read_volatile() };
+        let expected = if first == 0 { 0 } else { word(first, i) };
+        if w != expected {
+            return Content::Corrupt { first, at: i };
+        }
+    }
+    if first == 0 {
+        Content::Zero
+    } else {
+        Content::Tag(first)
+    }
+}
+
+/// Whether the page at `addr` holds `tag`'s content (0: zeros).
+///
+/// # Safety
+///
+/// As for [`content`].
+pub unsafe fn holds(addr: usize, tag: u64) -> bool {
+    // SAFETY: Passed on.
+    let c = unsafe { content(addr) };
+    c == if tag == 0 {
+        Content::Zero
+    } else {
+        Content::Tag(tag)
+    }
+}
