@@ -4,7 +4,8 @@
 # checks the kernel console for splats; exits non-zero on a failed check, a timeout or a
 # splat.
 #
-# Environment: DURATION in seconds (default 600), SEED (default: a new one, printed),
+# Environment: DURATION in seconds (default 600), OPS (stop after that many operations,
+# if sooner), SEED (default: a new one, printed),
 # FLAVOUR (debug; leakcheck runs it under kmemleak, with a scan at the end), and those of
 # vm/run-guest.sh.
 set -uo pipefail
@@ -29,7 +30,8 @@ log="$MUSERLOAD_CACHE/results/console-fuzz-$flavour.log"
 mkdir -p "$(dirname "$log")"
 echo "# fuzz: $duration s in the $flavour guest (console: $log)"
 # The guest's own margin: boot, and the last round's check.
-GUEST_TIMEOUT=$((duration + 600)) GUEST_APPEND="fuzz_duration=$duration ${SEED:+fuzz_seed=$SEED}" \
+GUEST_TIMEOUT=$((duration + 600)) \
+	GUEST_APPEND="fuzz_duration=$duration ${SEED:+fuzz_seed=$SEED} ${OPS:+fuzz_ops=$OPS}" \
 	"$here/run-guest.sh" fuzz "$kdir" "$ko" "$payload" "$log" | tee "$MUSERLOAD_CACHE/results/ktap-fuzz.txt"
 status=${PIPESTATUS[0]}
 read -r pass fail _ < <(awk -f "$here/ktap-totals.awk" "$MUSERLOAD_CACHE/results/ktap-fuzz.txt")

@@ -555,6 +555,8 @@ impl<'a> Worker<'a> {
         }
         match sys::futex_add_zero(addr) {
             Ok(_) | Err(libc::EFAULT) => {}
+            // The fault's page could not be allocated (fixup_user_fault() says so).
+            Err(e) if self.allowed(e, &[]) => {}
             Err(e) => self.fail(format_args!("FUTEX_WAKE_OP on guest memory: errno {e}")),
         }
     }
