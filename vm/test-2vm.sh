@@ -31,17 +31,8 @@ wait "$destination"
 destination_status=$?
 took=$(($(date +%s) - started))
 
-pass=0 fail=0 n=0
-result() { # result STATUS NAME
-	n=$((n + 1))
-	if [[ "$1" == 0 ]]; then
-		pass=$((pass + 1))
-		echo "ok $n $2"
-	else
-		fail=$((fail + 1))
-		echo "not ok $n $2"
-	fi
-}
+# shellcheck source=vm/ktap.sh
+. "$here/ktap.sh"
 echo "TAP version 13"
 echo "1..4"
 for side in source destination; do
@@ -57,5 +48,4 @@ result $? "source VM: no kernel splat"
 "$here/splats.sh" "$results/console-2vm-destination.log" >/dev/null
 result $? "destination VM: no kernel splat"
 echo "# two VMs: ${took} s in all"
-echo "$pass passed, $fail failed"
-((fail == 0))
+finish

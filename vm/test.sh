@@ -12,23 +12,8 @@ set -uo pipefail
 results="$MUSERLOAD_CACHE/results"
 mkdir -p "$results"
 
-pass=0 fail=0 skip=0 n=0
-result() { # result STATUS NAME
-	n=$((n + 1))
-	if [[ "$1" == 0 ]]; then
-		pass=$((pass + 1))
-		echo "ok $n $2"
-	else
-		fail=$((fail + 1))
-		echo "not ok $n $2"
-	fi
-}
-finish() {
-	echo "# Totals: pass:$pass fail:$fail skip:$skip"
-	if ((skip)); then echo "$pass passed, $fail failed, $skip skipped"; else echo "$pass passed, $fail failed"; fi
-	((fail == 0))
-	exit
-}
+# shellcheck source=vm/ktap.sh
+. "$here/ktap.sh"
 # step NAME COMMAND...: runs a host step, its output as KTAP diagnostics; a failed
 # build step ends the run, since nothing after it could run.
 step() {

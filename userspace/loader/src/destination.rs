@@ -127,7 +127,7 @@ pub fn receive(options: ReceiveOptions) -> Result<()> {
     let listener = TcpListener::bind(addr).map_err(|source| Error::Listen { addr, source })?;
     let local = listener.local_addr().map_err(io("listening"))?;
     eprintln!("muserload-loader: listening on {local}");
-    let (stream, requests, accepted) = accept_channels(&listener, None)?;
+    let (stream, mut requests, accepted) = accept_channels(&listener, None)?;
     let mut stream = BufReader::with_capacity(1 << 16, stream);
 
     let (ram_size, kind) = match protocol::recv_frame(&mut stream, "stream")? {
@@ -148,6 +148,7 @@ pub fn receive(options: ReceiveOptions) -> Result<()> {
         Mode::Signal => FaultMode::Signal(FAULT_SIGNAL as i32),
     };
     ram.object().arm(ram.guest(), 0, ram_size, fault_mode)?;
+    protocol::send_control(&mut requests, &Control::Ready)?;
 
     // Pre-copy rounds, if any, until the machine state.
     let loaded = Bitmap::new(pages);

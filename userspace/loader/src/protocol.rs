@@ -7,7 +7,8 @@
 //!   any), the machine state (vCPUs, VM, devices), the zero-page map, the pages pre-copy
 //!   sent that are stale again, then every page still missing in batches, then
 //!   [`Control::StreamEnd`];
-//! - the requests channel: the destination asks for the pages its vCPUs wait for, the
+//! - the requests channel: the destination says [`Control::Ready`] once it has set up its
+//!   RAM (the source pauses the guest only then), asks for the pages its vCPUs wait for, the
 //!   source answers with batches there, ahead of the stream; the destination also says
 //!   [`Control::Resumed`] (the source answers with the times it measured) and
 //!   [`Control::Done`] (every page loaded: the source may exit).
@@ -79,6 +80,8 @@ pub enum Control {
         /// The kind of migration.
         kind: Kind,
     },
+    /// Destination to source, requests, first: its RAM is ready (created and armed).
+    Ready,
     /// Source to destination, stream: everything but RAM.
     Machine(Box<MachineState>),
     /// Source to destination, stream: bit `i` of word `i / 64` is set if page `i` is zero.

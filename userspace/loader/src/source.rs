@@ -263,7 +263,6 @@ fn migrate(machine: Machine, destination: &str, how: &Migration) -> Result<Sourc
     let start = Instant::now();
     let mut stream = BufWriter::with_capacity(1 << 20, connect(addr, Channel::Stream)?);
     let mut requests = connect(addr, Channel::Requests)?;
-    let setup = start.elapsed();
 
     let vm = machine.vm().clone();
     let ram = vm.ram();
@@ -274,6 +273,27 @@ fn migrate(machine: Machine, destination: &str, how: &Migration) -> Result<Sourc
             kind: how.kind,
         },
     )?;
+    protocol::flush(&mut stream, "sending the guest's size")?;
+    // The destination sets up its RAM now, not in the downtime.
+    match protocol::recv_frame(&mut requests, "requests channel")? {
+        Frame::Control(Control::Ready) => {}
+        _ => {
+            return Err(Error::Protocol(
+                "expected the destination to be ready".into(),
+            ))
+        }
+    }
+    let setup = start.elapsed();
+    // Post-copy finds the zero pages while the guest still runs, with KVM's dirty log on:
+    // the pause then checks again only the pages written meanwhile, so that the downtime
+    // does not grow with RAM.
+    let early_zero = match how.kind {
+        Kind::PostCopy => {
+            vm.set_dirty_logging(true)?;
+            Some(zero_pages(ram, &Bitmap::new(ram.pages()))?)
+        }
+        Kind::PreCopy | Kind::Hybrid => None,
+    };
     let precopied = match how.kind {
         Kind::PostCopy => None,
         Kind::PreCopy | Kind::Hybrid => {
@@ -304,7 +324,8 @@ fn migrate(machine: Machine, destination: &str, how: &Migration) -> Result<Sourc
                 .collect();
             precopy::send(ram, &mut stream, &[stale, fresh].concat(), rounds)?;
         }
-        vm.set_dirty_logging(false)?;
+        // The dirty log stays on: the guest never runs here again, and turning it off
+        // (a memory slot update) would only lengthen the downtime.
     }
     let state = MachineState {
         ram_size: ram.size(),
@@ -318,7 +339,19 @@ fn migrate(machine: Machine, destination: &str, how: &Migration) -> Result<Sourc
     let valid = precopied
         .as_ref()
         .map_or_else(|| Bitmap::new(ram.pages()), |r| r.valid.clone());
-    let zero = zero_pages(ram, &valid)?;
+    let zero = match early_zero {
+        Some(zero) => {
+            for page in vm.dirty_pages()?.ones() {
+                if ram.is_zero(page) {
+                    zero.set(page);
+                } else {
+                    zero.clear(page);
+                }
+            }
+            zero
+        }
+        None => zero_pages(ram, &valid)?,
+    };
     bytes += protocol::send_control(
         &mut stream,
         &Control::ZeroMap {
