@@ -125,7 +125,9 @@ impl Timeline {
             .margin(10)
             .x_label_area_size(35)
             .y_label_area_size(60)
-            .build_cartesian_2d(0.0..end_ms, 0u32..most + most / 10 + 1)
+            // Logarithmic: a vectored ZERO load settles tens of thousands of pages in one
+            // millisecond, a request one page.
+            .build_cartesian_2d(0.0..end_ms, (1u32..most * 2).log_scale())
             .map_err(draw_error)?;
         chart
             .configure_mesh()
@@ -133,19 +135,21 @@ impl Timeline {
             .y_desc(format!("pages loaded per {bucket} ms"))
             .draw()
             .map_err(draw_error)?;
-        shade(&mut chart, &outages, most + most / 10 + 1)?;
+        shade(&mut chart, &outages, 1, most * 2)?;
         for (cause, (name, color)) in CAUSES.iter().enumerate() {
             chart
-                .draw_series(LineSeries::new(
+                .draw_series(
                     buckets
                         .iter()
                         .enumerate()
-                        .map(|(i, b)| ((i * bucket) as f64, b[cause])),
-                    color,
-                ))
+                        .filter(|(_, b)| b[cause] > 0)
+                        .map(|(i, b)| {
+                            Circle::new(((i * bucket) as f64, b[cause]), 2, color.filled())
+                        }),
+                )
                 .map_err(draw_error)?
                 .label(*name)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+                .legend(move |(x, y)| Circle::new((x + 10, y), 3, color.filled()));
         }
         chart
             .configure_series_labels()
@@ -166,7 +170,7 @@ impl Timeline {
             .y_desc("vCPU fault wait (ms)")
             .draw()
             .map_err(draw_error)?;
-        shade(&mut chart, &outages, longest_ms * 1.1)?;
+        shade(&mut chart, &outages, 0.0, longest_ms * 1.1)?;
         chart
             .draw_series(
                 waits
@@ -178,20 +182,21 @@ impl Timeline {
     }
 }
 
-/// Shades the outages across a chart whose y axis goes up to `top`.
-fn shade<'a, Y: Clone + Default + 'static>(
+/// Shades the outages across a chart whose y axis goes from `bottom` to `top`.
+fn shade<'a, Y: Clone + 'static>(
     chart: &mut ChartContext<
         'a,
         SVGBackend<'a>,
         Cartesian2d<plotters::coord::types::RangedCoordf64, impl Ranged<ValueType = Y>>,
     >,
     outages: &[(f64, f64)],
+    bottom: Y,
     top: Y,
 ) -> Result<()> {
     chart
         .draw_series(outages.iter().map(|&(from, to)| {
             Rectangle::new(
-                [(from, Y::default()), (to, top.clone())],
+                [(from, bottom.clone()), (to, top.clone())],
                 RGBColor(255, 200, 120).mix(0.5).filled(),
             )
         }))
