@@ -336,12 +336,12 @@ impl Object {
         }
         let layout = self.layout().ok_or(EINVAL)?;
         let count = (arm.len >> PAGE_SHIFT) as usize;
-        let mut newly_armed = 0;
         self.locked(
             arm.start,
             arm.len,
             Layout::guest_range,
             |_, range, first, pages| {
+                let mut newly_armed = 0;
                 for index in first..first + count {
                     // Mappings of the page hold references of their own until the unmap below.
                     drop(pages.guest[index].take());
@@ -358,10 +358,12 @@ impl Object {
                 }
                 // Unmap under `pages`, so that no fault maps a discarded page again in between.
                 self.mapping.unmap(range.offset, arm.len);
+                // Counted under `pages` too: a load that follows the unlock counts its page
+                // out, and must find it counted in (the counter would wrap below zero).
+                self.stats.armed(newly_armed);
                 Ok(())
             },
         )?;
-        self.stats.armed(newly_armed);
         Ok(0)
     }
 

@@ -4,6 +4,7 @@
  * every bad setup, mmap and arm.
  */
 #include <signal.h>
+#include <time.h>
 #include <sys/wait.h>
 
 #include "muserload_util.h"
@@ -224,6 +225,72 @@ TEST_F(obj, abort_without_waiters)
 	ASSERT_EQ(SIGBUS, WTERMSIG(status));
 	ml_fill(self->ml.guest + PAGE, 2);
 	ASSERT_TRUE(ml_check(self->ml.guest + PAGE, 2));
+}
+
+struct race {
+	struct ml *ml;
+	volatile int stop;
+	volatile unsigned long long worst;
+};
+
+/* Arms one page at a time, round the object: many arms, each one short. */
+static void *arm_loop(void *arg)
+{
+	struct race *r = arg;
+	int i = 0;
+
+	while (!r->stop) {
+		ml_arm(r->ml, r->ml->guest + i * PAGE, PAGE, 0);
+		i = (i + 1) % GUEST_PAGES;
+	}
+	return NULL;
+}
+
+/* Loads every page as soon as it is armed. */
+static void *load_loop(void *arg)
+{
+	struct race *r = arg;
+	int i = 0;
+
+	while (!r->stop) {
+		ml_load(r->ml, r->ml->guest + i * PAGE, NULL, PAGE, MUSERLOAD_LOAD_ZERO, NULL);
+		i = (i + 1) % GUEST_PAGES;
+	}
+	return NULL;
+}
+
+static void *stats_loop(void *arg)
+{
+	struct race *r = arg;
+	struct muserload_stats st;
+
+	while (!r->stop)
+		if (!ml_stats(r->ml, &st) && st.unloaded > r->worst)
+			r->worst = st.unloaded;
+	return NULL;
+}
+
+/*
+ * The count of pages armed and not loaded never wraps below zero: an arm
+ * counted its pages in after it let loads in, so a load racing it counted one
+ * out first and STATS could see 2^64 - n (found by the fuzzer). More threads
+ * than CPUs, so that an arm is now and then preempted in that window.
+ */
+TEST_F_TIMEOUT(obj, unloaded_never_wraps, 60)
+{
+	void *(*loops[])(void *) = { arm_loop, arm_loop, load_loop, load_loop,
+				     stats_loop, stats_loop };
+	struct race r = { .ml = &self->ml };
+	pthread_t t[6];
+	int i;
+
+	for (i = 0; i < 6; i++)
+		ASSERT_EQ(0, pthread_create(&t[i], NULL, loops[i], &r));
+	sleep(8);
+	r.stop = 1;
+	for (i = 0; i < 6; i++)
+		pthread_join(t[i], NULL);
+	EXPECT_GE(GUEST_PAGES, r.worst);
 }
 
 TEST_HARNESS_MAIN
