@@ -172,7 +172,7 @@ fn run(
             Ok(VcpuExit::IoIn(port, data)) => {
                 vm.devices().io_in(port, data);
             }
-            Ok(VcpuExit::Shutdown) => return Err(Error::Guest("shutdown (triple fault)".into())),
+            Ok(VcpuExit::Shutdown) => return Err(Error::Guest(triple_fault(&vcpu))),
             Ok(VcpuExit::Hlt) => return Err(Error::Guest("halted".into())),
             Ok(VcpuExit::FailEntry(reason, cpu)) => {
                 return Err(Error::Guest(format!(
@@ -191,5 +191,16 @@ fn run(
                 })
             }
         }
+    }
+}
+
+/// What a triple fault looks like: where the vCPU was, and the last page fault's address.
+fn triple_fault(vcpu: &VcpuFd) -> String {
+    match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(regs), Ok(sregs)) => format!(
+            "shutdown (triple fault) at rip {:#x}, rsp {:#x}, cr2 {:#x}, cr3 {:#x}",
+            regs.rip, regs.rsp, sregs.cr2, sregs.cr3
+        ),
+        _ => "shutdown (triple fault)".into(),
     }
 }

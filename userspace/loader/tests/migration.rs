@@ -183,6 +183,9 @@ fn a_bad_address_is_one_clear_error() {
     assert_one_error_line(&String::from_utf8_lossy(&out.stderr), "invalid address");
 }
 
+/// The migration protocol's version, as the loader speaks it (`protocol::VERSION`).
+const PROTOCOL_VERSION: u32 = 2;
+
 fn hello(version: u32, channel: u32) -> Vec<u8> {
     let mut hello = b"MUSERLD\0".to_vec();
     hello.extend_from_slice(&version.to_le_bytes());
@@ -239,7 +242,8 @@ fn a_truncated_stream_is_one_clear_error() {
     let mut conns = Vec::new();
     for channel in [1, 2] {
         let mut conn = TcpStream::connect(&destination.addr).expect("connecting");
-        conn.write_all(&hello(1, channel)).expect("hello");
+        conn.write_all(&hello(PROTOCOL_VERSION, channel))
+            .expect("hello");
         let mut answer = [0; 16];
         conn.read_exact(&mut answer).expect("answer");
         conns.push(conn);
