@@ -13,8 +13,10 @@
 //!   fails with `EFAULT` and the handler runs on its return.
 //! - An armed page in queue mode: the first waiter queues one event; every waiter releases
 //!   the fault lock, sleeps until the page is loaded (or the object is aborted, or a signal
-//!   it admits arrives) and asks for a retry. `RETRY_NOWAIT` never sleeps, and a fault that
-//!   cannot be retried gets SIGBUS.
+//!   it admits arrives) and asks for a retry. A page loaded and armed again before the
+//!   waiter slept has no event: the waiter does not sleep but retries, and its next fault
+//!   queues one. `RETRY_NOWAIT` never sleeps, and a fault that cannot be retried gets
+//!   SIGBUS.
 //! - Once the object is aborted, a fault on an armed page gets SIGBUS.
 
 use crate::{
@@ -134,9 +136,9 @@ fn guest(object: &Arc<Object>, layout: &Layout, index: usize, fault: Fault) -> F
     fault.release_lock();
     object.stats.wait_begin();
     let start = Instant::<Monotonic>::now();
-    object
-        .waitq(index)
-        .wait_until(wait_state, || !layout.armed(index) || object.aborted());
+    object.waitq(index).wait_until(wait_state, || {
+        !layout.awaits_load(index) || object.aborted()
+    });
     object.stats.wait_end(start.elapsed().as_nanos() as u64);
     FaultResult::Retry
 }

@@ -106,9 +106,15 @@ impl Layout {
         &self.states[index]
     }
 
-    /// Whether guest page `index` is armed, as a sleeping fault sees it.
-    pub(crate) fn armed(&self, index: usize) -> bool {
-        self.states[index].load(Acquire) & STATE_ARMED != 0
+    /// Whether a fault on guest page `index` may keep sleeping: the page is armed and its
+    /// event is queued or being served, so a load will come (and wake it).
+    ///
+    /// Armed alone is not enough: a page loaded and armed again before the faulting thread
+    /// went to sleep has no event, and would never be loaded for it. That thread must
+    /// retry, and its next fault queues the event.
+    pub(crate) fn awaits_load(&self, index: usize) -> bool {
+        let state = self.states[index].load(Acquire);
+        state & STATE_ARMED != 0 && state & STATE_REPORTED != 0
     }
 }
 

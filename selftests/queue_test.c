@@ -286,4 +286,80 @@ TEST_F(queue, kill_while_waiting)
 	EXPECT_EQ(0, ml_wait_for_waiters(ml, 0));
 }
 
+#define RACE_PAGES 4
+
+struct rearm_race {
+	struct ml *ml;
+	volatile int stop;
+};
+
+/* Arms the race's pages again and again: loaded ones are discarded. */
+static void *rearm_loop(void *arg)
+{
+	struct rearm_race *r = arg;
+	int i = 0;
+
+	while (!r->stop) {
+		ml_arm(r->ml, r->ml->guest + i * PAGE, PAGE, 0);
+		i = (i + 1) % RACE_PAGES;
+	}
+	return NULL;
+}
+
+/* In a child: touches the race's pages until told to stop (a shared flag), then exits 0. */
+static int touch_until_stopped(struct ml *ml, volatile int *stop)
+{
+	int i = 0;
+
+	while (!*stop) {
+		(void)*(volatile char *)(ml->guest + i * PAGE);
+		i = (i + 1) % RACE_PAGES;
+	}
+	return 0;
+}
+
+/*
+ * A page loaded and armed again between a fault queueing its event and
+ * sleeping has no event any more: the fault must not sleep for it, or it
+ * sleeps for good (found by the fuzzer). Touchers in a child, a resolver and
+ * re-arms race; then the touchers must all stop within seconds.
+ */
+TEST_F_TIMEOUT(queue, rearm_before_sleep, 60)
+{
+	struct rearm_race r = { .ml = &self->ml };
+	volatile int *stop = mmap(NULL, PAGE, PROT_READ | PROT_WRITE,
+				  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	struct ml_resolver res;
+	pthread_t arm[2];
+	int i, status = 0;
+	pid_t pid[2];
+
+	ASSERT_NE(MAP_FAILED, stop);
+	ASSERT_EQ(0, ml_resolver_start(&res, &self->ml));
+	for (i = 0; i < 2; i++) {
+		pid[i] = fork();
+		ASSERT_LE(0, pid[i]);
+		if (pid[i] == 0)
+			_exit(touch_until_stopped(&self->ml, stop));
+	}
+	for (i = 0; i < 2; i++)
+		ASSERT_EQ(0, pthread_create(&arm[i], NULL, rearm_loop, &r));
+	sleep(8);
+	r.stop = 1;
+	for (i = 0; i < 2; i++)
+		pthread_join(arm[i], NULL);
+	*stop = 1;
+	/* The pages are no longer re-armed: every touch completes at the next load. */
+	for (i = 0; i < 500 && waitpid(pid[0], &status, WNOHANG) == 0; i++)
+		usleep(10000);
+	EXPECT_TRUE(i < 500) TH_LOG("a toucher is still asleep");
+	for (i = 0; i < 500 && waitpid(pid[1], &status, WNOHANG) == 0; i++)
+		usleep(10000);
+	EXPECT_TRUE(i < 500) TH_LOG("a toucher is still asleep");
+	/* Aborting ends any toucher left asleep (SIGBUS). */
+	ml_resolver_stop(&res);
+	waitpid(pid[0], &status, 0);
+	waitpid(pid[1], &status, 0);
+}
+
 TEST_HARNESS_MAIN
