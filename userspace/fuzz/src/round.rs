@@ -165,6 +165,7 @@ pub fn run(
         .map_err(|e| Error::Sys("MUSERLOAD_IOC_API", e))?;
     abi::setup(other_fd, &other_setup).map_err(|e| Error::Sys("MUSERLOAD_IOC_SETUP", e))?;
     let process = Process {
+        no_exit: std::sync::RwLock::new(()),
         other: sys::mmap(4 * PAGE, libc::PROT_READ, libc::MAP_SHARED, other_fd, 0)
             .map_err(|e| Error::Sys("mmap", e))?,
         hole: sys::mmap(
@@ -218,6 +219,8 @@ pub fn run(
                     shared.aborted.store(true, SeqCst);
                     let _ = abi::ioctl_value(fd, abi::IOC_ABORT, 0);
                     sys::kill(pid, libc::SIGKILL);
+                    // Reaped here: the loop must not report it again.
+                    break sys::wait(pid, false).ok().flatten();
                 }
                 Err(e) => break Some(Exit::Code(1000 + e)),
             }

@@ -48,6 +48,10 @@ struct Extra {
 
 /// Resources a worker process shares among its threads.
 pub struct Process {
+    /// Held (read) from a DONTWAKE load to its WAKE, and (write) to exit the process: an
+    /// exit in between would leave the load's waiters, in other processes, asleep for
+    /// good, as the ABI says of a caller that never wakes.
+    pub no_exit: std::sync::RwLock<()>,
     /// Another object, mapped: addresses in it are never this round's object's.
     pub other: usize,
     /// A page mapped PROT_NONE: an address nothing can be read from or written to.
@@ -150,6 +154,7 @@ impl<'a> Worker<'a> {
                 self.abort();
             }
             if self.rng.one_in(20000) {
+                let _all = self.process.no_exit.write();
                 sys::exit_now(0);
             }
             let op = OPS[self.rng.pick(&weights)].0;
@@ -304,6 +309,7 @@ impl<'a> Worker<'a> {
             })
             .collect();
         let (mode, later) = self.load_mode(abi::MUSERLOAD_LOAD_COPY);
+        let _pending = later.then(|| self.process.no_exit.read());
         if let Some(outcome) = load_logged(self.round.fd, self.shared, &pieces, mode, true) {
             self.check_load("COPY", n, &outcome);
         }
@@ -324,6 +330,7 @@ impl<'a> Worker<'a> {
             })
             .collect();
         let (mode, later) = self.load_mode(abi::MUSERLOAD_LOAD_ZERO);
+        let _pending = later.then(|| self.process.no_exit.read());
         if let Some(outcome) = load_logged(self.round.fd, self.shared, &pieces, mode, true) {
             self.check_load("ZERO", n, &outcome);
         }
@@ -407,6 +414,7 @@ impl<'a> Worker<'a> {
             });
         }
         let (mode, later) = self.load_mode(abi::MUSERLOAD_LOAD_MOVE);
+        let _pending = later.then(|| self.process.no_exit.read());
         if let Some(outcome) = load_logged(self.round.fd, self.shared, &pieces, mode, true) {
             self.check_load("MOVE", n, &outcome);
             self.check_slots(&slots, outcome.pages);
@@ -467,6 +475,7 @@ impl<'a> Worker<'a> {
             });
         }
         let (mode, later) = self.load_mode(kind);
+        let _pending = later.then(|| self.process.no_exit.read());
         if let Some(outcome) = load_logged(self.round.fd, self.shared, &pieces, mode, false) {
             self.check_load("LOADV", n, &outcome);
             self.check_slots(&slots, outcome.pages);
