@@ -62,11 +62,7 @@ step "checkpatch: selftests" "${checkpatch[@]}" --ignore VOLATILE,PREFER_DEFINED
 for flavour in ${FLAVOURS:-debug leakcheck}; do
 	log="$results/console-$flavour.log" ktap="$results/ktap-$flavour.txt"
 	echo "# guest: $flavour kernel (console: $log)"
-	# A nested Linux guest under KASAN boots and runs its workload many times slower than
-	# elsewhere: its migrations run in the leak-check guest only.
-	append=""
-	[[ $flavour == debug ]] && append="mlskip=linux_guest"
-	GUEST_APPEND="$append" "$here/run-guest.sh" test "${kdir[$flavour]}" "${ko[$flavour]}" "$payload" "$log" |
+	"$here/run-guest.sh" test "${kdir[$flavour]}" "${ko[$flavour]}" "$payload" "$log" |
 		tee "$ktap" | sed 's/^/  /'
 	status=${PIPESTATUS[0]}
 	read -r p f s < <(awk -f "$here/ktap-totals.awk" "$ktap")
