@@ -113,6 +113,7 @@ fn run(options: &Options) -> Result<bool, Error> {
         options.inject
     );
     let shared = Shared::new().map_err(Error::Map)?;
+    sys::become_subreaper().map_err(|e| Error::Sys("PR_SET_CHILD_SUBREAPER", e))?;
     target::install_handler(&[libc::SIGUSR1, libc::SIGUSR2])
         .map_err(|e| Error::Sys("sigaction", e))?;
     let injector = if options.inject == 0 {

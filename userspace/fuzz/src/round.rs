@@ -253,6 +253,11 @@ pub fn run(
         sys::close(events);
     }
 
+    // Children of workers that exited first (forked touchers) were reparented to this
+    // process (a subreaper, see main): none may outlive the round, where it would log a
+    // load of this round's object into the next round's log.
+    while sys::wait(-1, false).is_ok() {}
+
     check(shared, &round, view, &initially_armed, &mut rng, &fail);
 
     // SAFETY: The round is over: nothing uses its mappings any more.

@@ -179,8 +179,10 @@ impl Shared {
         r.what.store((what & !0xff) | kind as u64, SeqCst);
     }
 
-    /// The round's log, once every writer is gone.
+    /// The round's log, once every writer is gone (loads of another round's tags, which
+    /// only a straggler of that round could log, are left out).
     pub fn entries(&self) -> Vec<Entry> {
+        let round = self.round.load(SeqCst);
         let n = (self.next.load(SeqCst) as usize).min(RECORDS);
         self.records[..n]
             .iter()
@@ -195,6 +197,7 @@ impl Shared {
                     after: r.after.load(SeqCst),
                 })
             })
+            .filter(|e| e.tag == 0 || e.tag >> 40 == round)
             .collect()
     }
 

@@ -183,7 +183,13 @@ pub enum Exit {
     Signal(i32),
 }
 
-/// Waits for child `pid`; None with `nohang` if it is still running.
+/// Makes this process the reaper of its descendants' orphans.
+pub fn become_subreaper() -> Result<(), i32> {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes a flag and touches no memory.
+    check(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }).map(drop)
+}
+
+/// Waits for child `pid` (-1: any child); None with `nohang` if it is still running.
 pub fn wait(pid: i32, nohang: bool) -> Result<Option<Exit>, i32> {
     let mut status = 0;
     let flags = if nohang { libc::WNOHANG } else { 0 };
