@@ -6,6 +6,7 @@
 #                   or against KDIR=<a built Rust-enabled kernel tree>)
 #   make test       build everything and run every test in the guests (README)
 #   make test-2vm   migrate between two VMs joined by a network (too slow for make test)
+#   make fuzz       a long fuzz of the module in the guest (DURATION=, SEED=, OPS=, FLAVOUR=)
 #   make demo       boot the guest and run the demo
 #   make bench      muserload against userfaultfd in the plain (non-debug) guest
 #   make bench-migrate  the loader's migrations: downtime and total time by size and kind
@@ -16,7 +17,7 @@
 
 FLAVOUR ?= debug
 
-.PHONY: all module test test-2vm demo bench bench-migrate shell kernel prereqs clean
+.PHONY: all module test test-2vm fuzz demo bench bench-migrate shell kernel prereqs clean
 
 all: module
 
@@ -33,6 +34,9 @@ test:
 
 test-2vm:
 	@vm/test-2vm.sh
+
+fuzz:
+	@vm/fuzz.sh
 
 demo:
 	@vm/demo.sh

@@ -62,7 +62,10 @@ step "checkpatch: selftests" "${checkpatch[@]}" --ignore VOLATILE,PREFER_DEFINED
 for flavour in ${FLAVOURS:-debug leakcheck}; do
 	log="$results/console-$flavour.log" ktap="$results/ktap-$flavour.txt"
 	echo "# guest: $flavour kernel (console: $log)"
-	"$here/run-guest.sh" test "${kdir[$flavour]}" "${ko[$flavour]}" "$payload" "$log" |
+	# The debug guest takes about 15 minutes (KASAN; the nested Linux guest's migrations,
+	# 1000 module loads, the fuzz): room for a loaded host.
+	GUEST_TIMEOUT=${GUEST_TIMEOUT:-2700} \
+		"$here/run-guest.sh" test "${kdir[$flavour]}" "${ko[$flavour]}" "$payload" "$log" |
 		tee "$ktap" | sed 's/^/  /'
 	status=${PIPESTATUS[0]}
 	read -r p f s < <(awk -f "$here/ktap-totals.awk" "$ktap")
