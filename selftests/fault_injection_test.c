@@ -20,29 +20,17 @@
 
 static int fail_nth = -1;
 
-static int write_str(const char *path, const char *text)
-{
-	int fd = open(path, O_WRONLY);
-	ssize_t n;
-
-	if (fd < 0)
-		return -errno;
-	n = write(fd, text, strlen(text));
-	close(fd);
-	return n == (ssize_t)strlen(text) ? 0 : -errno;
-}
-
 /*
  * GFP_KERNEL allocations are what the module makes, and its pages are order 0:
  * by default failslab and fail_page_alloc skip both.
  */
 static int setup_injection(void)
 {
-	if (write_str("/sys/kernel/debug/failslab/ignore-gfp-wait", "N") ||
-	    write_str("/sys/kernel/debug/fail_page_alloc/ignore-gfp-wait", "N") ||
-	    write_str("/sys/kernel/debug/fail_page_alloc/min-order", "0") ||
-	    write_str("/sys/kernel/debug/failslab/verbose", "0") ||
-	    write_str("/sys/kernel/debug/fail_page_alloc/verbose", "0"))
+	if (ml_write_file("/sys/kernel/debug/failslab/ignore-gfp-wait", "N") ||
+	    ml_write_file("/sys/kernel/debug/fail_page_alloc/ignore-gfp-wait", "N") ||
+	    ml_write_file("/sys/kernel/debug/fail_page_alloc/min-order", "0") ||
+	    ml_write_file("/sys/kernel/debug/failslab/verbose", "0") ||
+	    ml_write_file("/sys/kernel/debug/fail_page_alloc/verbose", "0"))
 		return -1;
 	fail_nth = open("/proc/thread-self/fail-nth", O_RDWR);
 	return fail_nth < 0 ? -1 : 0;

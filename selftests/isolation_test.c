@@ -375,18 +375,6 @@ TEST(fresh_pages_read_zero)
 #define CGROUP "/sys/fs/cgroup/muserload-isolation"
 #define LIMIT (16UL << 20)
 
-static int write_file(const char *path, const char *text)
-{
-	int fd = open(path, O_WRONLY);
-	ssize_t n;
-
-	if (fd < 0)
-		return -errno;
-	n = write(fd, text, strlen(text));
-	close(fd);
-	return n == (ssize_t)strlen(text) ? 0 : -errno;
-}
-
 /* The value of @key in the flat-keyed file @path, or -1. */
 static long read_key(const char *path, const char *key)
 {
@@ -437,7 +425,7 @@ static int load_past_the_limit(void *arg)
 	for (off = first; off < size; off += REGION)
 		ml.guest[off] = 1;
 	snprintf(pid, sizeof(pid), "%d", getpid());
-	if (write_file(CGROUP "/cgroup.procs", pid))
+	if (ml_write_file(CGROUP "/cgroup.procs", pid))
 		return 61;
 	/* Every page but the touched ones, a region at a time. */
 	prev = 0;
@@ -475,10 +463,10 @@ TEST(memcg_limit_fails_loads)
 {
 	char max[32];
 
-	ASSERT_EQ(0, write_file("/sys/fs/cgroup/cgroup.subtree_control", "+memory"));
+	ASSERT_EQ(0, ml_write_file("/sys/fs/cgroup/cgroup.subtree_control", "+memory"));
 	ASSERT_TRUE(mkdir(CGROUP, 0755) == 0 || errno == EEXIST);
 	snprintf(max, sizeof(max), "%lu", LIMIT);
-	ASSERT_EQ(0, write_file(CGROUP "/memory.max", max));
+	ASSERT_EQ(0, ml_write_file(CGROUP "/memory.max", max));
 	EXPECT_EQ(0, in_child(load_past_the_limit, NULL));
 	EXPECT_EQ(0, read_key(CGROUP "/memory.events", "oom_kill"));
 	EXPECT_EQ(0, rmdir(CGROUP));

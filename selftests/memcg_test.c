@@ -14,18 +14,6 @@
 #define CGROUP "/sys/fs/cgroup/muserload-test"
 #define LOADED (8UL << 20)
 
-static int write_file(const char *path, const char *text)
-{
-	int fd = open(path, O_WRONLY);
-	ssize_t n;
-
-	if (fd < 0)
-		return -errno;
-	n = write(fd, text, strlen(text));
-	close(fd);
-	return n == (ssize_t)strlen(text) ? 0 : -errno;
-}
-
 static long read_long(const char *path)
 {
 	char buf[64] = { 0 };
@@ -48,7 +36,7 @@ static int load_and_fault(void)
 	size_t off;
 
 	snprintf(pid, sizeof(pid), "%d", getpid());
-	if (write_file(CGROUP "/cgroup.procs", pid))
+	if (ml_write_file(CGROUP "/cgroup.procs", pid))
 		return 10;
 	src = mmap(NULL, LOADED, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (src == MAP_FAILED)
@@ -77,7 +65,7 @@ TEST(charged_to_the_caller)
 	int status;
 	pid_t pid;
 
-	ASSERT_EQ(0, write_file("/sys/fs/cgroup/cgroup.subtree_control", "+memory"));
+	ASSERT_EQ(0, ml_write_file("/sys/fs/cgroup/cgroup.subtree_control", "+memory"));
 	ASSERT_TRUE(mkdir(CGROUP, 0755) == 0 || errno == EEXIST);
 	pid = fork();
 	ASSERT_LE(0, pid);

@@ -151,6 +151,19 @@ static inline int ml_check(const void *page, uint64_t seed)
 	return 1;
 }
 
+/* Writes @text to the file @path (sysfs, cgroupfs, debugfs); 0 or -errno. */
+static inline int ml_write_file(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY);
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	n = write(fd, text, strlen(text));
+	close(fd);
+	return n == (ssize_t)strlen(text) ? 0 : -errno;
+}
+
 static inline int ml_is_zero(const void *page)
 {
 	const uint64_t *w = page;
