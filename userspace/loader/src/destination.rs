@@ -392,8 +392,8 @@ struct Loading {
     epoch: Instant,
     /// Loads by cause, fault waits, outages.
     timeline: Timeline,
-    /// The connections to the source. Taken after any other lock of `Loading`, never with
-    /// `progress.0` held.
+    /// The connections to the source. Never taken with `progress.0` held: `broke` takes
+    /// `progress.0` under it.
     link: Mutex<Link>,
     recoveries: AtomicU32,
     disconnected_ms: AtomicU64,
