@@ -284,20 +284,17 @@ fn migrate(machine: Machine, destination: &str, how: &Migration) -> Result<Sourc
         }
     }
     let setup = start.elapsed();
-    // Post-copy finds the zero pages while the guest still runs, with KVM's dirty log on:
-    // the pause then checks again only the pages written meanwhile, so that the downtime
-    // does not grow with RAM.
-    let early_zero = match how.kind {
-        Kind::PostCopy => {
-            vm.set_dirty_logging(true)?;
-            Some(zero_pages(ram, &Bitmap::new(ram.pages()))?)
-        }
+    // Post-copy looks for zero pages while the guest still runs: the pause then checks
+    // again only those candidates (most of them untouched, which mincore() alone settles),
+    // so that the downtime does not grow with RAM. Nothing relies on a dirty log here.
+    let zero_candidates = match how.kind {
+        Kind::PostCopy => Some(zero_pages(ram, |_| true)?),
         Kind::PreCopy | Kind::Hybrid => None,
     };
     let precopied = match how.kind {
         Kind::PostCopy => None,
         Kind::PreCopy | Kind::Hybrid => {
-            vm.set_dirty_logging(true)?;
+            vm.enable_dirty_logging()?;
             let plan = Plan {
                 max_rounds: how.rounds,
                 downtime_target: (how.kind == Kind::PreCopy).then_some(how.downtime_target),
@@ -339,18 +336,11 @@ fn migrate(machine: Machine, destination: &str, how: &Migration) -> Result<Sourc
     let valid = precopied
         .as_ref()
         .map_or_else(|| Bitmap::new(ram.pages()), |r| r.valid.clone());
-    let zero = match early_zero {
-        Some(zero) => {
-            for page in vm.dirty_pages()?.ones() {
-                if ram.is_zero(page) {
-                    zero.set(page);
-                } else {
-                    zero.clear(page);
-                }
-            }
-            zero
-        }
-        None => zero_pages(ram, &valid)?,
+    let zero = match zero_candidates {
+        // A page found not zero before the pause is sent even if the guest has zeroed it
+        // since: a page of zeros too many at worst.
+        Some(candidates) => zero_pages(ram, |page| candidates.get(page))?,
+        None => zero_pages(ram, |page| !valid.get(page))?,
     };
     bytes += protocol::send_control(
         &mut stream,
@@ -585,13 +575,13 @@ fn resume(addr: SocketAddr, serving: &Serving) -> Result<(BufWriter<TcpStream>, 
     Ok((stream, requests))
 }
 
-/// The zero pages the destination does not have yet: those never touched (not resident),
-/// and resident ones that hold zeros, except the `valid` ones (pre-copy sent them).
-fn zero_pages(ram: &GuestRam, valid: &Bitmap) -> Result<Bitmap> {
+/// The `candidate` pages that are zero: never touched (not resident), or resident and
+/// holding only zeros.
+fn zero_pages(ram: &GuestRam, candidate: impl Fn(u64) -> bool) -> Result<Bitmap> {
     let map = Bitmap::new(ram.pages());
     for (page, resident) in ram.resident()?.into_iter().enumerate() {
         let page = page as u64;
-        if !valid.get(page) && (!resident || ram.is_zero(page)) {
+        if candidate(page) && (!resident || ram.is_zero(page)) {
             map.set(page);
         }
     }

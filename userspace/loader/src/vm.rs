@@ -147,11 +147,12 @@ impl Vm {
         })
     }
 
-    /// Turns KVM's dirty page logging of guest RAM on or off.
-    pub fn set_dirty_logging(&self, on: bool) -> Result<()> {
+    /// Turns KVM's dirty page logging of guest RAM on (for good: the source's guest never
+    /// runs again after the migration).
+    pub fn enable_dirty_logging(&self) -> Result<()> {
         let region = kvm_userspace_memory_region {
             slot: 0,
-            flags: if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+            flags: KVM_MEM_LOG_DIRTY_PAGES,
             guest_phys_addr: 0,
             memory_size: self.ram.size(),
             userspace_addr: self.ram.guest().as_ptr() as u64,
