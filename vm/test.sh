@@ -62,8 +62,8 @@ step "checkpatch: selftests" "${checkpatch[@]}" --ignore VOLATILE,PREFER_DEFINED
 for flavour in ${FLAVOURS:-debug leakcheck}; do
 	log="$results/console-$flavour.log" ktap="$results/ktap-$flavour.txt"
 	echo "# guest: $flavour kernel (console: $log)"
-	# Under KASAN the nested Linux guest now and then triple-faults at boot, on the source,
-	# before any migration (not seen in the other guests): its tests run in the leak-check
+	# Under KASAN the nested Linux guest now and then triple-faults (at boot on the source,
+	# or after the switch; never seen in the other guests): its tests run in the leak-check
 	# guest only. The debug guest takes about 12 minutes (KASAN, 1000 module loads, the
 	# fuzz): room for a loaded host.
 	append=""
