@@ -19,6 +19,7 @@
 
 mod abi;
 mod inject;
+mod model;
 mod rng;
 mod round;
 mod shared;

@@ -13,6 +13,7 @@ use std::{
 use crate::{
     abi::{self, muserload_arm, muserload_event, muserload_load, muserload_setup},
     inject::Injector,
+    model::PageHistory,
     rng::Rng,
     shared::{self, fill, Content, Entry, Kind, Shared, PAGE},
     sys::{self, Exit},
@@ -424,26 +425,18 @@ fn check(
     for (page, &armed_at_start) in initially_armed.iter().enumerate() {
         let loads = loads.get(&page).unwrap_or(&none);
         let arms = arms.get(&page).unwrap_or(&none);
-        // The last arm: the one that ended last (an arm whose process died may have
-        // happened at any time).
-        let last_arm = arms
-            .iter()
-            .map(|a| (a.before, a.after))
-            .max_by_key(|&(_, after)| after);
-        let after_last_arm = |e: &Entry| last_arm.is_none_or(|(_, after)| e.before > after);
-        let maybe_after_last_arm = |e: &Entry| last_arm.is_none_or(|(before, _)| e.after > before);
-        let succeeded = loads.iter().filter(|e| e.kind == Kind::Loaded).count();
-        // Each arm makes one more load possible, and so does the empty start.
-        if succeeded > arms.len() + usize::from(!armed_at_start) {
+        let history = PageHistory {
+            loads,
+            arms,
+            armed_at_start,
+        };
+        if let Some(succeeded) = history.too_many_loads() {
             fail(format_args!(
                 "page {page}: {succeeded} loads succeeded across {} arms",
                 arms.len()
             ));
         }
-        let sure: Vec<&Entry> = loads
-            .iter()
-            .filter(|e| e.kind == Kind::Loaded && after_last_arm(e))
-            .collect();
+        let sure = history.sure_loads();
         if sure.len() > 1 {
             fail(format_args!(
                 "page {page}: duplicated: {} loads after its last arm: {sure:x?}",
@@ -477,18 +470,7 @@ fn check(
                 }
             }
             None => {
-                let ok = match (got, sure.first()) {
-                    (Content::Zero, Some(e)) => e.tag == 0,
-                    (Content::Tag(t), Some(e)) => e.tag == t,
-                    (Content::Zero, None) => {
-                        !armed_at_start && arms.is_empty()
-                            || loads.iter().any(|e| e.tag == 0 && maybe_after_last_arm(e))
-                    }
-                    (Content::Tag(t), None) => {
-                        loads.iter().any(|e| e.tag == t && maybe_after_last_arm(e))
-                    }
-                    (Content::Corrupt { .. }, _) => false,
-                };
+                let ok = history.may_hold(got);
                 if !ok {
                     fail(format_args!(
                         "page {page}: holds {got:x?}; loads {loads:x?}; arms {arms:x?}; initially armed {}",
