@@ -9,10 +9,10 @@
 //! userfaultfd users who forget `UFFDIO_WAKE` after `EEXIST`).
 //!
 //! MOVE takes the staging page itself: under `pages` it leaves the staging slot, every
-//! mapping of the staging range is zapped (one TLB flush for the whole range), and only then
-//! does it enter the guest slot. COPY fills new pages before taking any lock, since its
-//! source may be a page of this very object. Either maps the loaded pages into the caller's
-//! mapping at once (under `pages`, as the fault path maps), so that a waiter of the same
+//! mapping of the staging range is zapped (one TLB flush for each run of adjacent staging
+//! ranges in the call, however many pairs it has), and only then is it mapped in the guest.
+//! COPY fills new pages before taking any lock, since its source may be a page of this very
+//! object. Either maps the loaded pages into the caller's mapping at once (under `pages`, as the fault path maps), so that a waiter of the same
 //! process finds its page mapped when it wakes instead of faulting a second time. ZERO
 //! allocates nothing: the page is marked loaded, and a touch zero-fills it.
 
@@ -101,18 +101,70 @@ pub(crate) fn load(object: ArcBorrow<'_, Object>, arg: UserSlice) -> Result<isiz
     let (mut reader, mut writer) = arg.reader_writer();
     let mut req: muserload_load = reader.read()?;
     let mode = Mode::parse(req.mode)?;
+    let pair = muserload_vec {
+        dst: req.dst,
+        src: req.src,
+        len: req.len,
+    };
+    let (loaded, result) = load_pairs(object, mode, &[pair]);
+    req.loaded = loaded;
+    writer.write(&req)?;
+    result.map(|()| 0)
+}
+
+/// `MUSERLOAD_IOC_LOADV`.
+pub(crate) fn loadv(object: ArcBorrow<'_, Object>, arg: UserSlice) -> Result<isize> {
+    let (mut reader, mut writer) = arg.reader_writer();
+    let mut req: muserload_loadv = reader.read()?;
+    let mode = Mode::parse(req.mode)?;
+    if req.count == 0 || req.count > u64::from(MUSERLOAD_LOADV_MAX) {
+        return Err(EINVAL);
+    }
+    let count = req.count as usize;
+    let mut vec = KVec::<muserload_vec>::with_capacity(count, GFP_KERNEL)?;
+    let mut vec_reader = UserSlice::new(
+        UserPtr::from_addr(req.vec as usize),
+        count * size_of::<muserload_vec>(),
+    )
+    .reader();
+    for _ in 0..count {
+        vec.push_within_capacity(vec_reader.read()?)
+            .map_err(|_| ENOMEM)?;
+    }
+    let (loaded, result) = load_pairs(object, mode, &vec);
+    req.loaded = loaded;
+    writer.write(&req)?;
+    result.map(|()| 0)
+}
+
+/// Loads `pairs` in order as `mode` says, up to the first failure; wakes the waiters of the
+/// pages loaded (unless `DONTWAKE`), and after a MOVE refills the staging it emptied.
+/// Returns the bytes loaded, and how the call ended.
+fn load_pairs(object: ArcBorrow<'_, Object>, mode: Mode, pairs: &[muserload_vec]) -> (u64, Result) {
     let mut progress = Progress {
         done: 0,
         buckets: 0,
     };
-    let result = load_range(&object, mode, req.dst, req.src, req.len, &mut progress);
-    finish(&object, mode, &progress);
-    if mode.kind == Kind::Move {
-        refill_staging(object, req.src, progress.done);
+    let mut emptied = KVec::new();
+    let result = match mode.kind {
+        Kind::Move => move_pages(&object, pairs, &mut progress, &mut emptied),
+        Kind::Copy => pairs
+            .iter()
+            .try_for_each(|v| copy_pages(&object, v, &mut progress)),
+        Kind::Zero => pairs
+            .iter()
+            .try_for_each(|v| zero_pages(&object, v, &mut progress)),
+        Kind::Wake => pairs
+            .iter()
+            .try_for_each(|v| wake_pages(&object, v, &mut progress)),
+    };
+    if mode.wake || mode.kind == Kind::Wake {
+        object.wake_buckets(progress.buckets);
     }
-    req.loaded = progress.done;
-    writer.write(&req)?;
-    result.map(|()| 0)
+    for run in &emptied {
+        refill_staging(object, run.addr, run.len);
+    }
+    (progress.done, result)
 }
 
 /// After a MOVE has woken its waiters: gives the first `len` bytes of staging at `src`, which
@@ -165,140 +217,95 @@ fn refill_staging(object: ArcBorrow<'_, Object>, src: u64, len: u64) {
     );
 }
 
-/// `MUSERLOAD_IOC_LOADV`.
-pub(crate) fn loadv(object: ArcBorrow<'_, Object>, arg: UserSlice) -> Result<isize> {
-    let (mut reader, mut writer) = arg.reader_writer();
-    let mut req: muserload_loadv = reader.read()?;
-    let mode = Mode::parse(req.mode)?;
-    if req.count == 0 || req.count > u64::from(MUSERLOAD_LOADV_MAX) {
-        return Err(EINVAL);
-    }
-    let count = req.count as usize;
-    let mut vec = KVec::<muserload_vec>::with_capacity(count, GFP_KERNEL)?;
-    let mut vec_reader = UserSlice::new(
-        UserPtr::from_addr(req.vec as usize),
-        count * size_of::<muserload_vec>(),
-    )
-    .reader();
-    for _ in 0..count {
-        vec.push_within_capacity(vec_reader.read()?)
-            .map_err(|_| ENOMEM)?;
-    }
-    let mut progress = Progress {
-        done: 0,
-        buckets: 0,
-    };
-    let result = vec
-        .iter()
-        .try_for_each(|v| load_range(&object, mode, v.dst, v.src, v.len, &mut progress));
-    finish(&object, mode, &progress);
-    if mode.kind == Kind::Move {
-        // The pairs moved in order: the first `done` bytes of them emptied their staging.
-        let mut left = progress.done;
-        for v in vec.iter() {
-            refill_staging(object, v.src, v.len.min(left));
-            left = left.saturating_sub(v.len);
-        }
-    }
-    req.loaded = progress.done;
-    writer.write(&req)?;
-    result.map(|()| 0)
-}
-
-fn finish(object: &Object, mode: Mode, progress: &Progress) {
-    if mode.wake || mode.kind == Kind::Wake {
-        object.wake_buckets(progress.buckets);
-    }
-}
-
 /// Pages a COPY fills before it takes the locks to install them.
 const COPY_CHUNK: usize = 64;
 
-/// Loads `[dst, dst + len)` from `src` as `mode` says.
-fn load_range(
-    object: &Object,
-    mode: Mode,
-    dst: u64,
-    src: u64,
-    len: u64,
-    progress: &mut Progress,
-) -> Result {
-    match mode.kind {
-        Kind::Zero | Kind::Wake if src != 0 => Err(EINVAL),
-        Kind::Copy => {
-            // Its mapping is checked as each chunk is installed: a bad one costs a wasted
-            // copy rather than a second mmap lock and vma walk on every good one. Its shape
-            // is checked first: a length of 0, or one that is not a page multiple, would
-            // otherwise load nothing, or its whole pages, and succeed.
-            check_shape(dst, len)?;
-            let mut reader =
-                UserSlice::new(UserPtr::from_addr(src as usize), len as usize).reader();
-            let total = (len >> PAGE_SHIFT) as usize;
-            let mut done = 0;
-            while done < total {
-                // Fill the pages without locks: the source may be a page of this very object.
-                let mut chunk = KVec::with_capacity((total - done).min(COPY_CHUNK), GFP_KERNEL)?;
-                // A source that stops being readable stops the load after the pages before it.
-                let mut copy_error = None;
-                while chunk.len() < chunk.capacity() {
-                    match copied_page(&mut reader) {
-                        Ok(page) => chunk.push(page, GFP_KERNEL)?,
-                        Err(e) => {
-                            copy_error = Some(e);
-                            break;
-                        }
-                    }
+/// COPY of one pair: fills new pages from `v.src`, then installs them at `v.dst`.
+fn copy_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Result {
+    let (dst, src, len) = (v.dst, v.src, v.len);
+    // Its mapping is checked as each chunk is installed: a bad one costs a wasted
+    // copy rather than a second mmap lock and vma walk on every good one. Its shape
+    // is checked first: a length of 0, or one that is not a page multiple, would
+    // otherwise load nothing, or its whole pages, and succeed.
+    check_shape(dst, len)?;
+    let mut reader = UserSlice::new(UserPtr::from_addr(src as usize), len as usize).reader();
+    let total = (len >> PAGE_SHIFT) as usize;
+    let mut done = 0;
+    while done < total {
+        // Fill the pages without locks: the source may be a page of this very object.
+        let mut chunk = KVec::with_capacity((total - done).min(COPY_CHUNK), GFP_KERNEL)?;
+        // A source that stops being readable stops the load after the pages before it.
+        let mut copy_error = None;
+        while chunk.len() < chunk.capacity() {
+            match copied_page(&mut reader) {
+                Ok(page) => chunk.push(page, GFP_KERNEL)?,
+                Err(e) => {
+                    copy_error = Some(e);
+                    break;
                 }
-                let count = chunk.len();
-                if count == 0 {
-                    return Err(copy_error.unwrap_or(EFAULT));
-                }
-                let chunk_dst = dst + ((done as u64) << PAGE_SHIFT);
-                let chunk_len = (count as u64) << PAGE_SHIFT;
-                object.locked(
-                    chunk_dst,
-                    chunk_len,
-                    Layout::guest_range,
-                    |_, target, first, pages| {
-                        for (i, page) in chunk.drain_all().enumerate() {
-                            let index = first + i;
-                            if present(object, pages, index) {
-                                return Err(eexist(object, index));
-                            }
-                            target.prefault(i * PAGE_SIZE, &page);
-                            pages.guest[index] = Some(page);
-                            loaded(object, index, 0, Counter::LoadCopy, progress);
-                        }
-                        Ok(())
-                    },
-                )?;
-                if let Some(e) = copy_error {
-                    return Err(e);
-                }
-                done += count;
             }
-            Ok(())
         }
-        Kind::Zero => object.locked(dst, len, Layout::guest_range, |_, _, first, pages| {
-            for index in first..first + (len >> PAGE_SHIFT) as usize {
-                if present(object, pages, index) {
-                    return Err(eexist(object, index));
+        let count = chunk.len();
+        if count == 0 {
+            return Err(copy_error.unwrap_or(EFAULT));
+        }
+        let chunk_dst = dst + ((done as u64) << PAGE_SHIFT);
+        let chunk_len = (count as u64) << PAGE_SHIFT;
+        object.locked(
+            chunk_dst,
+            chunk_len,
+            Layout::guest_range,
+            |_, target, first, pages| {
+                for (i, page) in chunk.drain_all().enumerate() {
+                    let index = first + i;
+                    if present(object, pages, index) {
+                        return Err(eexist(object, index));
+                    }
+                    target.prefault(i * PAGE_SIZE, &page);
+                    pages.guest[index] = Some(page);
+                    loaded(object, index, 0, Counter::LoadCopy, progress);
                 }
-                loaded(object, index, STATE_ZERO, Counter::LoadZero, progress);
-            }
-            Ok(())
-        }),
-        Kind::Wake => object.locked(dst, len, Layout::guest_range, |_, _, first, _| {
-            let count = (len >> PAGE_SHIFT) as usize;
-            for index in first..first + count {
-                progress.buckets |= Object::bucket_bit(index);
-            }
-            object.stats.add(Counter::Wake, count as u64);
-            progress.done += len;
-            Ok(())
-        }),
-        Kind::Move => move_pages(object, dst, src, len, progress),
+                Ok(())
+            },
+        )?;
+        if let Some(e) = copy_error {
+            return Err(e);
+        }
+        done += count;
     }
+    Ok(())
+}
+
+/// ZERO of one pair: marks its pages loaded; a touch zero-fills them.
+fn zero_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Result {
+    if v.src != 0 {
+        return Err(EINVAL);
+    }
+    object.locked(v.dst, v.len, Layout::guest_range, |_, _, first, pages| {
+        for index in first..first + (v.len >> PAGE_SHIFT) as usize {
+            if present(object, pages, index) {
+                return Err(eexist(object, index));
+            }
+            loaded(object, index, STATE_ZERO, Counter::LoadZero, progress);
+        }
+        Ok(())
+    })
+}
+
+/// WAKE of one pair: loads nothing, wakes its pages' waiters.
+fn wake_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Result {
+    if v.src != 0 {
+        return Err(EINVAL);
+    }
+    object.locked(v.dst, v.len, Layout::guest_range, |_, _, first, _| {
+        let count = (v.len >> PAGE_SHIFT) as usize;
+        for index in first..first + count {
+            progress.buckets |= Object::bucket_bit(index);
+        }
+        object.stats.add(Counter::Wake, count as u64);
+        progress.done += v.len;
+        Ok(())
+    })
 }
 
 /// EINVAL unless `[addr, addr + len)` is page aligned, nonempty and does not wrap: the
@@ -351,49 +358,108 @@ fn eexist(object: &Object, index: usize) -> Error {
     EEXIST
 }
 
-/// Moves the staging pages at `src` to the guest pages at `dst`, up to the first guest page
-/// that is already loaded, and maps them there.
-fn move_pages(object: &Object, dst: u64, src: u64, len: u64, progress: &mut Progress) -> Result {
-    let count = (len >> PAGE_SHIFT) as usize;
-    object.locked(
-        dst,
-        len,
-        Layout::guest_range,
-        |guard, target, first, pages| {
-            let source = LockedRange::find(guard, object, src, len)?;
-            let staging = object
-                .layout()
-                .ok_or(EINVAL)?
-                .staging_range(source.offset, len)?;
+/// A run of staging that a MOVE emptied: adjacent in the caller's address space and in the
+/// object, so that one zap and one refill cover it.
+struct StagingRun {
+    /// Where it starts in the caller's mapping.
+    addr: u64,
+    /// Where it starts in the object.
+    offset: u64,
+    /// Its length in bytes.
+    len: u64,
+}
+
+/// A pair whose pages left staging for their guest slots, still to be mapped there.
+struct Moved<'a> {
+    /// The guest range they go to.
+    target: LockedRange<'a>,
+    /// Their first guest page index.
+    first: usize,
+    /// How many.
+    count: usize,
+}
+
+/// Moves the staging pages of `pairs`, in order, to their guest pages, up to the first
+/// guest page that is already loaded, and maps them there; adds the staging emptied to
+/// `emptied`.
+///
+/// All under one hold of the locks, in three steps, so that staging's ptes are zapped once
+/// per run of adjacent staging ranges (one TLB flush for a loader's batch, whose pages sit
+/// in consecutive slots) instead of once per pair: each pair's pages leave their staging
+/// slots for their guest slots (so a later pair naming the same page finds it loaded, as
+/// if the pairs went one at a time); then every staging pte of them goes; only then are
+/// they mapped into the guest and marked loaded. Faults and loads take `pages` too, so
+/// none sees the pages in between.
+fn move_pages(
+    object: &Object,
+    pairs: &[muserload_vec],
+    progress: &mut Progress,
+    emptied: &mut KVec<StagingRun>,
+) -> Result {
+    emptied.reserve(pairs.len(), GFP_KERNEL)?;
+    object.locked_mm(|guard, layout, pages| {
+        // Its ranges borrow the mmap lock: allocated under it.
+        let mut moved = KVec::with_capacity(pairs.len(), GFP_KERNEL)?;
+        let result = pairs.iter().try_for_each(|v| {
+            let count = (v.len >> PAGE_SHIFT) as usize;
+            let target = LockedRange::find(guard, object, v.dst, v.len)?;
+            let first = layout.guest_range(target.offset, v.len)?;
+            let source = LockedRange::find(guard, object, v.src, v.len)?;
+            let staging = layout.staging_range(source.offset, v.len)?;
             let movable = (0..count)
                 .take_while(|&i| !present(object, pages, first + i))
                 .count();
             // A staging page never touched reads as zeros: move a zeroed one. Allocate before
-            // taking anything, so that a failure leaves every staging page where it was.
+            // taking anything, so that a failure leaves this pair's staging where it was.
             for slot in &mut pages.staging[staging..staging + movable] {
                 if slot.is_none() {
                     *slot = Some(zeroed_page_may_fail()?);
                 }
             }
-            if movable > 0 {
-                // The staging ptes go before the pages are anywhere else: after this, no
-                // mapping of staging can read or write them.
-                object
-                    .mapping
-                    .unmap(source.offset, (movable as u64) << PAGE_SHIFT);
-            }
             for i in 0..movable {
-                let page = pages.staging[staging + i].take();
-                if let Some(page) = &page {
-                    target.prefault(i * PAGE_SIZE, page);
-                }
-                pages.guest[first + i] = page;
-                loaded(object, first + i, 0, Counter::LoadMove, progress);
+                pages.guest[first + i] = pages.staging[staging + i].take();
             }
+            let len = (movable as u64) << PAGE_SHIFT;
+            match emptied.last_mut() {
+                Some(run)
+                    if run.addr + run.len == v.src && run.offset + run.len == source.offset =>
+                {
+                    run.len += len
+                }
+                _ if movable > 0 => {
+                    // Cannot fail: room for one run per pair was reserved.
+                    let _ = emptied.push_within_capacity(StagingRun {
+                        addr: v.src,
+                        offset: source.offset,
+                        len,
+                    });
+                }
+                _ => {}
+            }
+            // Cannot fail: room for every pair.
+            let _ = moved.push_within_capacity(Moved {
+                target,
+                first,
+                count: movable,
+            });
             if movable < count {
                 return Err(eexist(object, first + movable));
             }
             Ok(())
-        },
-    )
+        });
+        // The staging ptes go before the pages are mapped anywhere else: after this, no
+        // mapping of staging can read or write them.
+        for run in emptied.iter() {
+            object.mapping.unmap(run.offset, run.len);
+        }
+        for m in &moved {
+            for i in 0..m.count {
+                if let Some(page) = &pages.guest[m.first + i] {
+                    m.target.prefault(i * PAGE_SIZE, page);
+                }
+                loaded(object, m.first + i, 0, Counter::LoadMove, progress);
+            }
+        }
+        result
+    })
 }

@@ -277,15 +277,27 @@ impl Object {
         region: fn(&Layout, u64, u64) -> Result<usize>,
         f: impl FnOnce(&MmapReadGuard<'_>, &LockedRange<'_>, usize, &mut Pages) -> Result,
     ) -> Result {
+        self.locked_mm(|guard, layout, pages| {
+            let range = LockedRange::find(guard, self, addr, len)?;
+            let first = region(layout, range.offset, len)?;
+            f(guard, &range, first, pages)
+        })
+    }
+
+    /// Runs `f` with the caller's mmap read lock and [`Object::pages`] held, given the lock
+    /// guard (to find the caller's ranges under it) and the layout: for calls that name
+    /// several ranges. See the lock order at the top of this file.
+    pub(crate) fn locked_mm(
+        &self,
+        f: impl FnOnce(&MmapReadGuard<'_>, &Layout, &mut Pages) -> Result,
+    ) -> Result {
         let layout = self.layout().ok_or(EINVAL)?;
         let task = kernel::current!();
         // A kernel thread has no address space to name: nothing to translate.
         let mm = task.mm().ok_or(EINVAL)?;
         let guard = mm.mmap_read_lock();
-        let range = LockedRange::find(&guard, self, addr, len)?;
-        let first = region(layout, range.offset, len)?;
         let mut pages = self.pages.lock();
-        f(&guard, &range, first, &mut pages)
+        f(&guard, layout, &mut pages)
     }
 
     fn setup(self: ArcBorrow<'_, Self>, arg: UserSlice) -> Result<isize> {

@@ -157,6 +157,57 @@ TEST_F(load, vectored)
 	EXPECT_EQ(EFAULT, errno);
 }
 
+/*
+ * A loader's batch: single pages from consecutive staging slots to scattered guest pages,
+ * moved under one zap of staging. A pair naming a page an earlier pair of the same call
+ * loaded stops the call there, as if the pairs went one at a time; the slots moved read
+ * zeros (refilled), the others keep their data.
+ */
+TEST_F(load, vectored_batch)
+{
+	struct ml *ml = &self->ml;
+	struct muserload_vec vec[STAGING_PAGES];
+	struct muserload_loadv lv = {
+		.vec = (uintptr_t)vec,
+		.count = STAGING_PAGES,
+		.mode = MUSERLOAD_LOAD_MOVE,
+	};
+	struct muserload_stats st;
+	int i;
+
+	for (i = 0; i < STAGING_PAGES; i++) {
+		/* Slot 5 is never written: it moves as a zero page. */
+		if (i != 5)
+			ml_fill(ml->staging + i * PAGE, 500 + i);
+		vec[i] = (struct muserload_vec){
+			.dst = (uintptr_t)ml->guest + (i * 7 % GUEST_PAGES) * PAGE,
+			.src = (uintptr_t)ml->staging + i * PAGE,
+			.len = PAGE,
+		};
+	}
+	/* Pair 9 names pair 3's page. */
+	vec[9].dst = vec[3].dst;
+	EXPECT_EQ(-1, ioctl(ml->fd, MUSERLOAD_IOC_LOADV, &lv));
+	EXPECT_EQ(EEXIST, errno);
+	EXPECT_EQ(9 * PAGE, lv.loaded);
+	for (i = 0; i < 9; i++) {
+		char *page = (char *)(uintptr_t)vec[i].dst;
+
+		EXPECT_TRUE(i == 5 ? ml_is_zero(page) : ml_check(page, 500 + i));
+		EXPECT_TRUE(ml_is_zero(ml->staging + i * PAGE));
+	}
+	EXPECT_TRUE(ml_check((char *)(uintptr_t)vec[3].dst, 503));
+	for (i = 9; i < STAGING_PAGES; i++)
+		EXPECT_TRUE(ml_check(ml->staging + i * PAGE, 500 + i));
+	/* Writes to the refilled slots reach no guest page. */
+	ml_fill(ml->staging, 77);
+	EXPECT_TRUE(ml_check((char *)(uintptr_t)vec[0].dst, 500));
+	ASSERT_EQ(0, ml_stats(ml, &st));
+	EXPECT_EQ(9, st.loads_move);
+	EXPECT_EQ(GUEST_PAGES - 9, st.unloaded);
+	EXPECT_EQ(1, st.eexist);
+}
+
 /* EEXIST: counted, stops the range, and the staging page stays with the caller. */
 TEST_F(load, eexist_keeps_staging)
 {
