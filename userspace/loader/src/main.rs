@@ -82,13 +82,16 @@ enum Command {
         /// How to migrate.
         #[arg(long, value_enum, default_value_t = Kind::PostCopy)]
         migration: Kind,
-        /// Pre-copy rounds after the first full pass: hybrid runs exactly this many,
-        /// pre-copy at most this many.
+        /// Hybrid: pre-copy rounds after the first full pass, then post-copy.
         #[arg(long, default_value_t = 2)]
         precopy_rounds: u32,
-        /// Pre-copy switches over once the pages left could be sent within this time.
+        /// Pre-copy switches over once the pages left could be sent within this time...
         #[arg(long, default_value_t = 50)]
         downtime_target_ms: u64,
+        /// ...or, for a guest that dirties memory faster than that, after this many rounds
+        /// after the first full pass, or once it has sent 3 times RAM (Xen's limits).
+        #[arg(long, default_value_t = 30)]
+        max_rounds: u32,
         /// Seconds to keep reconnecting if a connection breaks in post-copy.
         #[arg(long, default_value_t = 60.0)]
         recover_timeout: f64,
@@ -139,6 +142,7 @@ fn main() -> ExitCode {
             migration,
             precopy_rounds,
             downtime_target_ms,
+            max_rounds,
             recover_timeout,
         } => (|| {
             let migrate_after = migrate_after
@@ -181,6 +185,7 @@ fn main() -> ExitCode {
                     kind: migration,
                     rounds: precopy_rounds,
                     downtime_target: Duration::from_millis(downtime_target_ms),
+                    max_rounds,
                     recover_timeout,
                 },
             })

@@ -1,7 +1,7 @@
 //! The source's pre-copy rounds: pages go to the destination while the guest runs, KVM's
 //! dirty log says which ones the guest wrote since, and those go again, until what is left
-//! is small enough (pre-copy: sendable within the downtime target; hybrid: after a fixed
-//! number of rounds) to switch over.
+//! is small enough to switch over (pre-copy: sendable within the downtime target, or Xen's
+//! limits for a guest that never gets there; hybrid: after a fixed number of rounds).
 
 use std::{
     io::Write,
@@ -20,13 +20,25 @@ use crate::{
 
 /// When to stop the rounds.
 #[derive(Clone, Copy, Debug)]
-pub struct Plan {
-    /// At most this many rounds after the first full pass.
-    pub max_rounds: u32,
-    /// Stop once the dirty pages could be sent within this time (pre-copy); `None`: run all
-    /// `max_rounds` (hybrid).
-    pub downtime_target: Option<Duration>,
+pub enum Plan {
+    /// Hybrid: after exactly this many rounds after the first full pass; post-copy fetches
+    /// what the guest writes after them.
+    Rounds(u32),
+    /// Pre-copy: once the dirty pages could be sent within `downtime` at the rate measured
+    /// so far. A guest that dirties pages faster than that never gets there: then, as Xen
+    /// does, after `max_rounds` rounds or once the rounds have sent [`MAX_TRAFFIC`] times
+    /// RAM, whatever the downtime.
+    Converge {
+        /// The downtime target.
+        downtime: Duration,
+        /// The most rounds after the first full pass.
+        max_rounds: u32,
+    },
 }
+
+/// Pre-copy gives up waiting for convergence once it has sent this many times guest RAM
+/// (Xen's limit).
+pub const MAX_TRAFFIC: u64 = 3;
 
 /// What the rounds did.
 pub struct Rounds {
@@ -65,14 +77,19 @@ pub fn run(vm: &Vm, stream: &mut impl Write, plan: Plan) -> Result<Rounds> {
         let dirty = vm.dirty_pages()?;
         dirty.ones().for_each(|p| rounds.valid.clear(p));
         let left = dirty.count();
-        let settled = match plan.downtime_target {
-            Some(target) => {
+        let settled = match plan {
+            Plan::Rounds(n) => rounds.rounds > n,
+            Plan::Converge {
+                downtime,
+                max_rounds,
+            } => {
                 let rate = rounds.bytes as f64 / start.elapsed().as_secs_f64().max(1e-6);
-                (left * PAGE_SIZE as u64) as f64 <= rate * target.as_secs_f64()
+                (left * PAGE_SIZE as u64) as f64 <= rate * downtime.as_secs_f64()
+                    || rounds.rounds > max_rounds
+                    || rounds.bytes >= MAX_TRAFFIC * ram.size()
             }
-            None => false,
         };
-        if settled || rounds.rounds > plan.max_rounds {
+        if settled {
             return Ok(rounds);
         }
         // A page never sent that reads as zero goes in the zero map at the switch instead

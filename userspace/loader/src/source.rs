@@ -71,10 +71,13 @@ pub struct RunOptions {
 pub struct Migration {
     /// Post-copy, pre-copy or hybrid.
     pub kind: Kind,
-    /// Hybrid: pre-copy rounds before the switch; pre-copy: the most rounds.
+    /// Hybrid: pre-copy rounds before the switch (after the first full pass).
     pub rounds: u32,
-    /// Pre-copy: switch once what is left could be sent within this time.
+    /// Pre-copy: switch once what is left could be sent within this time...
     pub downtime_target: Duration,
+    /// ...or, if it never can, after this many rounds (or [`precopy::MAX_TRAFFIC`] times
+    /// RAM sent).
+    pub max_rounds: u32,
     /// Post-copy: how long to keep reconnecting after a connection broke.
     pub recover_timeout: Duration,
 }
@@ -295,9 +298,12 @@ fn migrate(machine: Machine, destination: &str, how: &Migration) -> Result<Sourc
         Kind::PostCopy => None,
         Kind::PreCopy | Kind::Hybrid => {
             vm.enable_dirty_logging()?;
-            let plan = Plan {
-                max_rounds: how.rounds,
-                downtime_target: (how.kind == Kind::PreCopy).then_some(how.downtime_target),
+            let plan = match how.kind {
+                Kind::PreCopy => Plan::Converge {
+                    downtime: how.downtime_target,
+                    max_rounds: how.max_rounds,
+                },
+                _ => Plan::Rounds(how.rounds),
             };
             Some(precopy::run(&vm, &mut stream, plan)?)
         }
