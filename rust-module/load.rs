@@ -167,13 +167,13 @@ fn load_pairs(object: ArcBorrow<'_, Object>, mode: Mode, pairs: &[muserload_vec]
     (progress.done, result)
 }
 
+/// The most pages a MOVE call refills from the page pool.
+const POOL_BATCH_MAX: usize = 4;
+
 /// After a MOVE has woken its waiters: gives the first `len` bytes of staging at `src`, which
 /// it emptied, fresh zeroed pages mapped in the caller's staging mapping, so that the next
 /// receive into them does not fault. The zeroing happens after the wake instead of in the
 /// resolver's next write. Best effort: a slot left empty zero-fills on its next touch.
-/// The most pages a MOVE call refills from the page pool.
-const POOL_BATCH_MAX: usize = 4;
-
 fn refill_staging(object: ArcBorrow<'_, Object>, src: u64, len: u64) {
     let count = (len >> PAGE_SHIFT) as usize;
     if count == 0 {
@@ -205,13 +205,17 @@ fn refill_staging(object: ArcBorrow<'_, Object>, src: u64, len: u64) {
         len,
         Layout::staging_range,
         |_, source, first, pages| {
-            for (i, page) in fresh.drain_all().enumerate() {
-                let slot = &mut pages.staging[first + i];
+            let filled = fresh.len();
+            for (slot, page) in pages.staging[first..first + filled]
+                .iter_mut()
+                .zip(fresh.drain_all())
+            {
                 if slot.is_none() {
-                    source.prefault(i * PAGE_SIZE, &page);
                     *slot = Some(page);
                 }
             }
+            // A slot that had a page already mapped keeps its pte (EBUSY, skipped).
+            source.prefault_pages(0, &pages.staging[first..first + filled]);
             Ok(())
         },
     );
@@ -256,16 +260,21 @@ fn copy_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Re
             chunk_len,
             Layout::guest_range,
             |_, target, first, pages| {
-                for (i, page) in chunk.drain_all().enumerate() {
-                    let index = first + i;
+                let mut installed = 0;
+                let result = chunk.drain_all().try_for_each(|page| {
+                    let index = first + installed;
                     if present(object, pages, index) {
                         return Err(eexist(object, index));
                     }
-                    target.prefault(i * PAGE_SIZE, &page);
                     pages.guest[index] = Some(page);
+                    installed += 1;
+                    Ok(())
+                });
+                target.prefault_pages(0, &pages.guest[first..first + installed]);
+                for index in first..first + installed {
                     loaded(object, index, 0, Counter::LoadCopy, progress);
                 }
-                Ok(())
+                result
             },
         )?;
         if let Some(e) = copy_error {
@@ -399,7 +408,7 @@ fn move_pages(
     emptied.reserve(pairs.len(), GFP_KERNEL)?;
     object.locked_mm(|guard, layout, pages| {
         // Its ranges borrow the mmap lock: allocated under it.
-        let mut moved = KVec::with_capacity(pairs.len(), GFP_KERNEL)?;
+        let mut moved = KVec::<Moved<'_>>::with_capacity(pairs.len(), GFP_KERNEL)?;
         let result = pairs.iter().try_for_each(|v| {
             let count = (v.len >> PAGE_SHIFT) as usize;
             let target = LockedRange::find(guard, object, v.dst, v.len)?;
@@ -436,12 +445,23 @@ fn move_pages(
                 }
                 _ => {}
             }
-            // Cannot fail: room for every pair.
-            let _ = moved.push_within_capacity(Moved {
-                target,
-                first,
-                count: movable,
-            });
+            match moved.last_mut() {
+                // Guest pages that follow the last pair's: mapped with it, in one batch.
+                Some(last)
+                    if last.first + last.count == first
+                        && last.target.is_followed_by(last.count * PAGE_SIZE, &target) =>
+                {
+                    last.count += movable
+                }
+                _ => {
+                    // Cannot fail: room for every pair.
+                    let _ = moved.push_within_capacity(Moved {
+                        target,
+                        first,
+                        count: movable,
+                    });
+                }
+            }
             if movable < count {
                 return Err(eexist(object, first + movable));
             }
@@ -453,11 +473,10 @@ fn move_pages(
             object.mapping.unmap(run.offset, run.len);
         }
         for m in &moved {
-            for i in 0..m.count {
-                if let Some(page) = &pages.guest[m.first + i] {
-                    m.target.prefault(i * PAGE_SIZE, page);
-                }
-                loaded(object, m.first + i, 0, Counter::LoadMove, progress);
+            m.target
+                .prefault_pages(0, &pages.guest[m.first..m.first + m.count]);
+            for index in m.first..m.first + m.count {
+                loaded(object, index, 0, Counter::LoadMove, progress);
             }
         }
         result

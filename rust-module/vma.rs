@@ -155,14 +155,61 @@ impl<'a> LockedRange<'a> {
         })
     }
 
-    /// Maps `page` at byte `delta` of the range, so that the thread waiting for it finds it
-    /// mapped instead of faulting again. Call it with `Object::pages` held, as the fault
-    /// path does, so that no discard can come between. A failure is harmless: the next
-    /// fault maps the page.
-    pub(crate) fn prefault(&self, delta: usize, page: &Page) {
-        if let Some(mixed) = self.vma.as_mixedmap_vma() {
-            let _ = mixed.vm_insert_page(self.addr + delta, page);
+    /// Maps `pages[i]` at byte `delta + i * PAGE_SIZE` of the range for every slot that has
+    /// a page, so that a thread waiting for one finds it mapped instead of faulting again.
+    /// Call it with `Object::pages` held, as the fault path maps, so that no discard can come
+    /// between. Best effort: a page that cannot be mapped (one is there already) is skipped,
+    /// and the next fault maps it. One page-table walk and lock per page table, not per
+    /// page (`vm_insert_pages()`).
+    pub(crate) fn prefault_pages(&self, delta: usize, pages: &[Option<Page>]) {
+        /// Pages per `vm_insert_pages()` call: its array lives on the stack.
+        const BATCH: usize = 32;
+        let Some(mixed) = self.vma.as_mixedmap_vma() else {
+            return;
+        };
+        let mut raw = [core::ptr::null_mut::<bindings::page>(); BATCH];
+        let mut index = 0;
+        while index < pages.len() {
+            // A run of slots that have pages, at most `BATCH` long.
+            let run = pages[index..]
+                .iter()
+                .take(BATCH)
+                .map_while(|slot| slot.as_ref())
+                .enumerate()
+                .map(|(i, page)| raw[i] = page.as_ptr())
+                .count();
+            let mut done = 0;
+            while done < run {
+                let mut left = (run - done) as kernel::ffi::c_ulong;
+                // SAFETY: The caller holds the mmap read lock on a vma of ours, which has
+                // `VM_MIXEDMAP` (type invariant of `VmaMixedMap`); `raw[done..run]` point to
+                // order-0 pages the object owns (not anonymous, not slab), which
+                // `vm_insert_pages` takes references of its own on. It writes back in `left`
+                // how many it did not map.
+                let ret = unsafe {
+                    bindings::vm_insert_pages(
+                        mixed.as_ptr(),
+                        self.addr + delta + (index + done) * PAGE_SIZE,
+                        raw.as_mut_ptr().add(done),
+                        &mut left,
+                    )
+                };
+                done = run - left as usize;
+                // It stopped at a page it could not map (one already mapped there: EBUSY):
+                // skip it.
+                if ret != 0 {
+                    done += 1;
+                }
+            }
+            // Past the run, and past the empty slot that ended it, if any.
+            index += run.max(1);
         }
+    }
+
+    /// Whether `next` starts where this range's first `len` bytes end, in the same mapping:
+    /// then one [`Self::prefault_pages`] call can cover both.
+    pub(crate) fn is_followed_by(&self, len: usize, next: &LockedRange<'_>) -> bool {
+        core::ptr::eq(self.vma, next.vma) && self.addr + len == next.addr
     }
 }
 
