@@ -14,7 +14,13 @@ use kernel::{
     bindings,
     ffi::c_int,
     prelude::*,
-    sync::LockClassKey,
+    sync::{
+        barrier::{
+            smp_mb,
+            Full, //
+        },
+        LockClassKey,
+    },
     types::Opaque, //
 };
 
@@ -100,7 +106,26 @@ impl WaitQueue {
     }
 
     /// Wakes every thread sleeping on this queue.
+    ///
+    /// The caller has published what the sleepers wait for (a page's state word). A queue
+    /// with no sleeper is skipped without its lock, as `wq_has_sleeper()` does: the full
+    /// barrier orders that store before the look at the queue, and pairs with the one in
+    /// `prepare_to_wait_event()` between a sleeper joining the queue and its `done()`, so
+    /// that either the sleeper sees the store or this sees the sleeper. Most loads have no
+    /// sleeper (signal mode, the background stream): a 64-page load would otherwise take up
+    /// to 64 queue locks for nothing.
     pub(crate) fn wake_all(&self) {
+        smp_mb(Full);
+        // SAFETY: By the type invariants `head` is initialised. Its list head is read
+        // without the lock, as `waitqueue_active()` reads it: a stale answer is covered by
+        // the barriers above.
+        let has_sleeper = unsafe {
+            let list = &raw mut (*self.head.get()).head;
+            core::ptr::read_volatile(&raw const (*list).next) != list
+        };
+        if !has_sleeper {
+            return;
+        }
         // SAFETY: By the type invariants `head` is initialised. `nr` 0 with non-exclusive
         // waiters wakes them all.
         unsafe {
