@@ -7,6 +7,8 @@
 #![no_std]
 #![no_main]
 
+mod exceptions;
+
 use core::{arch::asm, panic::PanicInfo};
 
 use muserload_test_guest_abi::{run, Params, Reporter, PARAMS_MAGIC};
@@ -43,6 +45,20 @@ fn print_number(mut n: u64) {
     }
 }
 
+fn print_hex(n: u64) {
+    print("0x");
+    for shift in (0..16).rev().map(|digit| digit * 4) {
+        let digit = ((n >> shift) & 0xf) as u8;
+        let c = if digit < 10 {
+            b'0' + digit
+        } else {
+            b'a' + digit - 10
+        };
+        // SAFETY: As in `out32`.
+        unsafe { asm!("out dx, al", in("dx") SERIAL, in("al") c, options(nomem, nostack)) };
+    }
+}
+
 /// Reports with `out` instructions.
 struct Ports;
 
@@ -61,11 +77,14 @@ impl Reporter for Ports {
 #[no_mangle]
 #[link_section = ".text._start"]
 pub unsafe extern "C" fn _start(params: *const Params) -> ! {
+    // This frame is never left: the IDT in it stays in place.
+    let mut idt = exceptions::Idt::default();
+    exceptions::install(&mut idt);
     // SAFETY: The caller passes valid parameters.
     let params = unsafe { params.read_volatile() };
     if params.magic != PARAMS_MAGIC {
         print("muserload test guest: bad parameters\n");
-        halt();
+        exceptions::shut_down();
     }
     let working_set = params.working_set_pages.min(params.data_pages);
     print("muserload test guest: ");
@@ -78,15 +97,8 @@ pub unsafe extern "C" fn _start(params: *const Params) -> ! {
     unsafe { run(params.data_start as *mut u64, &params, &mut Ports) }
 }
 
-fn halt() -> ! {
-    loop {
-        // SAFETY: With interrupts off, `hlt` stops the vCPU (the loader sees a HLT exit).
-        unsafe { asm!("hlt", options(nomem, nostack)) };
-    }
-}
-
 #[panic_handler]
 fn panic(_: &PanicInfo) -> ! {
     print("muserload test guest: panic\n");
-    halt()
+    exceptions::shut_down()
 }
