@@ -83,7 +83,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Kind::PostCopy)]
         migration: Kind,
         /// Hybrid: pre-copy rounds after the first full pass, then post-copy.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 0)]
         precopy_rounds: u32,
         /// Pre-copy switches over once the pages left could be sent within this time...
         #[arg(long, default_value_t = 50)]
