@@ -2,7 +2,8 @@
 //! kernel, with the same sizes and the same CPU placement. Every case verifies the content
 //! of every page it loaded; a mismatch fails the run.
 //!
-//! Usage: `muserload-bench [--pages N] [--json FILE] [--only move]` in the guest, and
+//! Usage: `muserload-bench [--pages N] [--json FILE] [--only move|queue|signal|bulk]` in
+//! the guest (`--only`: one group of cases, to run again or to trace), and
 //! `muserload-bench --plot RESULTS.json OUT.svg` on the host to draw the results;
 //! `muserload-bench --migrations MIGRATIONS.json OUT.svg` tabulates and draws
 //! `make bench-migrate`'s.
@@ -73,7 +74,9 @@ pub enum Error {
         message: String,
     },
     /// A bad command line.
-    #[error("usage: muserload-bench [--pages N] [--json FILE] [--only move] ({0})")]
+    #[error(
+        "usage: muserload-bench [--pages N] [--json FILE] [--only move|queue|signal|bulk] ({0})"
+    )]
     Usage(String),
 }
 
@@ -97,19 +100,31 @@ pub fn pin(cpu: usize) -> Result<()> {
     })
 }
 
+/// A group of cases, to run alone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Group {
+    /// The zero-copy (MOVE) cases: run again with the module's page pool off.
+    Move,
+    /// The queue-mode round trips with one faulter.
+    Queue,
+    /// The signal-mode round trips.
+    Signal,
+    /// The bulk loads.
+    Bulk,
+}
+
 struct Options {
     pages: usize,
     json: Option<String>,
-    /// Only the zero-copy (MOVE) cases: `--only move`, to run them again with the module's
-    /// page pool off.
-    move_only: bool,
+    /// `--only`: one group; `None`: every case.
+    only: Option<Group>,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options> {
     let mut options = Options {
         pages: 4096,
         json: None,
-        move_only: false,
+        only: None,
     };
     while let Some(arg) = args.next() {
         let value = args
@@ -124,7 +139,15 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options> {
                     .ok_or_else(|| Error::Usage(format!("bad page count {value}")))?;
             }
             "--json" => options.json = Some(value),
-            "--only" if value == "move" => options.move_only = true,
+            "--only" => {
+                options.only = Some(match value.as_str() {
+                    "move" => Group::Move,
+                    "queue" => Group::Queue,
+                    "signal" => Group::Signal,
+                    "bulk" => Group::Bulk,
+                    _ => return Err(Error::Usage(format!("unknown group {value}"))),
+                })
+            }
             _ => return Err(Error::Usage(format!("unknown argument {arg}"))),
         }
     }
@@ -141,20 +164,25 @@ fn run(options: &Options) -> Result<Vec<Measurement>> {
         results.push(f()?);
         Ok(())
     };
-    let (round_trips, bulks): (&[roundtrip::Kind], &[bulk::Kind]) = if options.move_only {
-        (&[roundtrip::Kind::Move], &[bulk::Kind::Move])
-    } else {
+    let all = options.only.is_none();
+    if all {
         case("first touch", &|| bulk::first_touch(pages))?;
         case("memcpy", &|| bulk::memcpy_4k(pages))?;
-        (
-            &[roundtrip::Kind::Copy, roundtrip::Kind::Move],
-            &[
-                bulk::Kind::Move,
-                bulk::Kind::RecvCopy,
-                bulk::Kind::Copy,
-                bulk::Kind::Zero,
-            ],
-        )
+    }
+    let round_trips: &[roundtrip::Kind] = match options.only {
+        None | Some(Group::Queue) => &[roundtrip::Kind::Copy, roundtrip::Kind::Move],
+        Some(Group::Move) => &[roundtrip::Kind::Move],
+        Some(Group::Signal | Group::Bulk) => &[],
+    };
+    let bulks: &[bulk::Kind] = match options.only {
+        None | Some(Group::Bulk) => &[
+            bulk::Kind::Move,
+            bulk::Kind::RecvCopy,
+            bulk::Kind::Copy,
+            bulk::Kind::Zero,
+        ],
+        Some(Group::Move) => &[bulk::Kind::Move],
+        Some(Group::Queue | Group::Signal) => &[],
     };
     for &kind in round_trips {
         case("queue, muserload", &|| {
@@ -164,7 +192,7 @@ fn run(options: &Options) -> Result<Vec<Measurement>> {
             roundtrip::queue_uffd(pages, kind, 1)
         })?;
     }
-    if !options.move_only {
+    if all {
         // Throughput as faulting threads grow, one resolver.
         for threads in [2, 4, 8] {
             let copy = roundtrip::Kind::Copy;
@@ -175,6 +203,8 @@ fn run(options: &Options) -> Result<Vec<Measurement>> {
                 roundtrip::queue_uffd(pages, copy, threads)
             })?;
         }
+    }
+    if all || options.only == Some(Group::Signal) {
         case("signal, muserload", &|| roundtrip::signal_muserload(pages))?;
         case("signal, userfaultfd", &|| roundtrip::signal_uffd(pages))?;
     }
