@@ -179,7 +179,7 @@ fn run(
                     "VM entry failed (reason {reason:#x}, cpu {cpu})"
                 )))
             }
-            Ok(VcpuExit::InternalError) => return Err(Error::Guest("KVM internal error".into())),
+            Ok(VcpuExit::InternalError) => return Err(Error::Guest(internal_error(&mut vcpu))),
             Ok(exit) => return Err(Error::Guest(format!("unexpected exit {exit:?}"))),
             Err(e) if e.errno() == Errno::EINTR as i32 || e.errno() == Errno::EAGAIN as i32 => {
                 interrupted.interrupted()?;
@@ -192,6 +192,26 @@ fn run(
             }
         }
     }
+}
+
+/// What KVM's internal error says: its suberror (1 emulation failure, 2 simultaneous
+/// exceptions, 3 an exit while delivering an event, 4 an unexpected exit reason) and data
+/// (for 3 and 4: the exit reason and, where KVM gives them, the event being delivered and
+/// the faulting guest physical address), and where the vCPU was.
+fn internal_error(vcpu: &mut VcpuFd) -> String {
+    let rip = vcpu.get_regs().map(|regs| regs.rip).unwrap_or_default();
+    let run = vcpu.get_kvm_run();
+    // SAFETY: After a KVM_EXIT_INTERNAL_ERROR exit, `internal` is the union's valid member.
+    let internal = unsafe { run.__bindgen_anon_1.internal };
+    let data: Vec<String> = internal.data[..(internal.ndata as usize).min(internal.data.len())]
+        .iter()
+        .map(|word| format!("{word:#x}"))
+        .collect();
+    format!(
+        "KVM internal error (suberror {}, data [{}]) at rip {rip:#x}",
+        internal.suberror,
+        data.join(", ")
+    )
 }
 
 /// What a triple fault looks like: where the vCPU was, and the last page fault's address.
