@@ -34,11 +34,12 @@
 
 mod error;
 mod events;
+mod ioctls;
 mod load;
 mod mapping;
 mod object;
 pub mod signal;
-mod uapi;
+pub mod uapi;
 
 pub use error::{Error, Result};
 pub use events::{Event, Events};

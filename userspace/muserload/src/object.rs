@@ -10,6 +10,7 @@ use nix::errno::Errno;
 
 use crate::{
     events::Events,
+    ioctls::*,
     load::{Load, Wake},
     mapping::{GuestMemory, Mapping, Staging, PAGE_SIZE},
     uapi::*,
