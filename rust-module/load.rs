@@ -12,9 +12,10 @@
 //! mapping of the staging range is zapped (one TLB flush for each run of adjacent staging
 //! ranges in the call, however many pairs it has), and only then is it mapped in the guest.
 //! COPY fills new pages before taking any lock, since its source may be a page of this very
-//! object. Either maps the loaded pages into the caller's mapping at once (under `pages`, as the fault path maps), so that a waiter of the same
-//! process finds its page mapped when it wakes instead of faulting a second time. ZERO
-//! allocates nothing: the page is marked loaded, and a touch zero-fills it.
+//! object. Either maps the loaded pages into the caller's mapping at once (under `pages`, as
+//! the fault path maps), so that a waiter of the same process finds its page mapped when it
+//! wakes instead of faulting a second time. ZERO allocates nothing: the page is marked
+//! loaded, and a touch zero-fills it.
 
 use crate::{
     memcg::charged_may_fail,

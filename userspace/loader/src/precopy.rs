@@ -77,7 +77,7 @@ pub fn run(vm: &Vm, stream: &mut impl Write, plan: Plan) -> Result<Rounds> {
         let dirty = vm.dirty_pages()?;
         dirty.ones().for_each(|p| rounds.valid.clear(p));
         let left = dirty.count();
-        let settled = match plan {
+        let switch_over = match plan {
             Plan::Rounds(n) => rounds.rounds > n,
             Plan::Converge {
                 downtime,
@@ -89,7 +89,7 @@ pub fn run(vm: &Vm, stream: &mut impl Write, plan: Plan) -> Result<Rounds> {
                     || rounds.bytes >= MAX_TRAFFIC * ram.size()
             }
         };
-        if settled {
+        if switch_over {
             return Ok(rounds);
         }
         // A page never sent that reads as zero goes in the zero map at the switch instead
