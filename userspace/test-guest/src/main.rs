@@ -21,11 +21,14 @@ fn out32(port: u16, value: u32) {
     unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack)) };
 }
 
+/// Writes one byte to the serial console.
+fn put(byte: u8) {
+    // SAFETY: As in `out32`.
+    unsafe { asm!("out dx, al", in("dx") SERIAL, in("al") byte, options(nomem, nostack)) };
+}
+
 fn print(text: &str) {
-    for byte in text.bytes() {
-        // SAFETY: As in `out32`.
-        unsafe { asm!("out dx, al", in("dx") SERIAL, in("al") byte, options(nomem, nostack)) };
-    }
+    text.bytes().for_each(put);
 }
 
 fn print_number(mut n: u64) {
@@ -39,23 +42,18 @@ fn print_number(mut n: u64) {
             break;
         }
     }
-    for &digit in &digits[at..] {
-        // SAFETY: As in `out32`.
-        unsafe { asm!("out dx, al", in("dx") SERIAL, in("al") digit, options(nomem, nostack)) };
-    }
+    digits[at..].iter().copied().for_each(put);
 }
 
 fn print_hex(n: u64) {
     print("0x");
     for shift in (0..16).rev().map(|digit| digit * 4) {
         let digit = ((n >> shift) & 0xf) as u8;
-        let c = if digit < 10 {
+        put(if digit < 10 {
             b'0' + digit
         } else {
             b'a' + digit - 10
-        };
-        // SAFETY: As in `out32`.
-        unsafe { asm!("out dx, al", in("dx") SERIAL, in("al") c, options(nomem, nostack)) };
+        });
     }
 }
 
