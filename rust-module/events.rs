@@ -22,7 +22,8 @@ use crate::{
     object::Object,
     uapi::{
         muserload_event,
-        MUSERLOAD_EVENTS_NONBLOCK, //
+        MUSERLOAD_EVENTS_NONBLOCK,
+        MUSERLOAD_READ_MAX, //
     },
 };
 use kernel::{
@@ -55,8 +56,8 @@ const EPOLLIN: u32 = 0x1;
 const EPOLLHUP: u32 = 0x10;
 const EPOLLRDNORM: u32 = 0x40;
 
-/// How many events one `read()` copies at most (a bounded on-stack buffer).
-const READ_BATCH: usize = 32;
+/// How many events one read copies at most (a bounded on-stack buffer).
+const READ_BATCH: usize = MUSERLOAD_READ_MAX as usize;
 
 /// Queued events: `events[head..]` are unread.
 struct Queue {
@@ -119,11 +120,18 @@ impl EventQueue {
         q.head < q.events.len()
     }
 
-    /// Copies up to `len` bytes of whole events to `buf`, waiting for one unless
-    /// `nonblock`. Returns 0 (end of file) once the object is aborted and nothing is queued.
-    fn read(&self, object: &Object, buf: UserPtr, len: usize, nonblock: bool) -> Result<usize> {
+    /// Copies up to `max` events to `buf` (EINVAL for no room), waiting for one unless
+    /// `nonblock` (then EAGAIN). Returns how many; 0 (end of file) once the object is aborted
+    /// and nothing is queued. A signal while it waits gives ERESTARTSYS.
+    pub(crate) fn read(
+        &self,
+        object: &Object,
+        buf: UserPtr,
+        max: usize,
+        nonblock: bool,
+    ) -> Result<usize> {
         let size = size_of::<muserload_event>();
-        let max = (len / size).min(READ_BATCH);
+        let max = max.min(READ_BATCH);
         if max == 0 {
             return Err(EINVAL);
         }
@@ -151,7 +159,7 @@ impl EventQueue {
         }
         // Only readers remove events, and `reader` is held: the first `n` are still these.
         self.queue.lock().head += n;
-        Ok(n * size)
+        Ok(n)
     }
 }
 
@@ -215,11 +223,14 @@ unsafe extern "C" fn events_read(
     let object = unsafe { object_of(file) };
     // SAFETY: `file` is valid during `read`.
     let nonblock = unsafe { (*file).f_flags } & MUSERLOAD_EVENTS_NONBLOCK != 0;
-    match object
-        .events
-        .read(&object, UserPtr::from_ptr(buf.cast()), count, nonblock)
-    {
-        Ok(n) => n as isize,
+    let size = size_of::<muserload_event>();
+    match object.events.read(
+        &object,
+        UserPtr::from_ptr(buf.cast()),
+        count / size,
+        nonblock,
+    ) {
+        Ok(n) => (n * size) as isize,
         Err(e) => e.to_errno() as isize,
     }
 }

@@ -37,6 +37,7 @@ mod misc;
 mod module_queue;
 mod object;
 mod pool;
+mod scratch;
 mod signal;
 mod stats;
 mod uapi;

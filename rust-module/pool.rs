@@ -21,6 +21,7 @@ use crate::{
         MemCgroup, //
     },
     object::zeroed_page_may_fail,
+    scratch::Scratch,
 };
 use kernel::{
     new_spinlock,
@@ -70,12 +71,12 @@ impl PagePool {
     }
 
     /// Moves pages into `into` until it is full or the pool is empty.
-    pub(crate) fn take(&self, into: &mut KVec<Page>) {
+    pub(crate) fn take<const N: usize>(&self, into: &mut Scratch<Page, N>) {
         let mut pages = self.pages.lock();
-        while into.len() < into.capacity() {
+        while !into.is_full() {
             let Some(page) = pages.pop() else { break };
             // Cannot fail: `into` has room.
-            let _ = into.push_within_capacity(page);
+            let _ = into.push(page);
         }
     }
 

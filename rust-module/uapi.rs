@@ -40,6 +40,8 @@ pub(crate) const MUSERLOAD_IOC_EVENTS: u32 = _IO(MUSERLOAD_IOCTL_BASE, _MUSERLOA
 pub(crate) const MUSERLOAD_IOC_ABORT: u32 = _IO(MUSERLOAD_IOCTL_BASE, _MUSERLOAD_ABORT);
 pub(crate) const MUSERLOAD_IOC_STATS: u32 =
     _IOR::<muserload_stats>(MUSERLOAD_IOCTL_BASE, _MUSERLOAD_STATS);
+pub(crate) const MUSERLOAD_IOC_RESOLVE: u32 =
+    _IOWR::<muserload_resolve>(MUSERLOAD_IOCTL_BASE, _MUSERLOAD_RESOLVE);
 
 /// Marks ABI structs as plain data for user copies.
 macro_rules! plain_data {
@@ -61,5 +63,6 @@ plain_data!(
     muserload_vec,
     muserload_loadv,
     muserload_event,
-    muserload_stats
+    muserload_stats,
+    muserload_resolve
 );

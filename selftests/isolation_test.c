@@ -350,7 +350,10 @@ TEST(fresh_pages_read_zero)
 				     MUSERLOAD_LOAD_MOVE, NULL));
 		for (i = 64; i < 192; i++)
 			ASSERT_TRUE(ml_is_zero(ml.guest + i * PAGE));
-		/* Staging refills, one page at a time (from the pool) and in batches. */
+		/*
+		 * Staging refills, one page at a time and in a batch: from the
+		 * pool, and zeroed by the caller once the pool runs dry.
+		 */
 		for (i = 0; i < 64; i++) {
 			ml_fill(ml.staging + i * PAGE, i + 1);
 			ASSERT_EQ(0, ml_load(&ml, ml.guest + (192 + i) * PAGE, ml.staging + i * PAGE,

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Queue mode: faults wait, the resolver reads one event per page from the
- * events descriptor (read, poll, epoll) and loads; kernel-mode accesses wait
- * too; the resolver going away or ABORT gives SIGBUS instead of a hang.
+ * events descriptor (read, poll, epoll) and loads, or does both in one
+ * MUSERLOAD_IOC_RESOLVE; kernel-mode accesses wait too; the resolver going
+ * away or ABORT gives SIGBUS instead of a hang.
  */
 #include <poll.h>
 #include <signal.h>
@@ -130,6 +131,161 @@ TEST_F(queue, read_rules)
 	EXPECT_EQ(0, read(events, &ev, sizeof(ev)));
 	EXPECT_EQ(1, poll(&pfd, 1, 0));
 	EXPECT_TRUE(pfd.revents & POLLHUP);
+	close(events);
+}
+
+/* One MUSERLOAD_IOC_RESOLVE: @nr loads of @vec (COPY), then up to 4 events. */
+static int resolve(struct ml *ml, struct muserload_vec *vec, __u64 nr,
+		   struct muserload_event *ev, __u32 flags,
+		   struct muserload_resolve *out)
+{
+	*out = (struct muserload_resolve){
+		.load = {
+			.vec = (uintptr_t)vec,
+			.count = nr,
+			.mode = MUSERLOAD_LOAD_COPY,
+		},
+		.events = (uintptr_t)ev,
+		.nr_events = 4,
+		.flags = flags,
+	};
+	return ioctl(ml->fd, MUSERLOAD_IOC_RESOLVE, out) ? -errno : 0;
+}
+
+/* A resolver's loop in one call per step: each call loads and reads on. */
+TEST_F(queue, resolve_loads_then_reads)
+{
+	struct ml *ml = &self->ml;
+	struct toucher t1 = { .addr = ml->guest + 3 * PAGE };
+	struct toucher t2 = { .addr = ml->guest + 7 * PAGE + 8 };
+	char buf1[PAGE] __attribute__((aligned(8)));
+	char buf2[PAGE] __attribute__((aligned(8)));
+	struct muserload_vec vec;
+	struct muserload_event ev[4];
+	struct muserload_resolve res;
+	int events = ioctl(ml->fd, MUSERLOAD_IOC_EVENTS, 0);
+
+	ASSERT_LE(0, events);
+	ml_fill(buf1, 3);
+	ml_fill(buf2, 7);
+	ASSERT_EQ(0, pthread_create(&t1.thread, NULL, touch_main, &t1));
+	/* Nothing to load yet: it waits for the first event. */
+	ASSERT_EQ(0, resolve(ml, NULL, 0, ev, 0, &res));
+	ASSERT_EQ(1, res.nr_events);
+	EXPECT_EQ(3 * PAGE, ev[0].offset);
+	EXPECT_EQ(0, res.load.loaded);
+
+	ASSERT_EQ(0, pthread_create(&t2.thread, NULL, touch_main, &t2));
+	EXPECT_EQ(2, ml_wait_for_waiters(ml, 2));
+	/* Loads page 3 (its toucher goes on) and reads page 7's event. */
+	vec = (struct muserload_vec){ (uintptr_t)ml->guest + 3 * PAGE, (uintptr_t)buf1, PAGE };
+	ASSERT_EQ(0, resolve(ml, &vec, 1, ev, 0, &res));
+	EXPECT_EQ(PAGE, res.load.loaded);
+	ASSERT_EQ(1, res.nr_events);
+	EXPECT_EQ(7 * PAGE, ev[0].offset);
+	ASSERT_EQ(0, pthread_join(t1.thread, NULL));
+	EXPECT_EQ(((uint64_t *)buf1)[0], t1.word);
+
+	/* The last load: no event follows, and NONBLOCK does not wait for one. */
+	vec = (struct muserload_vec){ (uintptr_t)ml->guest + 7 * PAGE, (uintptr_t)buf2, PAGE };
+	ASSERT_EQ(0, resolve(ml, &vec, 1, ev, MUSERLOAD_RESOLVE_NONBLOCK, &res));
+	EXPECT_EQ(PAGE, res.load.loaded);
+	EXPECT_EQ(0, res.nr_events);
+	ASSERT_EQ(0, pthread_join(t2.thread, NULL));
+	EXPECT_EQ(((uint64_t *)buf2)[1], t2.word);
+
+	/* After ABORT a waiting call returns no event, as read() returns 0. */
+	ASSERT_EQ(0, ioctl(ml->fd, MUSERLOAD_IOC_ABORT));
+	ASSERT_EQ(0, resolve(ml, NULL, 0, ev, 0, &res));
+	EXPECT_EQ(0, res.nr_events);
+	close(events);
+}
+
+/* Bad requests fail whole; a failed load or copy-out loses no event. */
+TEST_F(queue, resolve_rules)
+{
+	struct ml *ml = &self->ml;
+	struct toucher t = { .addr = ml->guest + 2 * PAGE };
+	char buf[PAGE] __attribute__((aligned(8)));
+	struct muserload_vec vec = { (uintptr_t)ml->guest, (uintptr_t)buf, PAGE };
+	struct muserload_event ev[4];
+	struct muserload_resolve res;
+	int events = ioctl(ml->fd, MUSERLOAD_IOC_EVENTS, 0);
+	void *bad;
+
+	ASSERT_LE(0, events);
+	ml_fill(buf, 0);
+	EXPECT_EQ(-EINVAL, resolve(ml, NULL, 0, ev, 2, &res));
+	res.flags = 0;
+	res.nr_events = 0;
+	EXPECT_EQ(-1, ioctl(ml->fd, MUSERLOAD_IOC_RESOLVE, &res));
+	EXPECT_EQ(EINVAL, errno);
+	EXPECT_EQ(-EINVAL, resolve(ml, &vec, MUSERLOAD_LOADV_MAX + 1, ev,
+				   MUSERLOAD_RESOLVE_NONBLOCK, &res));
+	res.load.mode = 0x77;
+	res.load.count = 1;
+	EXPECT_EQ(-1, ioctl(ml->fd, MUSERLOAD_IOC_RESOLVE, &res));
+	EXPECT_EQ(EINVAL, errno);
+	/* Nothing queued and NONBLOCK: success with no event. */
+	ASSERT_EQ(0, resolve(ml, NULL, 0, ev, MUSERLOAD_RESOLVE_NONBLOCK, &res));
+	EXPECT_EQ(0, res.nr_events);
+
+	ASSERT_EQ(0, pthread_create(&t.thread, NULL, touch_main, &t));
+	EXPECT_EQ(1, ml_wait_for_waiters(ml, 1));
+	/* Page 0 loads; the events go to a bad buffer: EFAULT, the event stays. */
+	bad = mmap(NULL, PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, bad);
+	EXPECT_EQ(-EFAULT, resolve(ml, &vec, 1, bad, 0, &res));
+	EXPECT_EQ(PAGE, res.load.loaded);
+	munmap(bad, PAGE);
+	/* Page 0 is loaded now: EEXIST before any event is read. */
+	EXPECT_EQ(-EEXIST, resolve(ml, &vec, 1, ev, 0, &res));
+	EXPECT_EQ(0, res.load.loaded);
+	EXPECT_EQ(0, res.nr_events);
+	/* The event is still there. */
+	ASSERT_EQ(0, resolve(ml, NULL, 0, ev, MUSERLOAD_RESOLVE_NONBLOCK, &res));
+	ASSERT_EQ(1, res.nr_events);
+	EXPECT_EQ(2 * PAGE, ev[0].offset);
+	ASSERT_EQ(0, ml_load(ml, ml->guest + 2 * PAGE, buf, PAGE, MUSERLOAD_LOAD_COPY, NULL));
+	ASSERT_EQ(0, pthread_join(t.thread, NULL));
+	close(events);
+}
+
+static void noop_handler(int sig)
+{
+}
+
+/* Signals the thread @arg once it has had time to start waiting. */
+static void *interrupt_main(void *arg)
+{
+	usleep(100000);
+	pthread_kill(*(pthread_t *)arg, SIGUSR2);
+	return NULL;
+}
+
+/* A signal that interrupts the wait after loads: EINTR, the loads done. */
+TEST_F(queue, resolve_interrupted_after_loads)
+{
+	struct ml *ml = &self->ml;
+	char buf[PAGE] __attribute__((aligned(8)));
+	struct muserload_vec vec = { (uintptr_t)ml->guest, (uintptr_t)buf, PAGE };
+	struct muserload_event ev[4];
+	struct muserload_resolve res;
+	pthread_t self_thread = pthread_self(), interrupter;
+	struct sigaction sa = { .sa_handler = noop_handler };
+	int events = ioctl(ml->fd, MUSERLOAD_IOC_EVENTS, 0);
+
+	ASSERT_LE(0, events);
+	/* SA_RESTART must not make the kernel load again: the call ends. */
+	sa.sa_flags = SA_RESTART;
+	ASSERT_EQ(0, sigaction(SIGUSR2, &sa, NULL));
+	ml_fill(buf, 0);
+	ASSERT_EQ(0, pthread_create(&interrupter, NULL, interrupt_main, &self_thread));
+	EXPECT_EQ(-EINTR, resolve(ml, &vec, 1, ev, 0, &res));
+	EXPECT_EQ(PAGE, res.load.loaded);
+	EXPECT_EQ(0, res.nr_events);
+	EXPECT_TRUE(ml_check(ml->guest, 0));
+	ASSERT_EQ(0, pthread_join(interrupter, NULL));
 	close(events);
 }
 

@@ -36,6 +36,7 @@
 #define _MUSERLOAD_EVENTS 0x05
 #define _MUSERLOAD_ABORT 0x06
 #define _MUSERLOAD_STATS 0x07
+#define _MUSERLOAD_RESOLVE 0x08
 
 /* Where staging starts in the file; guest memory must end below it. */
 #define MUSERLOAD_STAGING_OFFSET (1ULL << 44)
@@ -66,6 +67,7 @@ struct muserload_api {
 #define MUSERLOAD_FEATURE_MOVE (1ULL << 2)	/* zero-copy loads from staging */
 #define MUSERLOAD_FEATURE_LOADV (1ULL << 3)	/* vectored loads */
 #define MUSERLOAD_FEATURE_STATS (1ULL << 4)	/* MUSERLOAD_IOC_STATS */
+#define MUSERLOAD_FEATURE_RESOLVE (1ULL << 5)	/* MUSERLOAD_IOC_RESOLVE */
 
 /*
  * struct muserload_setup - sizes the object, once.
@@ -183,6 +185,40 @@ struct muserload_event {
 #define MUSERLOAD_EVENT_WRITE (1U << 0)	 /* the access was a write */
 #define MUSERLOAD_EVENT_KERNEL (1U << 1) /* a kernel-mode access (GUP, copy_*_user) */
 
+/* The most events one read() or MUSERLOAD_IOC_RESOLVE returns. */
+#define MUSERLOAD_READ_MAX 32
+
+/* Flags of struct muserload_resolve. */
+#define MUSERLOAD_RESOLVE_NONBLOCK (1U << 0)	/* never wait for an event */
+
+/*
+ * struct muserload_resolve - a queue-mode resolver's step in one system call:
+ * the loads of @load, as MUSERLOAD_IOC_LOADV does them (and wakes their
+ * waiters), then the next events, as read() on the events descriptor returns
+ * them. A resolver that loads what it read and reads again needs one call per
+ * batch of faults instead of a load and a read (userfaultfd: poll, read, and an
+ * ioctl per page).
+ * @load:      as struct muserload_loadv; @load.count 0 loads nothing (and
+ *             @load.vec and @load.mode are not read).
+ * @events:    user pointer to room for @nr_events struct muserload_event.
+ * @nr_events: in: the room, at least 1; out: the events written (at most
+ *             MUSERLOAD_READ_MAX).
+ * @flags:     MUSERLOAD_RESOLVE_*.
+ *
+ * A load that fails ends the call with its errno before any event is read;
+ * @load.loaded says how far it got. Then the call waits for an event unless
+ * MUSERLOAD_RESOLVE_NONBLOCK; @nr_events 0 after a wait means the object was
+ * aborted (read()'s end of file). A signal while it waits ends the call with
+ * EINTR if there were loads (they are done: call again with @load.count 0);
+ * without loads the call restarts as read() does.
+ */
+struct muserload_resolve {
+	struct muserload_loadv load;
+	__u64 events;
+	__u32 nr_events;
+	__u32 flags;
+};
+
 /*
  * Buckets of struct muserload_stats.wait_hist: bucket i counts waits of
  * [2^i, 2^(i+1)) microseconds; the last one counts every longer wait.
@@ -225,5 +261,7 @@ struct muserload_stats {
 #define MUSERLOAD_IOC_ABORT _IO(MUSERLOAD_IOCTL_BASE, _MUSERLOAD_ABORT)
 #define MUSERLOAD_IOC_STATS _IOR(MUSERLOAD_IOCTL_BASE, _MUSERLOAD_STATS, \
 				 struct muserload_stats)
+#define MUSERLOAD_IOC_RESOLVE _IOWR(MUSERLOAD_IOCTL_BASE, _MUSERLOAD_RESOLVE, \
+				    struct muserload_resolve)
 
 #endif /* _UAPI_LINUX_MUSERLOAD_H */

@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use nix::errno::Errno;
 
 use crate::{
-    uapi::{muserload_event, MUSERLOAD_EVENT_KERNEL, MUSERLOAD_EVENT_WRITE},
+    uapi::{muserload_event, MUSERLOAD_EVENT_KERNEL, MUSERLOAD_EVENT_WRITE, MUSERLOAD_READ_MAX},
     Error, Result,
 };
 
@@ -22,6 +22,14 @@ pub struct Event {
     pub write: bool,
     /// The kernel touched the page for the thread (a system call's copy, `KVM_RUN`).
     pub kernel: bool,
+}
+
+/// Converts the raw events the module wrote into `out`; returns how many.
+pub(crate) fn convert(raw: &[muserload_event], out: &mut [Event]) -> usize {
+    for (out, event) in out.iter_mut().zip(raw) {
+        *out = Event::from(*event);
+    }
+    raw.len().min(out.len())
 }
 
 impl From<muserload_event> for Event {
@@ -49,9 +57,10 @@ impl Events {
     }
 
     /// Reads events into `buf` (waiting for one unless the descriptor is non-blocking);
-    /// returns how many. 0 means the object was aborted.
+    /// returns how many, at most [`crate::READ_MAX`]. 0 means the object was aborted.
     pub fn read(&self, buf: &mut [Event]) -> Result<usize> {
-        let mut raw = vec![muserload_event::default(); buf.len()];
+        let mut raw = [muserload_event::default(); MUSERLOAD_READ_MAX as usize];
+        let raw = &mut raw[..buf.len().min(MUSERLOAD_READ_MAX as usize)];
         let size = std::mem::size_of::<muserload_event>();
         // SAFETY: `raw` is `raw.len() * size` writable bytes, and the module writes whole
         // records of that type into it.
@@ -59,7 +68,7 @@ impl Events {
             nix::libc::read(
                 self.fd.as_raw_fd(),
                 raw.as_mut_ptr().cast(),
-                raw.len() * size,
+                std::mem::size_of_val(raw),
             )
         };
         if n < 0 {
@@ -68,11 +77,7 @@ impl Events {
                 errno: Errno::last(),
             });
         }
-        let count = n as usize / size;
-        for (out, event) in buf.iter_mut().zip(&raw[..count]) {
-            *out = Event::from(*event);
-        }
-        Ok(count)
+        Ok(convert(&raw[..n as usize / size], buf))
     }
 }
 

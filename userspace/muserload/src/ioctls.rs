@@ -42,6 +42,12 @@ nix::ioctl_write_int_bad!(
     nix::request_code_none!(MUSERLOAD_IOCTL_BASE, _MUSERLOAD_EVENTS)
 );
 nix::ioctl_none!(muserload_ioc_abort, MUSERLOAD_IOCTL_BASE, _MUSERLOAD_ABORT);
+nix::ioctl_readwrite!(
+    muserload_ioc_resolve,
+    MUSERLOAD_IOCTL_BASE,
+    _MUSERLOAD_RESOLVE,
+    muserload_resolve
+);
 nix::ioctl_read!(
     muserload_ioc_stats,
     MUSERLOAD_IOCTL_BASE,

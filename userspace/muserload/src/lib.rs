@@ -17,6 +17,7 @@
 //! object.arm(&guest, 0, guest.len() as u64, FaultMode::Queue)?;
 //! let events = object.events(false)?;
 //! let mut batch = [Event::default(); 16];
+//! // One read and one load per fault here; `Object::resolve` does both in one call.
 //! while let n @ 1.. = events.read(&mut batch)? {
 //!     for event in &batch[..n] {
 //!         let slot = staging.slot_mut(0)?;
@@ -43,10 +44,11 @@ pub mod uapi;
 
 pub use error::{Error, Result};
 pub use events::{Event, Events};
-pub use load::Wake;
+pub use load::{Loads, Wake};
 pub use mapping::{GuestMemory, Staging, PAGE_SIZE};
 pub use object::{
-    FaultMode, Object, Stats, API_VERSION, DEVICE_PATH, LOADV_MAX, STAGING_MAX, STAGING_OFFSET,
+    FaultMode, Object, Stats, API_VERSION, DEVICE_PATH, LOADV_MAX, READ_MAX, STAGING_MAX,
+    STAGING_OFFSET,
 };
 
 /// Feature bits of the handshake ([`Object::features`]).
@@ -63,4 +65,6 @@ pub mod features {
     pub const LOADV: u64 = uapi::MUSERLOAD_FEATURE_LOADV as u64;
     /// Statistics.
     pub const STATS: u64 = uapi::MUSERLOAD_FEATURE_STATS as u64;
+    /// Loads and the next events in one call ([`crate::Object::resolve`]).
+    pub const RESOLVE: u64 = uapi::MUSERLOAD_FEATURE_RESOLVE as u64;
 }

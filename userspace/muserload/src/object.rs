@@ -9,9 +9,9 @@ use std::{
 use nix::errno::Errno;
 
 use crate::{
-    events::Events,
+    events::{self, Event, Events},
     ioctls::*,
-    load::{Load, Wake},
+    load::{Load, Loads, Wake},
     mapping::{GuestMemory, Mapping, Staging, PAGE_SIZE},
     uapi::*,
     Error, Result,
@@ -31,6 +31,9 @@ pub const STAGING_MAX: u64 = MUSERLOAD_STAGING_MAX as u64;
 
 /// The most vectors one vectored load takes.
 pub const LOADV_MAX: usize = MUSERLOAD_LOADV_MAX as usize;
+
+/// The most events one read of events returns.
+pub const READ_MAX: usize = MUSERLOAD_READ_MAX as usize;
 
 /// How a fault on an armed page is told to userspace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -260,6 +263,83 @@ impl Object {
             })
             .collect::<Result<Vec<_>>>()?;
         self.loadv(&vec, MUSERLOAD_LOAD_ZERO, wake)
+    }
+
+    /// A queue-mode resolver's step in one system call: does `loads` (each page only if it
+    /// is not loaded yet, waking its waiters as `wake` says), then reads the next events
+    /// into `events`, waiting for one if `wait`. Returns how many it read, at most
+    /// [`READ_MAX`]: 0 after a wait means the object was aborted. A load that fails ends
+    /// the call before any event is read, with [`Error::Load`] saying how far it got; so
+    /// does a signal that interrupts the wait after loads, with `EINTR`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use muserload::{features, Event, FaultMode, Loads, Object, Wake, PAGE_SIZE};
+    ///
+    /// let object = Object::create(1 << 20, 0, features::QUEUE | features::RESOLVE)?;
+    /// let guest = object.map_guest()?;
+    /// object.arm(&guest, 0, guest.len() as u64, FaultMode::Queue)?;
+    /// let _events = object.events(false)?;
+    /// let page = vec![0u8; PAGE_SIZE];
+    /// let mut batch = [Event::default(); 16];
+    /// let mut replies = Vec::new();
+    /// loop {
+    ///     let n = object.resolve(&guest, Loads::Copy(&replies), Wake::Now, &mut batch, true)?;
+    ///     if n == 0 {
+    ///         break; // Aborted.
+    ///     }
+    ///     // ... fetch each page from the source ...
+    ///     replies = batch[..n].iter().map(|e| (e.offset, &page[..])).collect();
+    /// }
+    /// # Ok::<(), muserload::Error>(())
+    /// ```
+    pub fn resolve(
+        &self,
+        guest: &GuestMemory,
+        loads: Loads<'_>,
+        wake: Wake,
+        events: &mut [Event],
+        wait: bool,
+    ) -> Result<usize> {
+        // A batch of up to `READ_MAX` pairs, a batch of faults' replies, needs no allocation.
+        let count = loads.len();
+        let mut stack = [muserload_vec::default(); READ_MAX];
+        let heap: Vec<muserload_vec>;
+        let pairs = if count <= READ_MAX {
+            for (i, pair) in stack[..count].iter_mut().enumerate() {
+                *pair = loads.vec(guest, i)?;
+            }
+            &stack[..count]
+        } else {
+            heap = (0..count)
+                .map(|i| loads.vec(guest, i))
+                .collect::<Result<_>>()?;
+            &heap
+        };
+        let mut raw = [muserload_event::default(); READ_MAX];
+        let room = events.len().min(READ_MAX);
+        let mut resolve = muserload_resolve {
+            load: muserload_loadv {
+                vec: pairs.as_ptr() as u64,
+                count: pairs.len() as u64,
+                mode: u64::from(loads.kind()) | wake.flag(),
+                loaded: 0,
+            },
+            events: raw.as_mut_ptr() as u64,
+            nr_events: room as u32,
+            flags: if wait { 0 } else { MUSERLOAD_RESOLVE_NONBLOCK },
+        };
+        // SAFETY: `resolve` is a valid struct the module reads and writes; `pairs` and
+        // `raw` (room for `nr_events` events) outlive the call.
+        let ret = unsafe { muserload_ioc_resolve(self.fd.as_raw_fd(), &mut resolve) };
+        ret.map_err(|errno| Error::Load {
+            op: "MUSERLOAD_IOC_RESOLVE",
+            loaded: resolve.load.loaded,
+            errno,
+        })?;
+        let read = (resolve.nr_events as usize).min(room);
+        Ok(events::convert(&raw[..read], events))
     }
 
     fn loadv(&self, vec: &[muserload_vec], kind: u32, wake: Wake) -> Result<u64> {

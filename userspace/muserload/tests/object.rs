@@ -2,11 +2,17 @@
 
 use std::{sync::OnceLock, thread, time::Duration};
 
-use muserload::{features, signal, Error, Event, FaultMode, GuestMemory, Object, Wake, PAGE_SIZE};
+use muserload::{
+    features, signal, Error, Event, FaultMode, GuestMemory, Loads, Object, Wake, PAGE_SIZE,
+};
 use nix::{errno::Errno, sys::signal::Signal};
 
-const ALL: u64 =
-    features::SIGNAL | features::QUEUE | features::MOVE | features::LOADV | features::STATS;
+const ALL: u64 = features::SIGNAL
+    | features::QUEUE
+    | features::MOVE
+    | features::LOADV
+    | features::STATS
+    | features::RESOLVE;
 const PAGE: u64 = PAGE_SIZE as u64;
 
 fn object(pages: u64, staging_pages: u64) -> Object {
@@ -96,6 +102,71 @@ fn queue_mode_round_trip() {
     assert_eq!(stats.faults_queue_user, 1);
     assert_eq!(stats.loads_copy, 1);
     assert_eq!(stats.unloaded, 7);
+}
+
+#[test]
+fn resolve_moves_then_reads_the_next_event() {
+    let object = object(8, 2);
+    let guest = object.map_guest().expect("map");
+    let mut staging = object.map_staging().expect("map staging");
+    object
+        .arm(&guest, 0, 8 * PAGE, FaultMode::Queue)
+        .expect("arm");
+    let _events = object.events(false).expect("events");
+    let mut batch = [Event::default(); 4];
+    thread::scope(|s| {
+        let first = s.spawn(|| page_at(&guest, 2 * PAGE));
+        let n = object
+            .resolve(&guest, Loads::Nothing, Wake::Now, &mut batch, true)
+            .expect("first event");
+        assert_eq!((n, batch[0].offset), (1, 2 * PAGE));
+        let second = s.spawn(|| page_at(&guest, 6 * PAGE));
+        staging
+            .slot_mut(0)
+            .expect("slot")
+            .copy_from_slice(&pattern(2));
+        // Moves page 2 in, then waits for page 6's event.
+        let loads = Loads::Move(&mut staging, &[(2 * PAGE, 0)]);
+        let n = object
+            .resolve(&guest, loads, Wake::Now, &mut batch, true)
+            .expect("load and next event");
+        assert_eq!((n, batch[0].offset), (1, 6 * PAGE));
+        assert_eq!(first.join().expect("first"), pattern(2));
+        let data = pattern(6);
+        let n = object
+            .resolve(
+                &guest,
+                Loads::Copy(&[(6 * PAGE, &data)]),
+                Wake::Now,
+                &mut batch,
+                false,
+            )
+            .expect("last load");
+        assert_eq!(n, 0);
+        assert_eq!(second.join().expect("second"), pattern(6));
+    });
+    // A load past guest memory fails before the kernel; a refused one says how far it got.
+    let data = pattern(1);
+    let err = object
+        .resolve(
+            &guest,
+            Loads::Copy(&[(8 * PAGE, &data)]),
+            Wake::Now,
+            &mut batch,
+            false,
+        )
+        .expect_err("past the mapping");
+    assert!(matches!(err, Error::Range { .. }), "{err:?}");
+    match object.resolve(
+        &guest,
+        Loads::Copy(&[(2 * PAGE, &data)]),
+        Wake::Now,
+        &mut batch,
+        false,
+    ) {
+        Err(Error::Load { errno, loaded, .. }) => assert_eq!((errno, loaded), (Errno::EEXIST, 0)),
+        other => panic!("expected EEXIST, got {other:?}"),
+    }
 }
 
 #[test]
