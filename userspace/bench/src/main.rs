@@ -2,7 +2,7 @@
 //! kernel, with the same sizes and the same CPU placement. Every case verifies the content
 //! of every page it loaded; a mismatch fails the run.
 //!
-//! Usage: `muserload-bench [--pages N] [--json FILE] [--only move|queue|signal|bulk]` in
+//! Usage: `muserload-bench [--pages N] [--json FILE] [--only move|queue|scaling|signal|bulk]` in
 //! the guest (`--only`: one group of cases, to run again or to trace), and
 //! `muserload-bench --plot RESULTS.json OUT.svg` on the host to draw the results;
 //! `muserload-bench --migrations MIGRATIONS.json OUT.svg` tabulates and draws
@@ -59,6 +59,9 @@ pub enum Error {
         /// The page.
         page: usize,
     },
+    /// The object was aborted while the resolver still had faults to serve.
+    #[error("the object was aborted with faults left to serve")]
+    Aborted,
     /// A thread of the benchmark panicked.
     #[error("the {0} thread panicked")]
     Thread(&'static str),
@@ -75,7 +78,7 @@ pub enum Error {
     },
     /// A bad command line.
     #[error(
-        "usage: muserload-bench [--pages N] [--json FILE] [--only move|queue|signal|bulk] ({0})"
+        "usage: muserload-bench [--pages N] [--json FILE] [--only move|queue|scaling|signal|bulk] ({0})"
     )]
     Usage(String),
 }
@@ -107,6 +110,8 @@ enum Group {
     Move,
     /// The queue-mode round trips with one faulter.
     Queue,
+    /// Queue-mode throughput with 2, 4 and 8 faulters.
+    Scaling,
     /// The signal-mode round trips.
     Signal,
     /// The bulk loads.
@@ -143,6 +148,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options> {
                 options.only = Some(match value.as_str() {
                     "move" => Group::Move,
                     "queue" => Group::Queue,
+                    "scaling" => Group::Scaling,
                     "signal" => Group::Signal,
                     "bulk" => Group::Bulk,
                     _ => return Err(Error::Usage(format!("unknown group {value}"))),
@@ -172,7 +178,7 @@ fn run(options: &Options) -> Result<Vec<Measurement>> {
     let round_trips: &[roundtrip::Kind] = match options.only {
         None | Some(Group::Queue) => &[roundtrip::Kind::Copy, roundtrip::Kind::Move],
         Some(Group::Move) => &[roundtrip::Kind::Move],
-        Some(Group::Signal | Group::Bulk) => &[],
+        Some(Group::Signal | Group::Bulk | Group::Scaling) => &[],
     };
     let bulks: &[bulk::Kind] = match options.only {
         None | Some(Group::Bulk) => &[
@@ -182,7 +188,7 @@ fn run(options: &Options) -> Result<Vec<Measurement>> {
             bulk::Kind::Zero,
         ],
         Some(Group::Move) => &[bulk::Kind::Move],
-        Some(Group::Queue | Group::Signal) => &[],
+        Some(Group::Queue | Group::Signal | Group::Scaling) => &[],
     };
     for &kind in round_trips {
         case("queue, muserload", &|| {
@@ -192,7 +198,7 @@ fn run(options: &Options) -> Result<Vec<Measurement>> {
             roundtrip::queue_uffd(pages, kind, 1)
         })?;
     }
-    if all {
+    if all || options.only == Some(Group::Scaling) {
         // Throughput as faulting threads grow, one resolver.
         for threads in [2, 4, 8] {
             let copy = roundtrip::Kind::Copy;
@@ -204,9 +210,18 @@ fn run(options: &Options) -> Result<Vec<Measurement>> {
             })?;
         }
     }
-    if all || options.only == Some(Group::Signal) {
-        case("signal, muserload", &|| roundtrip::signal_muserload(pages))?;
-        case("signal, userfaultfd", &|| roundtrip::signal_uffd(pages))?;
+    let signal_trips: &[roundtrip::Kind] = match options.only {
+        None | Some(Group::Signal) => &[roundtrip::Kind::Copy, roundtrip::Kind::Move],
+        Some(Group::Move) => &[roundtrip::Kind::Move],
+        Some(Group::Queue | Group::Scaling | Group::Bulk) => &[],
+    };
+    for &kind in signal_trips {
+        case("signal, muserload", &|| {
+            roundtrip::signal_muserload(pages, kind)
+        })?;
+        case("signal, userfaultfd", &|| {
+            roundtrip::signal_uffd(pages, kind)
+        })?;
     }
     for &kind in bulks {
         case("bulk, muserload", &|| bulk::muserload(pages * 4, kind))?;
@@ -273,7 +288,9 @@ fn main() -> ExitCode {
     };
     report::print_table(&results);
     println!(
-        "# {} pages per round-trip case, pinned to CPU {CPU}, {:.1} s",
+        "# {} pages per round-trip case, pinned to CPU {CPU}, {:.1} s; muserload's MOVE \
+         cases take staging refills from the module's page pool, which a worker zeroes \
+         on an unbound workqueue (the idle vCPU)",
         options.pages,
         start.elapsed().as_secs_f64()
     );

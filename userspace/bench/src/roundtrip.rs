@@ -1,16 +1,19 @@
 //! Fault round trips: a thread touches an unloaded page and waits until a resolver loads
-//! it. Queue mode against `poll` + `read` + `UFFDIO_COPY` (or `UFFDIO_MOVE`); signal
-//! mode against `UFFD_FEATURE_SIGBUS` with `UFFDIO_COPY` in the handler. One faulter
-//! touches each page once, in order; the resolver runs on the same CPU.
+//! it. Queue mode: one `MUSERLOAD_IOC_RESOLVE` per batch of faults (it loads the last
+//! batch's pages and reads the next events) against `poll` + `read` + a `UFFDIO_COPY` (or
+//! `UFFDIO_MOVE`) per fault; signal mode against `UFFD_FEATURE_SIGBUS` with `UFFDIO_COPY`
+//! (or `UFFDIO_MOVE`) in the handler. Each faulter touches its pages once, in order; the resolver runs on the
+//! same CPU.
 
 use std::{
+    cell::UnsafeCell,
     sync::OnceLock,
     thread,
     time::{Duration, Instant},
 };
 
 use muserload::{
-    features, signal, Event, Events, FaultMode, GuestMemory, Object, Staging, Wake, PAGE_SIZE,
+    features, signal, Event, FaultMode, GuestMemory, Loads, Object, Staging, Wake, PAGE_SIZE,
 };
 use nix::sys::signal::Signal;
 
@@ -109,16 +112,17 @@ pub fn queue_muserload(pages: usize, kind: Kind, threads: usize) -> Result<Measu
     let object = Object::create(
         (pages * PAGE_SIZE) as u64,
         (STAGING_SLOTS * PAGE_SIZE) as u64,
-        features::QUEUE | features::MOVE,
+        features::QUEUE | features::MOVE | features::RESOLVE,
     )?;
     let guest = object.map_guest()?;
     let mut staging = object.map_staging()?;
     object.arm(&guest, 0, guest.len() as u64, FaultMode::Queue)?;
-    let events = object.events(false)?;
+    // Held for as long as the resolver runs: closing it would abort the object.
+    let _events = object.events(false)?;
     let start = Instant::now();
     let samples = thread::scope(|s| -> Result<Vec<Duration>> {
         let resolver = s.spawn(|| -> Result<()> {
-            let served = serve_events(&object, &guest, &mut staging, &events, &source, kind);
+            let served = serve_events(&object, &guest, &mut staging, &source, kind);
             // A resolver that stops early must not leave the faulter asleep: it gets SIGBUS.
             if served.is_err() {
                 let _ = object.abort();
@@ -143,36 +147,51 @@ pub fn queue_muserload(pages: usize, kind: Kind, threads: usize) -> Result<Measu
     ))
 }
 
-/// The muserload resolver: serves one event per page of `source`.
+/// The muserload resolver: serves one event per page of `source`, loading each batch of
+/// events it read in the call that reads the next batch.
 fn serve_events(
     object: &Object,
     guest: &GuestMemory,
     staging: &mut Staging,
-    events: &Events,
     source: &[u8],
     kind: Kind,
 ) -> Result<()> {
     pin(CPU)?;
     let pages = source.len() / PAGE_SIZE;
     let mut batch = [Event::default(); 16];
-    let mut served = 0;
-    while served < pages {
-        let n = events.read(&mut batch)?;
+    let mut copies: Vec<(u64, &[u8])> = Vec::with_capacity(batch.len());
+    let mut moves: Vec<(u64, usize)> = Vec::with_capacity(batch.len());
+    let mut received = 0;
+    loop {
+        let loads = match kind {
+            Kind::Copy => Loads::Copy(&copies),
+            Kind::Move => Loads::Move(staging, &moves),
+        };
+        // Once every page's event is in, the last loads wait for nothing after them.
+        let wait = received < pages;
+        let n = object.resolve(guest, loads, Wake::Now, &mut batch, wait)?;
+        if !wait {
+            return Ok(());
+        }
+        if n == 0 {
+            return Err(Error::Aborted);
+        }
+        copies.clear();
+        moves.clear();
         for event in &batch[..n] {
             let start = event.offset as usize;
             let data = &source[start..start + PAGE_SIZE];
             match kind {
-                Kind::Copy => object.load_copy(guest, event.offset, data, Wake::Now)?,
+                Kind::Copy => copies.push((event.offset, data)),
                 Kind::Move => {
-                    let slot = served % STAGING_SLOTS;
+                    let slot = received % STAGING_SLOTS;
                     staging.slot_mut(slot)?.copy_from_slice(data);
-                    object.load_move(guest, event.offset, staging, slot, 1, Wake::Now)?
+                    moves.push((event.offset, slot));
                 }
-            };
-            served += 1;
+            }
+            received += 1;
         }
     }
-    Ok(())
 }
 
 /// Joins a resolver thread, passing on its error.
@@ -272,8 +291,22 @@ struct SignalTarget<T> {
     source: Vec<u8>,
 }
 
-static MUSERLOAD_TARGET: OnceLock<SignalTarget<(Object, GuestMemory)>> = OnceLock::new();
-static UFFD_TARGET: OnceLock<SignalTarget<(Userfaultfd, Anon)>> = OnceLock::new();
+/// Staging that only the faulting thread's signal handler touches.
+struct HandlerStaging(UnsafeCell<Staging>);
+
+// SAFETY: Only the one faulting thread's handler touches it, and a handler does not nest in
+// itself: its signal is blocked while it runs.
+unsafe impl Sync for HandlerStaging {}
+
+/// muserload's handler targets: the object, its guest memory, and staging for MOVE.
+type MuserloadTarget = SignalTarget<(Object, GuestMemory, Option<HandlerStaging>)>;
+/// userfaultfd's: the descriptor, the registered region, and staging for `UFFDIO_MOVE`.
+type UffdTarget = SignalTarget<(Userfaultfd, Anon, Anon)>;
+
+static MUSERLOAD_TARGET: OnceLock<MuserloadTarget> = OnceLock::new();
+static MUSERLOAD_MOVE_TARGET: OnceLock<MuserloadTarget> = OnceLock::new();
+static UFFD_TARGET: OnceLock<UffdTarget> = OnceLock::new();
+static UFFD_MOVE_TARGET: OnceLock<UffdTarget> = OnceLock::new();
 
 fn page_of<T>(t: &SignalTarget<T>, address: u64) -> (u64, &[u8]) {
     let offset = (address - t.base) & !(PAGE_SIZE as u64 - 1);
@@ -281,14 +314,39 @@ fn page_of<T>(t: &SignalTarget<T>, address: u64) -> (u64, &[u8]) {
     (offset, &t.source[start..start + PAGE_SIZE])
 }
 
-fn muserload_handler(address: u64) {
+/// The staging slot a page's data goes through.
+fn slot_of(offset: u64) -> usize {
+    (offset as usize / PAGE_SIZE) % STAGING_SLOTS
+}
+
+fn muserload_copy_handler(address: u64) {
     if let Some(t) = MUSERLOAD_TARGET.get() {
         let (offset, data) = page_of(t, address);
         let _ = t.target.0.load_copy(&t.target.1, offset, data, Wake::Now);
     }
 }
 
-fn uffd_handler(address: u64) {
+fn muserload_move_handler(address: u64) {
+    let Some(t) = MUSERLOAD_MOVE_TARGET.get() else {
+        return;
+    };
+    let Some(staging) = &t.target.2 else {
+        return;
+    };
+    let (offset, data) = page_of(t, address);
+    // SAFETY: This handler is the staging's only user (see `HandlerStaging`).
+    let staging = unsafe { &mut *staging.0.get() };
+    let slot = slot_of(offset);
+    if let Ok(buf) = staging.slot_mut(slot) {
+        buf.copy_from_slice(data);
+        let _ = t
+            .target
+            .0
+            .load_move(&t.target.1, offset, staging, slot, 1, Wake::Now);
+    }
+}
+
+fn uffd_copy_handler(address: u64) {
     if let Some(t) = UFFD_TARGET.get() {
         let (offset, data) = page_of(t, address);
         let _ = t
@@ -298,13 +356,55 @@ fn uffd_handler(address: u64) {
     }
 }
 
-const SIGNAL_CASE: &str = "signal round trip copy";
-const SIGNAL_WORK: Work = Work::new(1.0, 0.0, 0.0);
+fn uffd_move_handler(address: u64) {
+    if let Some(t) = UFFD_MOVE_TARGET.get() {
+        let (offset, data) = page_of(t, address);
+        let slot = slot_of(offset) * PAGE_SIZE;
+        // SAFETY: The slot lies in the staging region, which only this handler touches.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), t.target.2.as_ptr().add(slot), PAGE_SIZE)
+        };
+        let _ = t
+            .target
+            .0
+            .move_pages(t.base + offset, t.target.2.addr(slot), PAGE_SIZE as u64);
+    }
+}
 
-/// Signal mode: the faulting thread's SIGUSR1 handler copies the page in.
-pub fn signal_muserload(pages: usize) -> Result<Measurement> {
-    let object = Object::create((pages * PAGE_SIZE) as u64, 0, features::SIGNAL)?;
+fn signal_case(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Copy => "signal round trip copy",
+        Kind::Move => "signal round trip move",
+    }
+}
+
+/// Signal mode: the faulting thread's SIGUSR1 handler loads the page (copies it in, or
+/// writes it into staging and moves it in).
+pub fn signal_muserload(pages: usize, kind: Kind) -> Result<Measurement> {
+    let (staging_pages, features, cell, handler): (_, _, _, fn(u64)) = match kind {
+        Kind::Copy => (
+            0,
+            features::SIGNAL,
+            &MUSERLOAD_TARGET,
+            muserload_copy_handler,
+        ),
+        Kind::Move => (
+            STAGING_SLOTS,
+            features::SIGNAL | features::MOVE,
+            &MUSERLOAD_MOVE_TARGET,
+            muserload_move_handler,
+        ),
+    };
+    let object = Object::create(
+        (pages * PAGE_SIZE) as u64,
+        (staging_pages * PAGE_SIZE) as u64,
+        features,
+    )?;
     let guest = object.map_guest()?;
+    let staging = match kind {
+        Kind::Copy => None,
+        Kind::Move => Some(HandlerStaging(UnsafeCell::new(object.map_staging()?))),
+    };
     object.arm(
         &guest,
         0,
@@ -312,51 +412,71 @@ pub fn signal_muserload(pages: usize) -> Result<Measurement> {
         FaultMode::Signal(Signal::SIGUSR1 as i32),
     )?;
     let base = guest.as_ptr() as u64;
-    let target = MUSERLOAD_TARGET.get_or_init(|| SignalTarget {
-        target: (object, guest),
+    let target = cell.get_or_init(|| SignalTarget {
+        target: (object, guest, staging),
         base,
         source: pattern::source(pages),
     });
-    signal::install(Signal::SIGUSR1, muserload_handler)?;
+    signal::install(Signal::SIGUSR1, handler)?;
     let start = Instant::now();
     let samples = touch_all(target.target.1.as_ptr(), pages, 1)?;
     let total = start.elapsed();
-    verify(SIGNAL_CASE, "muserload", target.target.1.as_ptr(), pages)?;
+    verify(
+        signal_case(kind),
+        "muserload",
+        target.target.1.as_ptr(),
+        pages,
+    )?;
     Ok(Measurement::new(
-        SIGNAL_CASE,
+        signal_case(kind),
         "muserload",
         "cpu0",
         samples,
         1,
         total,
-        SIGNAL_WORK,
+        work(kind),
     ))
 }
 
-/// `UFFD_FEATURE_SIGBUS`: the faulting thread's SIGBUS handler does `UFFDIO_COPY`.
-pub fn signal_uffd(pages: usize) -> Result<Measurement> {
+/// `UFFD_FEATURE_SIGBUS`: the faulting thread's SIGBUS handler does `UFFDIO_COPY`, or writes
+/// the page into staging and does `UFFDIO_MOVE`.
+pub fn signal_uffd(pages: usize, kind: Kind) -> Result<Measurement> {
     let region = Anon::new(pages * PAGE_SIZE)?;
-    let uffd = Userfaultfd::new(uffd::FEATURE_SIGBUS)?;
+    let staging = Anon::new(STAGING_SLOTS * PAGE_SIZE)?;
+    let (features, cell, handler): (_, _, fn(u64)) = match kind {
+        Kind::Copy => (uffd::FEATURE_SIGBUS, &UFFD_TARGET, uffd_copy_handler),
+        Kind::Move => (
+            uffd::FEATURE_SIGBUS | uffd::FEATURE_MOVE,
+            &UFFD_MOVE_TARGET,
+            uffd_move_handler,
+        ),
+    };
+    let uffd = Userfaultfd::new(features)?;
     uffd.register(region.addr(0), (pages * PAGE_SIZE) as u64)?;
     let base = region.addr(0);
-    let target = UFFD_TARGET.get_or_init(|| SignalTarget {
-        target: (uffd, region),
+    let target = cell.get_or_init(|| SignalTarget {
+        target: (uffd, region, staging),
         base,
         source: pattern::source(pages),
     });
-    signal::install(Signal::SIGBUS, uffd_handler)?;
+    signal::install(Signal::SIGBUS, handler)?;
     let start = Instant::now();
     let samples = touch_all(target.target.1.as_ptr(), pages, 1)?;
     let total = start.elapsed();
-    verify(SIGNAL_CASE, "userfaultfd", target.target.1.as_ptr(), pages)?;
+    verify(
+        signal_case(kind),
+        "userfaultfd",
+        target.target.1.as_ptr(),
+        pages,
+    )?;
     Ok(Measurement::new(
-        SIGNAL_CASE,
+        signal_case(kind),
         "userfaultfd",
         "cpu0",
         samples,
         1,
         total,
-        SIGNAL_WORK,
+        work(kind),
     ))
 }
 
