@@ -10,12 +10,15 @@
 //!   `copy_to_user()`) releases the fault lock and asks for a retry: GUP that may be
 //!   interrupted (`KVM_RUN`) then returns `EINTR` with the signal pending; its retry, and
 //!   any access that can only be retried (`copy_to_user()`), get SIGBUS, so the system call
-//!   fails with `EFAULT` and the handler runs on its return.
+//!   fails with `EFAULT` and the handler runs on its return; on a page armed with
+//!   `MUSERLOAD_ARM_KERNEL_WAITS` they wait as in queue mode instead (KVM turns an
+//!   `EFAULT` of its own guest-memory accesses into a fault injected into the guest).
 //! - An armed page in queue mode: the first waiter queues one event; every waiter releases
-//!   the fault lock, sleeps until the page is loaded (or the object is aborted, or a signal
-//!   it admits arrives) and asks for a retry. A page loaded and armed again before the
-//!   waiter slept has no event: the waiter does not sleep but retries, and its next fault
-//!   queues one. `RETRY_NOWAIT` never sleeps, and a fault that cannot be retried gets
+//!   the fault lock and sleeps until the page is loaded, then returns to the access as a
+//!   completed fault (the load mapped the page: no second walk); woken by an abort or a
+//!   signal it admits, it asks for a retry instead. A page loaded and armed again before
+//!   the waiter slept has no event: the waiter does not sleep, and its access faults again
+//!   and queues one. `RETRY_NOWAIT` never sleeps, and a fault that cannot be retried gets
 //!   SIGBUS.
 //! - Once the object is aborted, a fault on an armed page gets SIGBUS.
 
@@ -26,6 +29,7 @@ use crate::{
         Object,
         Region,
         STATE_ARMED,
+        STATE_KERNEL_WAITS,
         STATE_REPORTED,
         STATE_SIGNAL_MASK, //
     },
@@ -39,6 +43,7 @@ use crate::{
         Fault,
         FaultResult, //
     },
+    wait::WaitState,
 };
 use kernel::{
     page::Page,
@@ -92,12 +97,20 @@ fn guest(object: &Arc<Object>, layout: &Layout, index: usize, fault: Fault) -> F
     }
     let access = fault.access();
     let signal = state & STATE_SIGNAL_MASK;
-    if signal != 0 {
+    // A kernel-mode access that its signal cannot end, on a page armed to wait then
+    // (`MUSERLOAD_ARM_KERNEL_WAITS`): its first try sent the signal (a GUP that gives up
+    // with EINTR, as KVM_RUN's does, never tries again), so a second try, or another task's
+    // access, which no signal reaches, waits as in queue mode.
+    let kernel_waits = signal != 0
+        && state & STATE_KERNEL_WAITS != 0
+        && !access.user
+        && (fault.tried() || fault.remote());
+    if signal != 0 && !kernel_waits {
         drop(pages);
         return signal_mode(object, signal, fault);
     }
 
-    // Queue mode.
+    // Queue mode, or a signal-mode access that waits as in queue mode.
     if fault.nowait() {
         // The caller keeps the fault lock and will try again in a way that may wait.
         return FaultResult::Retry;
@@ -132,15 +145,27 @@ fn guest(object: &Arc<Object>, layout: &Layout, index: usize, fault: Fault) -> F
     }
     drop(pages);
 
-    let wait_state = fault.wait_state();
+    let wait_state = match fault.wait_state() {
+        // Its own signal is pending, and its handler can run only once this access is done:
+        // only a fatal signal may end the wait.
+        WaitState::Interruptible if signal != 0 => WaitState::Killable,
+        state => state,
+    };
     fault.release_lock();
     object.stats.wait_begin();
     let start = Instant::<Monotonic>::now();
-    object.waitq(index).wait_until(wait_state, || {
+    let finished = object.waitq(index).wait_until(wait_state, || {
         !layout.awaits_load(index) || object.aborted()
     });
     object.stats.wait_end(start.elapsed().as_nanos() as u64);
-    FaultResult::Retry
+    // Loaded: back to the access at once. A signal (the arch code must see the retry to
+    // handle it, or a kernel access would loop) and an abort (SIGBUS on the next try)
+    // take the retry.
+    if finished && !object.aborted() {
+        FaultResult::Completed
+    } else {
+        FaultResult::Retry
+    }
 }
 
 fn signal_mode(object: &Object, signal: u32, fault: Fault) -> FaultResult {

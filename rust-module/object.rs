@@ -89,6 +89,9 @@ pub(crate) const STATE_REPORTED: u32 = 1 << 9;
 /// Loaded as a zero page that is not allocated yet: a touch zero-fills it, a load gets
 /// EEXIST. ZERO loads cost no page and no zeroing until the guest touches the page.
 pub(crate) const STATE_ZERO: u32 = 1 << 10;
+/// Signal mode with `MUSERLOAD_ARM_KERNEL_WAITS`: a kernel-mode access that the signal
+/// cannot end waits as in queue mode.
+pub(crate) const STATE_KERNEL_WAITS: u32 = 1 << 11;
 
 /// The sizes of an object and the state words of its guest pages.
 pub(crate) struct Layout {
@@ -346,11 +349,18 @@ impl Object {
 
     fn arm(&self, arg: UserSlice) -> Result<isize> {
         let arm: muserload_arm = arg.reader().read()?;
-        if arm.flags != 0 {
+        if arm.flags & !MUSERLOAD_ARM_KERNEL_WAITS != 0 {
             return Err(EINVAL);
         }
+        let mut mode = arm.signal;
         if arm.signal != 0 {
             crate::signal::check(arm.signal)?;
+            if arm.flags & MUSERLOAD_ARM_KERNEL_WAITS != 0 {
+                mode |= STATE_KERNEL_WAITS;
+            }
+        } else if arm.flags != 0 {
+            // Queue mode: every access waits already.
+            return Err(EINVAL);
         }
         let layout = self.layout().ok_or(EINVAL)?;
         let count = (arm.len >> PAGE_SHIFT) as usize;
@@ -372,7 +382,7 @@ impl Object {
                         newly_armed += 1;
                         0
                     };
-                    state.store(STATE_ARMED | reported | arm.signal, Release);
+                    state.store(STATE_ARMED | reported | mode, Release);
                 }
                 // Unmap under `pages`, so that no fault maps a discarded page again in between.
                 self.mapping.unmap(range.offset, arm.len);

@@ -47,6 +47,13 @@ pub(crate) enum FaultResult {
     /// The fault lock was released (or, with `RETRY_NOWAIT`, the caller must not wait):
     /// the fault will be retried.
     Retry,
+    /// The fault lock was released and the page loaded meanwhile: the access goes back to
+    /// the faulting instruction without the retry's second lock and page-table walk
+    /// (`VM_FAULT_COMPLETED`, which callers that allow a retry all handle; with
+    /// `VM_FAULT_NOPAGE`, so that the core does not look for a page in the return). A load
+    /// maps the page in the loader's mapping: the instruction finds it there, or faults
+    /// once more (another process's mapping) and the fault maps it.
+    Completed,
     /// Deliver SIGBUS.
     SigBus,
     /// Out of memory.
@@ -58,6 +65,10 @@ impl FaultResult {
         (match self {
             Self::NoPage => bindings::vm_fault_reason_VM_FAULT_NOPAGE,
             Self::Retry => bindings::vm_fault_reason_VM_FAULT_RETRY,
+            Self::Completed => {
+                bindings::vm_fault_reason_VM_FAULT_COMPLETED
+                    | bindings::vm_fault_reason_VM_FAULT_NOPAGE
+            }
             Self::SigBus => bindings::vm_fault_reason_VM_FAULT_SIGBUS,
             Self::Oom => bindings::vm_fault_reason_VM_FAULT_OOM,
         }) as bindings::vm_fault_t
@@ -324,7 +335,7 @@ impl Fault {
     }
 
     /// Releases the fault lock, as `release_fault_lock()` does, so that the caller may sleep;
-    /// the fault must then return [`FaultResult::Retry`].
+    /// the fault must then return [`FaultResult::Retry`] or [`FaultResult::Completed`].
     pub(crate) fn release_lock(self) {
         let vma = {
             // SAFETY: By the type invariants `vmf` is valid and its lock is held.

@@ -79,30 +79,35 @@ impl WaitQueue {
         })
     }
 
-    /// Sleeps in `state` until `done()` is true or a signal that `state` admits is pending.
+    /// Sleeps in `state` until `done()` is true or a signal that `state` admits is pending;
+    /// returns whether `done()` was.
     ///
     /// `done` runs with the task state already set, so it must not sleep (no mutex): it
     /// reads atomics. A wake between its `false` and the sleep is not lost, since the thread
     /// is on the queue before `done` runs.
-    pub(crate) fn wait_until(&self, state: WaitState, done: impl Fn() -> bool) {
+    pub(crate) fn wait_until(&self, state: WaitState, done: impl Fn() -> bool) -> bool {
         let entry = Opaque::<bindings::wait_queue_entry>::uninit();
         // SAFETY: `entry` is valid memory for a wait queue entry.
         unsafe { bindings::init_wait_entry(entry.get(), 0) };
-        loop {
+        let finished = loop {
             // SAFETY: By the type invariants `head` is initialised; `entry` is initialised and
             // is removed from the queue by `finish_wait` before it goes out of scope. A
             // nonzero return means a signal that `state` admits is pending.
             let interrupted = unsafe {
                 bindings::prepare_to_wait_event(self.head.get(), entry.get(), state.as_raw())
             };
-            if interrupted != 0 || done() {
-                break;
+            if interrupted != 0 {
+                break false;
+            }
+            if done() {
+                break true;
             }
             // SAFETY: No spinlock is held and the task state is set: sleeping is allowed.
             unsafe { bindings::schedule() };
-        }
+        };
         // SAFETY: `entry` was added to `head` by `prepare_to_wait_event`.
         unsafe { bindings::finish_wait(self.head.get(), entry.get()) };
+        finished
     }
 
     /// Wakes every thread sleeping on this queue.

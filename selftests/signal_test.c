@@ -2,7 +2,8 @@
 /*
  * Signal mode, the 2011 proposal's own: a thread touching an unloaded page gets
  * the configured signal with si_addr the faulting address; its handler loads
- * the page and the access is retried, once.
+ * the page and the access is retried, once. A kernel-mode access fails with
+ * EFAULT, or with MUSERLOAD_ARM_KERNEL_WAITS waits for an event's load.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -144,6 +145,82 @@ TEST_F(sig, kernel_mode_access)
 	EXPECT_EQ(1, st.faults_signal_kernel);
 	close(p[0]);
 	close(p[1]);
+	signal(SIGUSR1, SIG_DFL);
+}
+
+static void count_handler(int sig, siginfo_t *info, void *uc)
+{
+	sig_addr = info->si_addr;
+	sig_count++;
+}
+
+struct event_loader {
+	pthread_t thread;
+	struct ml *ml;
+	int events;
+	struct muserload_event ev;
+};
+
+/* Reads one event and loads its page with zeros. */
+static void *event_loader_main(void *arg)
+{
+	struct event_loader *l = arg;
+
+	if (read(l->events, &l->ev, sizeof(l->ev)) == sizeof(l->ev))
+		ml_load(l->ml, l->ml->guest + l->ev.offset, NULL, PAGE,
+			MUSERLOAD_LOAD_ZERO, NULL);
+	return NULL;
+}
+
+/*
+ * MUSERLOAD_ARM_KERNEL_WAITS: the same read() gets its signal, then waits for
+ * the page as in queue mode (an event, a load by another thread) and succeeds;
+ * the handler runs on its return.
+ */
+TEST_F(sig, kernel_access_waits)
+{
+	struct ml *ml = &self->ml;
+	struct event_loader l = { .ml = ml };
+	struct muserload_arm arm = {
+		.start = (uintptr_t)ml->guest,
+		.len = PAGE,
+		.signal = SIGUSR1,
+		.flags = MUSERLOAD_ARM_KERNEL_WAITS,
+	};
+	struct muserload_stats st;
+	char buf[32];
+	int p[2];
+
+	install(SIGUSR1, count_handler);
+	l.events = ioctl(ml->fd, MUSERLOAD_IOC_EVENTS, 0);
+	ASSERT_LE(0, l.events);
+	ASSERT_EQ(0, ioctl(ml->fd, MUSERLOAD_IOC_ARM, &arm));
+	/* Unknown flags, and the flag in queue mode, are refused. */
+	arm.flags = 2;
+	EXPECT_EQ(-1, ioctl(ml->fd, MUSERLOAD_IOC_ARM, &arm));
+	EXPECT_EQ(EINVAL, errno);
+	arm.flags = MUSERLOAD_ARM_KERNEL_WAITS;
+	arm.signal = 0;
+	EXPECT_EQ(-1, ioctl(ml->fd, MUSERLOAD_IOC_ARM, &arm));
+	EXPECT_EQ(EINVAL, errno);
+
+	ASSERT_EQ(0, pthread_create(&l.thread, NULL, event_loader_main, &l));
+	ASSERT_EQ(0, pipe(p));
+	memset(buf, 0x33, sizeof(buf));
+	ASSERT_EQ(sizeof(buf), write(p[1], buf, sizeof(buf)));
+	EXPECT_EQ(sizeof(buf), read(p[0], ml->guest + 8, sizeof(buf)));
+	EXPECT_EQ(0, memcmp(ml->guest + 8, buf, sizeof(buf)));
+	ASSERT_EQ(0, pthread_join(l.thread, NULL));
+	EXPECT_EQ(0, l.ev.offset);
+	EXPECT_EQ(MUSERLOAD_EVENT_KERNEL | MUSERLOAD_EVENT_WRITE, l.ev.flags);
+	EXPECT_EQ(1, sig_count);
+	EXPECT_EQ(ml->guest + 8, sig_addr);
+	ASSERT_EQ(0, ml_stats(ml, &st));
+	EXPECT_EQ(1, st.faults_signal_kernel);
+	EXPECT_EQ(1, st.faults_queue_kernel);
+	close(p[0]);
+	close(p[1]);
+	close(l.events);
 	signal(SIGUSR1, SIG_DFL);
 }
 

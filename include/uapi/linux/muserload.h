@@ -94,7 +94,7 @@ struct muserload_setup {
  *          faulting thread, with si_addr the faulting address and si_code
  *          MUSERLOAD_SI_CODE. SIGKILL, SIGSTOP and numbers outside
  *          1..SIGRTMAX fail with EINVAL.
- * @flags:  must be 0.
+ * @flags:  MUSERLOAD_ARM_* (signal mode only).
  */
 struct muserload_arm {
 	__u64 start;
@@ -102,6 +102,18 @@ struct muserload_arm {
 	__u32 signal;
 	__u32 flags;
 };
+
+/*
+ * Flag of struct muserload_arm, signal mode only: a kernel-mode access that the
+ * signal cannot end (not a GUP that gives up with EINTR, as KVM_RUN's does, but
+ * a copy_from_user(), or a GUP for another task) waits as in queue mode, with
+ * an event on the events descriptor, after its signal was sent, instead of
+ * failing with EFAULT. For callers that turn that EFAULT into damage: KVM's own
+ * reads and writes of guest memory (shadow page-table walks, instruction
+ * emulation, kvmclock) become a fault injected into the guest. Whoever arms
+ * with it must read events (or load every page otherwise).
+ */
+#define MUSERLOAD_ARM_KERNEL_WAITS (1U << 0)
 
 /*
  * si_code of the signal-mode signal. It is BUS_ADRERR's value, small enough

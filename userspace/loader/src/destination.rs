@@ -145,7 +145,10 @@ pub fn receive(options: ReceiveOptions) -> Result<()> {
     let ram = GuestRam::new(ram_size)?;
     let fault_mode = match options.mode {
         Mode::Queue => FaultMode::Queue,
-        Mode::Signal => FaultMode::Signal(FAULT_SIGNAL as i32),
+        // KVM's own accesses to guest memory (kvmclock, instruction emulation) cannot be
+        // ended by the signal, and an EFAULT there would become a fault in the guest: they
+        // wait, and the resolver thread serves their events, as in queue mode.
+        Mode::Signal => FaultMode::SignalKernelWaits(FAULT_SIGNAL as i32),
     };
     ram.object().arm(ram.guest(), 0, ram_size, fault_mode)?;
     protocol::send_control(&mut requests, &Control::Ready)?;
@@ -207,12 +210,11 @@ pub fn receive(options: ReceiveOptions) -> Result<()> {
     // maps the kvmclock and steal-time pages when their MSRs are set).
     let loading = Arc::new(Loading::new(vm.clone(), zero, loaded));
     loading.bytes.fetch_add(precopy_bytes, Ordering::Relaxed);
+    // Queue mode's faults, and in signal mode the kernel's accesses that wait.
+    let events = vm.ram().object().events(false)?;
+    loading.spawn("resolver", move |l| l.resolve_events(&events))?;
     let interrupted: Arc<dyn Interrupted> = match options.mode {
-        Mode::Queue => {
-            let events = vm.ram().object().events(false)?;
-            loading.spawn("resolver", move |l| l.resolve_events(&events))?;
-            Arc::new(NoFaults)
-        }
+        Mode::Queue => Arc::new(NoFaults),
         Mode::Signal => {
             muserload::signal::install(FAULT_SIGNAL, note_fault)?;
             Arc::new(SignalFaults(loading.clone()))

@@ -42,6 +42,14 @@ pub enum FaultMode {
     Queue,
     /// The faulting thread gets this signal, with `si_addr` the faulting address.
     Signal(i32),
+    /// As [`FaultMode::Signal`], except that a kernel-mode access that the signal cannot
+    /// end (a `copy_from_user()` in the kernel, rather than `KVM_RUN`'s GUP, which returns
+    /// `EINTR`) waits as in queue mode, with an event on [`Events`], instead of failing
+    /// with `EFAULT` (`MUSERLOAD_ARM_KERNEL_WAITS`). For VMMs: KVM turns such an `EFAULT`
+    /// of its own guest-memory accesses (shadow paging, instruction emulation, kvmclock)
+    /// into a fault in the guest. Read events too, or the access waits until the page is
+    /// loaded otherwise.
+    SignalKernelWaits(i32),
 }
 
 /// Statistics of an object, as `MUSERLOAD_IOC_STATS` returns them (see the uapi header).
@@ -133,18 +141,19 @@ impl Object {
     /// `set_muserload()`: arms `[offset, offset + len)` of `guest`, discarding what was
     /// there, so that touching it faults as `mode` says.
     pub fn arm(&self, guest: &GuestMemory, offset: u64, len: u64, mode: FaultMode) -> Result<()> {
-        let signal = match mode {
-            FaultMode::Queue => 0,
-            FaultMode::Signal(signal) => u32::try_from(signal).map_err(|_| Error::Ioctl {
-                op: "MUSERLOAD_IOC_ARM",
-                errno: Errno::EINVAL,
-            })?,
+        let (signal, flags) = match mode {
+            FaultMode::Queue => (0, 0),
+            FaultMode::Signal(signal) => (signal, 0),
+            FaultMode::SignalKernelWaits(signal) => (signal, MUSERLOAD_ARM_KERNEL_WAITS),
         };
         let arm = muserload_arm {
             start: guest.0.addr("arm", offset, len)?,
             len,
-            signal,
-            flags: 0,
+            signal: u32::try_from(signal).map_err(|_| Error::Ioctl {
+                op: "MUSERLOAD_IOC_ARM",
+                errno: Errno::EINVAL,
+            })?,
+            flags,
         };
         // SAFETY: `arm` is a valid struct the module reads.
         unsafe { muserload_ioc_arm(self.fd.as_raw_fd(), &arm) }.map_err(|errno| Error::Ioctl {
