@@ -13,8 +13,8 @@ use std::{
 };
 
 use common::{
-    check_reports, json, linux_guest_args, loader, scratch, start_source, test_guest,
-    test_guest_args, u, wait_or_kill, Destination,
+    check_reports, json, linux_guest_args, loader, migrate_retrying_source_deaths, scratch,
+    test_guest, test_guest_args, u, Destination,
 };
 use serde_json::Value;
 
@@ -24,17 +24,18 @@ fn migrate(name: &str, kind: &str, mode: &str, guest: &[String]) -> (Value, Valu
     let dir = scratch(name);
     let (src_json, dst_json) = (dir.join("source.json"), dir.join("destination.json"));
     let plot = dir.join("timeline.svg");
-    let destination = Destination::start(&[
-        "--mode",
-        mode,
-        "--report-json",
-        dst_json.to_str().expect("path"),
-        "--plot",
-        plot.to_str().expect("path"),
-    ]);
-    let mut source = start_source(guest, kind, &destination.addr, &src_json);
-    // A source that fails leaves the destination waiting for it: it is stopped at once.
-    assert!(wait_or_kill(&mut source, "the source"), "the source failed");
+    let destination = migrate_retrying_source_deaths(guest, kind, &src_json, || {
+        let destination = Destination::start(&[
+            "--mode",
+            mode,
+            "--report-json",
+            dst_json.to_str().expect("path"),
+            "--plot",
+            plot.to_str().expect("path"),
+        ]);
+        let to = destination.addr.clone();
+        (destination, to)
+    });
     let (dst_ok, _) = destination.finish();
     assert!(dst_ok, "the destination failed");
     let (src, dst) = (json(&src_json), json(&dst_json));

@@ -18,8 +18,8 @@ use std::{
 };
 
 use common::{
-    check_reports, json, linux_guest_args, scratch, start_source, test_guest_args, u, wait_or_kill,
-    Destination,
+    check_reports, json, linux_guest_args, migrate_retrying_source_deaths, scratch, start_source,
+    test_guest_args, u, Destination,
 };
 
 /// Bytes from the source after which the proxy cuts: the machine state and the maps are
@@ -134,17 +134,19 @@ impl ProxyState {
 fn cut_and_recover(name: &str, guest: &[String], mode: &str) {
     let dir = scratch(name);
     let (src_json, dst_json) = (dir.join("source.json"), dir.join("destination.json"));
-    let destination = Destination::start(&[
-        "--mode",
-        mode,
-        "--report-json",
-        dst_json.to_str().expect("path"),
-    ]);
     let outage = Duration::from_secs(2);
-    let proxy = Proxy::start(&destination.addr, outage);
-    let mut source = start_source(guest, "post-copy", &proxy.addr, &src_json);
-    // A source that fails leaves the destination waiting for it: it is stopped at once.
-    assert!(wait_or_kill(&mut source, "the source"), "the source failed");
+    let (destination, proxy) =
+        migrate_retrying_source_deaths(guest, "post-copy", &src_json, || {
+            let destination = Destination::start(&[
+                "--mode",
+                mode,
+                "--report-json",
+                dst_json.to_str().expect("path"),
+            ]);
+            let proxy = Proxy::start(&destination.addr, outage);
+            let to = proxy.addr.clone();
+            ((destination, proxy), to)
+        });
     let (dst_ok, stderr) = destination.finish();
     assert!(proxy.cut_at().is_some(), "the proxy never cut");
     assert!(dst_ok, "the destination failed");

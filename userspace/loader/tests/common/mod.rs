@@ -133,10 +133,11 @@ impl Destination {
     }
 }
 
-/// Starts a source running `guest` (8 MiB working set, checking 8 MiB a round) that
-/// migrates (`kind`) to `to` after two rounds and writes its report to `report`.
-pub fn start_source(guest: &[String], kind: &str, to: &str, report: &Path) -> Child {
-    loader()
+/// The command of a source running `guest` (8 MiB working set, checking 8 MiB a round)
+/// that migrates (`kind`) to `to` after two rounds and writes its report to `report`.
+fn source_command(guest: &[String], kind: &str, to: &str, report: &Path) -> Command {
+    let mut command = loader();
+    command
         .arg("run")
         .args(guest)
         .args(["--working-set-mib", "8", "--sweep-mib", "8"])
@@ -144,9 +145,71 @@ pub fn start_source(guest: &[String], kind: &str, to: &str, report: &Path) -> Ch
         .args(["--migrate-after-rounds", "2"])
         .args(["--report-json", report.to_str().expect("path")])
         // Nothing to read: with --migrate-to the source takes no commands.
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    command
+}
+
+/// Starts a source (see [`source_command`]).
+#[allow(
+    dead_code,
+    reason = "each test file compiles this module; migration.rs does not use it"
+)]
+pub fn start_source(guest: &[String], kind: &str, to: &str, report: &Path) -> Child {
+    source_command(guest, kind, to, report)
         .spawn()
         .expect("running the source")
+}
+
+/// How many times a migration is tried whose source's nested guest dies.
+const ATTEMPTS: u32 = 3;
+
+/// Whether a loader's stderr says its nested guest died: a triple fault or a KVM internal
+/// error. A source's guest dies so now and then under QEMU TCG's emulation of nested SVM,
+/// also with plain anonymous memory as its RAM instead of a muserload object
+/// (`Documentation/loader.rst`, "Limits"): such a death says nothing of muserload.
+fn nested_guest_died(stderr: &str) -> bool {
+    stderr.contains("the guest stopped: vcpu")
+        && (stderr.contains("triple fault") || stderr.contains("KVM internal error"))
+}
+
+/// Runs a migration of `guest` (`kind`): `begin()` starts what receives it (a destination,
+/// and whatever sits between) and says where the source migrates to; then a source runs
+/// until it ends. A source whose nested guest died is run again from a new `begin()`, up
+/// to [`ATTEMPTS`] times in all, saying so; any other failure of the source fails the
+/// test. Returns what `begin()` started for the last, successful source.
+pub fn migrate_retrying_source_deaths<T>(
+    guest: &[String],
+    kind: &str,
+    report: &Path,
+    mut begin: impl FnMut() -> (T, String),
+) -> T {
+    for attempt in 1..=ATTEMPTS {
+        let (receiver, to) = begin();
+        let mut source = source_command(guest, kind, &to, report)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running the source");
+        let mut stderr = source.stderr.take().expect("piped stderr");
+        let echo = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            eprint!("{text}");
+            text
+        });
+        // A source that fails leaves the destination waiting for it: it is stopped at once
+        // (dropping `receiver` kills it).
+        let ok = wait_or_kill(&mut source, "the source");
+        let stderr = echo.join().expect("stderr reader");
+        if ok {
+            return receiver;
+        }
+        assert!(
+            attempt < ATTEMPTS && nested_guest_died(&stderr),
+            "the source failed"
+        );
+        eprintln!("the source's nested guest died (attempt {attempt} of {ATTEMPTS}): again");
+    }
+    unreachable!("the last attempt returns or fails")
 }
 
 /// A report written with --report-json.
