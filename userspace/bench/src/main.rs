@@ -289,8 +289,8 @@ fn main() -> ExitCode {
     report::print_table(&results);
     println!(
         "# {} pages per round-trip case, pinned to CPU {CPU}, {:.1} s; muserload's MOVE \
-         cases take staging refills from the module's page pool, which a worker zeroes \
-         on an unbound workqueue (the idle vCPU)",
+         cases take staging refills from the module's page pool (unless pool_pages=0), \
+         which a worker zeroes on an unbound workqueue (the idle vCPU)",
         options.pages,
         start.elapsed().as_secs_f64()
     );
