@@ -3,7 +3,7 @@
 use std::{sync::OnceLock, thread, time::Duration};
 
 use muserload::{
-    features, signal, Error, Event, FaultMode, GuestMemory, Loads, Object, Wake, PAGE_SIZE,
+    features, signal, Error, Event, FaultMode, GuestMemory, Loads, Object, Staging, Wake, PAGE_SIZE,
 };
 use nix::{errno::Errno, sys::signal::Signal};
 
@@ -17,6 +17,18 @@ const PAGE: u64 = PAGE_SIZE as u64;
 
 fn object(pages: u64, staging_pages: u64) -> Object {
     Object::create(pages * PAGE, staging_pages * PAGE, ALL).expect("create")
+}
+
+/// An object of `pages` guest pages, all armed in queue mode, and `staging_pages` of
+/// staging, both mapped.
+fn armed_with_staging(pages: u64, staging_pages: u64) -> (Object, GuestMemory, Staging) {
+    let object = object(pages, staging_pages);
+    let guest = object.map_guest().expect("map");
+    let staging = object.map_staging().expect("map staging");
+    object
+        .arm(&guest, 0, pages * PAGE, FaultMode::Queue)
+        .expect("arm");
+    (object, guest, staging)
 }
 
 fn pattern(seed: u64) -> Vec<u8> {
@@ -106,12 +118,7 @@ fn queue_mode_round_trip() {
 
 #[test]
 fn resolve_moves_then_reads_the_next_event() {
-    let object = object(8, 2);
-    let guest = object.map_guest().expect("map");
-    let mut staging = object.map_staging().expect("map staging");
-    object
-        .arm(&guest, 0, 8 * PAGE, FaultMode::Queue)
-        .expect("arm");
+    let (object, guest, mut staging) = armed_with_staging(8, 2);
     let _events = object.events(false).expect("events");
     let mut batch = [Event::default(); 4];
     thread::scope(|s| {
@@ -171,12 +178,7 @@ fn resolve_moves_then_reads_the_next_event() {
 
 #[test]
 fn move_from_staging_and_eexist() {
-    let object = object(8, 4);
-    let guest = object.map_guest().expect("map");
-    let mut staging = object.map_staging().expect("map staging");
-    object
-        .arm(&guest, 0, 8 * PAGE, FaultMode::Queue)
-        .expect("arm");
+    let (object, guest, mut staging) = armed_with_staging(8, 4);
     staging
         .slots_mut(0, 2)
         .expect("slots")
@@ -209,12 +211,7 @@ fn move_from_staging_and_eexist() {
 
 #[test]
 fn vectored_move() {
-    let object = object(16, 4);
-    let guest = object.map_guest().expect("map");
-    let mut staging = object.map_staging().expect("map staging");
-    object
-        .arm(&guest, 0, 16 * PAGE, FaultMode::Queue)
-        .expect("arm");
+    let (object, guest, mut staging) = armed_with_staging(16, 4);
     for slot in 0..4 {
         staging
             .slot_mut(slot)
