@@ -121,6 +121,16 @@ fn resolve_moves_then_reads_the_next_event() {
     let (object, guest, mut staging) = armed_with_staging(8, 2);
     let _events = object.events(false).expect("events");
     let mut batch = [Event::default(); 4];
+    // Copies `data` to `offset` and reads the events already queued, without waiting.
+    let copy_then_poll = |offset: u64, data: &[u8], batch: &mut [Event]| {
+        object.resolve(
+            &guest,
+            Loads::Copy(&[(offset, data)]),
+            Wake::Now,
+            batch,
+            false,
+        )
+    };
     thread::scope(|s| {
         let first = s.spawn(|| page_at(&guest, 2 * PAGE));
         let n = object
@@ -139,38 +149,15 @@ fn resolve_moves_then_reads_the_next_event() {
             .expect("load and next event");
         assert_eq!((n, batch[0].offset), (1, 6 * PAGE));
         assert_eq!(first.join().expect("first"), pattern(2));
-        let data = pattern(6);
-        let n = object
-            .resolve(
-                &guest,
-                Loads::Copy(&[(6 * PAGE, &data)]),
-                Wake::Now,
-                &mut batch,
-                false,
-            )
-            .expect("last load");
+        let n = copy_then_poll(6 * PAGE, &pattern(6), &mut batch).expect("last load");
         assert_eq!(n, 0);
         assert_eq!(second.join().expect("second"), pattern(6));
     });
     // A load past guest memory fails before the kernel; a refused one says how far it got.
     let data = pattern(1);
-    let err = object
-        .resolve(
-            &guest,
-            Loads::Copy(&[(8 * PAGE, &data)]),
-            Wake::Now,
-            &mut batch,
-            false,
-        )
-        .expect_err("past the mapping");
+    let err = copy_then_poll(8 * PAGE, &data, &mut batch).expect_err("past the mapping");
     assert!(matches!(err, Error::Range { .. }), "{err:?}");
-    match object.resolve(
-        &guest,
-        Loads::Copy(&[(2 * PAGE, &data)]),
-        Wake::Now,
-        &mut batch,
-        false,
-    ) {
+    match copy_then_poll(2 * PAGE, &data, &mut batch) {
         Err(Error::Load { errno, loaded, .. }) => assert_eq!((errno, loaded), (Errno::EEXIST, 0)),
         other => panic!("expected EEXIST, got {other:?}"),
     }
