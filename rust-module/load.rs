@@ -133,38 +133,31 @@ pub(crate) fn resolve(object: ArcBorrow<'_, Object>, arg: UserSlice) -> Result<i
         return Err(EINVAL);
     }
     let loads = req.load.count != 0;
+    let mut result = Ok(());
     if loads {
-        let (loaded, result) = load_vectored(object, &req.load)?;
+        let (loaded, loading) = load_vectored(object, &req.load)?;
         req.load.loaded = loaded;
-        if let Err(e) = result {
-            req.nr_events = 0;
-            writer.write(&req)?;
-            return Err(e);
+        result = loading;
+    }
+    let room = req.nr_events as usize;
+    req.nr_events = 0;
+    // A failed load reads no event.
+    if result.is_ok() {
+        match object.events.read(
+            &object,
+            UserPtr::from_addr(req.events as usize),
+            room,
+            req.flags & MUSERLOAD_RESOLVE_NONBLOCK != 0,
+        ) {
+            Ok(n) => req.nr_events = n as u32,
+            Err(e) if e == EAGAIN => {}
+            // The loads are done: restarting the call would load them again.
+            Err(e) if e == ERESTARTSYS && loads => result = Err(EINTR),
+            Err(e) => result = Err(e),
         }
     }
-    let read = object.events.read(
-        &object,
-        UserPtr::from_addr(req.events as usize),
-        req.nr_events as usize,
-        req.flags & MUSERLOAD_RESOLVE_NONBLOCK != 0,
-    );
-    req.nr_events = match read {
-        Ok(n) => n as u32,
-        Err(e) if e == EAGAIN => 0,
-        // The loads are done: restarting the call would load them again.
-        Err(e) if e == ERESTARTSYS && loads => {
-            req.nr_events = 0;
-            writer.write(&req)?;
-            return Err(EINTR);
-        }
-        Err(e) => {
-            req.nr_events = 0;
-            writer.write(&req)?;
-            return Err(e);
-        }
-    };
     writer.write(&req)?;
-    Ok(0)
+    result.map(|()| 0)
 }
 
 /// The loads of a `struct muserload_loadv`: reads its pairs from userspace and loads them.

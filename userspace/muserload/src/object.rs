@@ -238,18 +238,11 @@ impl Object {
         pairs: &[(u64, usize)],
         wake: Wake,
     ) -> Result<u64> {
-        let page = PAGE_SIZE as u64;
-        let vec = pairs
-            .iter()
-            .map(|&(offset, slot)| {
-                Ok(muserload_vec {
-                    dst: guest.0.addr("load destination", offset, page)?,
-                    src: staging.0.addr("staging slots", slot as u64 * page, page)?,
-                    len: page,
-                })
-            })
+        let loads = Loads::Move(staging, pairs);
+        let vec = (0..loads.len())
+            .map(|i| loads.vec(guest, i))
             .collect::<Result<Vec<_>>>()?;
-        self.loadv(&vec, MUSERLOAD_LOAD_MOVE, wake)
+        self.loadv(&vec, loads.kind(), wake)
     }
 
     /// Loads zero pages at every `(offset, len)` range of `ranges` in one call (as
