@@ -2,8 +2,8 @@
 //! it. Queue mode: one `MUSERLOAD_IOC_RESOLVE` per batch of faults (it loads the last
 //! batch's pages and reads the next events) against `poll` + `read` + a `UFFDIO_COPY` (or
 //! `UFFDIO_MOVE`) per fault; signal mode against `UFFD_FEATURE_SIGBUS` with `UFFDIO_COPY`
-//! (or `UFFDIO_MOVE`) in the handler. Each faulter touches its pages once, in order; the resolver runs on the
-//! same CPU.
+//! (or `UFFDIO_MOVE`) in the handler. Each faulter touches its pages once, in order; the
+//! resolver runs on the same CPU.
 
 use std::{
     cell::UnsafeCell,
