@@ -53,6 +53,44 @@ if [[ "$mode" == shell ]]; then
 	"${qemu[@]}" -append "$cmdline" -serial mon:stdio
 	exit
 fi
-timeout -k 10 "${GUEST_TIMEOUT:-1200}" "${qemu[@]}" -append "$cmdline" -monitor none \
-	-serial "file:$log" -serial stdio </dev/null | tr -d '\r'
-exit "${PIPESTATUS[0]}"
+
+# A guest that outlives GUEST_TIMEOUT is hung: before it is killed, the host asks QEMU where
+# its vCPUs are (a QEMU that does not answer is itself hung) and sends an NMI, which
+# unknown_nmi_panic turns into a panic that prints every task's stack and every CPU's
+# backtrace to the console log (panic_sys_info). Exit status 124, as
+# timeout(1)'s.
+cmdline+=" unknown_nmi_panic panic_sys_info=tasks,locks,all_bt"
+mkfifo "$root.mon.in" "$root.mon.out"
+trap 'rm -rf "$root" "$root.cpio.gz" "$root.mon.in" "$root.mon.out"' EXIT
+"${qemu[@]}" -append "$cmdline" -chardev "pipe,id=monitor,path=$root.mon" -mon monitor \
+	-serial "file:$log" -serial stdio </dev/null > >(tr -d '\r') &
+qemu_pid=$!
+deadline=$((SECONDS + ${GUEST_TIMEOUT:-1200}))
+while kill -0 "$qemu_pid" 2>/dev/null && ((SECONDS < deadline)); do
+	sleep 1
+done
+if ! kill -0 "$qemu_pid" 2>/dev/null; then
+	wait "$qemu_pid"
+	exit
+fi
+hang="${log%.log}-hang.txt"
+echo "run-guest: the guest outlived ${GUEST_TIMEOUT:-1200} s: its vCPUs in $hang," \
+	"the kernel's tasks in $log" >&2
+echo "info registers -a" >"$root.mon.in"
+# The monitor echoes what it is sent, a key at a time: only the answer is kept.
+timeout 5 cat "$root.mon.out" | grep -v "(qemu)" >"$hang" || true
+# Each vCPU's RIP, by the kernel's nearest symbol below it (System.map is sorted; addresses
+# of one width compare as strings).
+grep -oE 'RIP=[0-9a-f]{16}' "$hang" | cut -d= -f2 | while read -r rip; do
+	read -r addr name < <(awk -v rip="$rip" '$1 <= rip { addr = $1; name = $3 }
+		END { print addr, name }' "$kdir/System.map")
+	printf 'vCPU RIP %s: %s+0x%x\n' "$rip" "${name:-?}" $((0x$rip - 0x${addr:-0}))
+done | tee -a "$hang" >&2
+echo nmi >"$root.mon.in"
+for _ in $(seq 60); do
+	kill -0 "$qemu_pid" 2>/dev/null || break
+	sleep 1
+done
+kill "$qemu_pid" 2>/dev/null || true
+wait "$qemu_pid" || true
+exit 124

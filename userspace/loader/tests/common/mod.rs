@@ -68,12 +68,52 @@ pub fn wait_or_kill(child: &mut Child, what: &str) -> bool {
             return status.success();
         }
         if start.elapsed() > LOADER_DEADLINE {
+            eprintln!("{what} hung: where every loader's threads are");
+            eprint!("{}", loader_threads());
             let _ = child.kill();
             let _ = child.wait();
             panic!("{what} hung for {LOADER_DEADLINE:?} and was killed");
         }
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Every loader thread's state and kernel stack (/proc/PID/task/TID/stack), to say where
+/// a hung migration is stuck.
+fn loader_threads() -> String {
+    let read = |path: PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+    let mut text = String::new();
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return text;
+    };
+    for process in processes.flatten().map(|entry| entry.path()) {
+        if read(process.join("comm")).trim() != "muserload-loader" {
+            continue;
+        }
+        let Ok(tasks) = std::fs::read_dir(process.join("task")) else {
+            continue;
+        };
+        for task in tasks.flatten().map(|entry| entry.path()) {
+            let status = read(task.join("status"));
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix(name))
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned()
+            };
+            text += &format!(
+                "{} {} ({}): {}\n{}",
+                process.display(),
+                field("Pid:"),
+                field("Name:"),
+                field("State:"),
+                read(task.join("stack"))
+            );
+        }
+    }
+    text
 }
 
 /// A destination loader, listening. Killed if the test ends first.
