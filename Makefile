@@ -9,6 +9,7 @@
 #   make fuzz       a long fuzz of the module in the guest (DURATION=, SEED=, OPS=, FLAVOUR=)
 #   make demo       boot the guest and run the demo
 #   make bench      muserload against userfaultfd in the plain (non-debug) guest
+#   make bench-profile  where each bench case's time goes, sampled with perf (ONLY=group)
 #   make bench-migrate  the loader's migrations: downtime and total time by size and kind
 #   make shell      a shell in the guest (FLAVOUR=debug|leakcheck|plain)
 #   make kernel     build the FLAVOUR kernel (default debug)
@@ -17,7 +18,7 @@
 
 FLAVOUR ?= debug
 
-.PHONY: all module test test-2vm fuzz demo bench bench-migrate shell kernel prereqs clean
+.PHONY: all module test test-2vm fuzz demo bench bench-profile bench-migrate shell kernel prereqs clean
 
 all: module
 
@@ -43,6 +44,9 @@ demo:
 
 bench:
 	@vm/bench.sh
+
+bench-profile:
+	@vm/bench.sh --profile $(ONLY)
 
 bench-migrate:
 	@vm/bench-migrate.sh

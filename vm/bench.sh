@@ -1,12 +1,30 @@
 #!/usr/bin/env bash
 # `make bench`: muserload against userfaultfd in one boot of the plain (non-debug) kernel.
 # Prints the table; writes it, the JSON and an SVG plot to $MUSERLOAD_CACHE/results/.
+#
+# `vm/bench.sh --profile [GROUP]` (make bench-profile): the cases (of one group: queue,
+# signal, scaling, bulk, move) with perf sampling every CPU; prints the table and where each
+# case's time went, side by side, into $MUSERLOAD_CACHE/results/bench-profile.txt.
 set -euo pipefail
 
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
+append=""
+if [[ "${1:-}" == --profile ]]; then
+	append="mlprofile=${2:-all}"
+fi
 prepare_guest plain
 results="$MUSERLOAD_CACHE/results"
 mkdir -p "$results"
+if [[ -n "$append" ]]; then
+	out="$results/bench-profile.txt"
+	echo "[bench] profiling in the plain guest (console: $results/console-bench.log)" >&2
+	GUEST_CPUS=${GUEST_CPUS:-2} GUEST_APPEND="$append" "$here/run-guest.sh" bench "$kdir" \
+		"$ko" "$payload" "$results/console-bench.log" | tee "$out"
+	"$here/splats.sh" "$results/console-bench.log"
+	grep -q '^## ' "$out" || { echo "[bench] error: no profiles" >&2; exit 1; }
+	echo "[bench] profiles: $out" >&2
+	exit
+fi
 out="$results/bench.txt"
 echo "[bench] booting the plain guest (console: $results/console-bench.log)" >&2
 GUEST_CPUS=${GUEST_CPUS:-2} "$here/run-guest.sh" bench "$kdir" "$ko" "$payload" \

@@ -7,6 +7,7 @@ use muserload::{features, FaultMode, Object, Wake, PAGE_SIZE};
 use crate::{
     anon::Anon,
     pattern,
+    profile::Window,
     report::{Measurement, Work},
     uffd::{self, Userfaultfd},
     Error, Result,
@@ -73,14 +74,14 @@ fn timed(
     batches: usize,
     mut step: impl FnMut(usize) -> Result<()>,
 ) -> Result<(Vec<Duration>, Duration)> {
-    let start = Instant::now();
+    let window = Window::open()?;
     let samples = (0..batches)
         .map(|b| {
             let t = Instant::now();
             step(b).map(|()| t.elapsed())
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok((samples, start.elapsed()))
+    Ok((samples, window.close()?))
 }
 
 /// muserload loads of `pages` pages into an armed object.

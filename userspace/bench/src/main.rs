@@ -2,8 +2,9 @@
 //! kernel, with the same sizes and the same CPU placement. Every case verifies the content
 //! of every page it loaded; a mismatch fails the run.
 //!
-//! Usage: `muserload-bench [--pages N] [--json FILE] [--only move|queue|scaling|signal|bulk]` in
-//! the guest (`--only`: one group of cases, to run again or to trace), and
+//! Usage: `muserload-bench [--pages N] [--json FILE] [--only move|queue|scaling|signal|bulk]
+//! [--profile]` in the guest (`--only`: one group of cases, to run again; `--profile`: where
+//! each case's time goes, sampled with perf, `make bench-profile`), and
 //! `muserload-bench --plot RESULTS.json OUT.svg` on the host to draw the results;
 //! `muserload-bench --migrations MIGRATIONS.json OUT.svg` tabulates and draws
 //! `make bench-migrate`'s.
@@ -13,6 +14,7 @@ mod bulk;
 mod migrations;
 mod pattern;
 mod plot;
+mod profile;
 mod report;
 mod roundtrip;
 mod uffd;
@@ -78,7 +80,8 @@ pub enum Error {
     },
     /// A bad command line.
     #[error(
-        "usage: muserload-bench [--pages N] [--json FILE] [--only move|queue|scaling|signal|bulk] ({0})"
+        "usage: muserload-bench [--pages N] [--json FILE] [--only move|queue|scaling|signal|bulk] \
+         [--profile] ({0})"
     )]
     Usage(String),
 }
@@ -123,6 +126,8 @@ struct Options {
     json: Option<String>,
     /// `--only`: one group; `None`: every case.
     only: Option<Group>,
+    /// `--profile`: sample every case with perf and print where its time went.
+    profile: bool,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options> {
@@ -130,8 +135,13 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options> {
         pages: 4096,
         json: None,
         only: None,
+        profile: false,
     };
     while let Some(arg) = args.next() {
+        if arg == "--profile" {
+            options.profile = true;
+            continue;
+        }
         let value = args
             .next()
             .ok_or_else(|| Error::Usage(format!("{arg} needs a value")))?;
@@ -160,14 +170,22 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options> {
     Ok(options)
 }
 
-fn run(options: &Options) -> Result<Vec<Measurement>> {
+/// Runs the cases `options` pick; returns their measurements and, with `--profile`, their
+/// profiles.
+fn run(options: &Options) -> Result<(Vec<Measurement>, Vec<profile::CaseProfile>)> {
     pin(CPU)?;
     let pages = options.pages;
     let mut results = Vec::new();
+    let mut profiles = Vec::new();
+    if options.profile {
+        profile::enable()?;
+    }
     // Each case says when it starts, so that a run that stops says where.
     let mut case = |name: &str, f: &dyn Fn() -> Result<Measurement>| -> Result<()> {
         eprintln!("# {name}");
-        results.push(f()?);
+        let measured = f()?;
+        profiles.extend(profile::tally(&measured));
+        results.push(measured);
         Ok(())
     };
     let all = options.only.is_none();
@@ -227,7 +245,7 @@ fn run(options: &Options) -> Result<Vec<Measurement>> {
         case("bulk, muserload", &|| bulk::muserload(pages * 4, kind))?;
         case("bulk, userfaultfd", &|| bulk::uffd(pages * 4, kind))?;
     }
-    Ok(results)
+    Ok((results, profiles))
 }
 
 /// Reads a results file written as JSON.
@@ -279,8 +297,8 @@ fn main() -> ExitCode {
         }
     };
     let start = Instant::now();
-    let results = match run(&options) {
-        Ok(results) => results,
+    let (results, profiles) = match run(&options) {
+        Ok(run) => run,
         Err(err) => {
             eprintln!("muserload-bench: {err}");
             return ExitCode::FAILURE;
@@ -294,6 +312,9 @@ fn main() -> ExitCode {
         options.pages,
         start.elapsed().as_secs_f64()
     );
+    if options.profile {
+        profile::print(&profiles);
+    }
     if let Some(path) = &options.json {
         let written = serde_json::to_string_pretty(&results)
             .map_err(std::io::Error::other)

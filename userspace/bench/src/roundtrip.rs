@@ -20,6 +20,7 @@ use nix::sys::signal::Signal;
 use crate::{
     anon::Anon,
     pattern, pin,
+    profile::Window,
     report::{Measurement, Work},
     uffd::{self, Userfaultfd},
     Error, Result, CPU,
@@ -119,7 +120,7 @@ pub fn queue_muserload(pages: usize, kind: Kind, threads: usize) -> Result<Measu
     object.arm(&guest, 0, guest.len() as u64, FaultMode::Queue)?;
     // Held for as long as the resolver runs: closing it would abort the object.
     let _events = object.events(false)?;
-    let start = Instant::now();
+    let window = Window::open()?;
     let samples = thread::scope(|s| -> Result<Vec<Duration>> {
         let resolver = s.spawn(|| -> Result<()> {
             let served = serve_events(&object, &guest, &mut staging, &source, kind);
@@ -134,7 +135,7 @@ pub fn queue_muserload(pages: usize, kind: Kind, threads: usize) -> Result<Measu
         let samples = samples?;
         Ok(samples)
     })?;
-    let total = start.elapsed();
+    let total = window.close()?;
     verify(case_name(kind, threads), "muserload", guest.as_ptr(), pages)?;
     Ok(Measurement::new(
         case_name(kind, threads),
@@ -211,7 +212,7 @@ pub fn queue_uffd(pages: usize, kind: Kind, threads: usize) -> Result<Measuremen
     };
     let uffd = Userfaultfd::new(features)?;
     uffd.register(region.addr(0), (pages * PAGE_SIZE) as u64)?;
-    let start = Instant::now();
+    let window = Window::open()?;
     let samples = thread::scope(|s| -> Result<Vec<Duration>> {
         let resolver = s.spawn(|| -> Result<()> {
             let served = serve_faults(&uffd, &region, &staging, &source, kind);
@@ -227,7 +228,7 @@ pub fn queue_uffd(pages: usize, kind: Kind, threads: usize) -> Result<Measuremen
         let samples = samples?;
         Ok(samples)
     })?;
-    let total = start.elapsed();
+    let total = window.close()?;
     verify(
         case_name(kind, threads),
         "userfaultfd",
@@ -418,9 +419,9 @@ pub fn signal_muserload(pages: usize, kind: Kind) -> Result<Measurement> {
         source: pattern::source(pages),
     });
     signal::install(Signal::SIGUSR1, handler)?;
-    let start = Instant::now();
+    let window = Window::open()?;
     let samples = touch_all(target.target.1.as_ptr(), pages, 1)?;
-    let total = start.elapsed();
+    let total = window.close()?;
     verify(
         signal_case(kind),
         "muserload",
@@ -460,9 +461,9 @@ pub fn signal_uffd(pages: usize, kind: Kind) -> Result<Measurement> {
         source: pattern::source(pages),
     });
     signal::install(Signal::SIGBUS, handler)?;
-    let start = Instant::now();
+    let window = Window::open()?;
     let samples = touch_all(target.target.1.as_ptr(), pages, 1)?;
-    let total = start.elapsed();
+    let total = window.close()?;
     verify(
         signal_case(kind),
         "userfaultfd",
