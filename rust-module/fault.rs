@@ -23,6 +23,7 @@
 //! - Once the object is aborted, a fault on an armed page gets SIGBUS.
 
 use crate::{
+    clock::LocalInstant,
     object::{
         zeroed_page,
         Layout,
@@ -50,10 +51,6 @@ use kernel::{
     sync::{
         atomic::Release,
         Arc, //
-    },
-    time::{
-        Instant,
-        Monotonic, //
     },
 };
 
@@ -153,11 +150,11 @@ fn guest(object: &Arc<Object>, layout: &Layout, index: usize, fault: Fault) -> F
     };
     fault.release_lock();
     object.stats.wait_begin();
-    let start = Instant::<Monotonic>::now();
+    let start = LocalInstant::now();
     let finished = object.waitq(index).wait_until(wait_state, || {
         !layout.awaits_load(index) || object.aborted()
     });
-    object.stats.wait_end(start.elapsed().as_nanos() as u64);
+    object.stats.wait_end(start.elapsed_ns());
     // Loaded: back to the access at once. A signal (the arch code must see the retry to
     // handle it, or a kernel access would loop) and an abort (SIGBUS on the next try)
     // take the retry.

@@ -29,6 +29,7 @@ use kernel::prelude::*;
 
 mod anon_file;
 mod api;
+mod clock;
 mod events;
 mod fault;
 mod load;

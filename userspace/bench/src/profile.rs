@@ -347,6 +347,8 @@ pub struct CaseProfile {
     /// The case's CPU's samples by instruction: function and offset.
     instructions: HashMap<(String, u64), u64>,
     elsewhere: HashMap<String, u64>,
+    /// The case's CPU's samples in the idle task: its threads were all asleep.
+    idle: u64,
     lost: u64,
 }
 
@@ -469,14 +471,17 @@ impl Sampler {
             here: HashMap::new(),
             instructions: HashMap::new(),
             elsewhere: HashMap::new(),
+            idle: 0,
             lost: 0,
         };
         for ring in &mut self.rings {
             let symbols = &self.symbols;
             let here = ring.cpu == CPU;
             profile.lost += ring.drain(|sample| {
-                // The idle task is pid 0; its time is no case's.
+                // The idle task is pid 0: no work, but the case's CPU waiting is part of
+                // its time.
                 if sample.pid == 0 {
+                    profile.idle += u64::from(here);
                     return;
                 }
                 let (name, offset) = if sample.kernel {
@@ -525,7 +530,7 @@ const TOP: usize = 14;
 pub fn print(profiles: &[CaseProfile]) {
     println!();
     println!(
-        "# Profiles: perf cpu-clock samples every {} us on every CPU (idle excluded) while a \
+        "# Profiles: perf cpu-clock samples every {} us on every CPU while a \
          case's measured part ran, in us per page; sampling slows what it samples (the \
          table above was measured with it on)",
         PERIOD_NS / 1000
@@ -549,6 +554,12 @@ pub fn print(profiles: &[CaseProfile]) {
             "busy",
             ours.us(total(ours)),
             theirs.us(total(theirs))
+        );
+        println!(
+            "{:<60} {:>10.2} {:>12.2}",
+            "idle (every thread of the case asleep)",
+            ours.us(ours.idle),
+            theirs.us(theirs.idle)
         );
         for (category, _) in CATEGORIES {
             let (a, b) = (ours.category(category), theirs.category(category));
