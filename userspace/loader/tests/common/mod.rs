@@ -70,6 +70,10 @@ pub fn wait_or_kill(child: &mut Child, what: &str) -> bool {
         if start.elapsed() > LOADER_DEADLINE {
             eprintln!("{what} hung: where every loader's threads are");
             eprint!("{}", loader_threads());
+            // A running thread has no stack to read: the kernel console gets the
+            // backtraces of whatever the CPUs are running (is a vCPU in its guest, or
+            // looping in the host kernel?).
+            let _ = std::fs::write("/proc/sysrq-trigger", "l");
             let _ = child.kill();
             let _ = child.wait();
             panic!("{what} hung for {LOADER_DEADLINE:?} and was killed");
@@ -87,7 +91,8 @@ fn loader_threads() -> String {
         return text;
     };
     for process in processes.flatten().map(|entry| entry.path()) {
-        if read(process.join("comm")).trim() != "muserload-loader" {
+        // A command name is cut to 15 bytes: "muserload-loade".
+        if !read(process.join("comm")).starts_with("muserload-load") {
             continue;
         }
         let Ok(tasks) = std::fs::read_dir(process.join("task")) else {
