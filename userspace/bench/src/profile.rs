@@ -48,7 +48,7 @@ const PERF_TYPE_SOFTWARE: u32 = 1;
 const PERF_COUNT_SW_CPU_CLOCK: u64 = 0;
 const PERF_SAMPLE_IP: u64 = 1 << 0;
 const PERF_SAMPLE_TID: u64 = 1 << 1;
-/// `perf_event_attr.disabled`: enabled by [`Sampler::start`].
+/// `perf_event_attr.disabled`: each [`Window`] turns the events on, then off.
 const ATTR_DISABLED: u64 = 1 << 0;
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
 const PERF_EVENT_IOC_ENABLE: libc::Ioctl = 0x2400;
