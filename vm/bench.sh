@@ -15,25 +15,23 @@ fi
 prepare_guest plain
 results="$MUSERLOAD_CACHE/results"
 mkdir -p "$results"
+console="$results/console-bench.log"
+echo "[bench] booting the plain guest${append:+ ($append)} (console: $console)" >&2
+raw="$results/bench.txt.raw"
+[[ -z "$append" ]] || raw="$results/bench-profile.txt"
+GUEST_CPUS=${GUEST_CPUS:-2} GUEST_APPEND="$append" "$here/run-guest.sh" bench "$kdir" "$ko" \
+	"$payload" "$console" | tee "$raw"
+"$here/splats.sh" "$console"
 if [[ -n "$append" ]]; then
-	out="$results/bench-profile.txt"
-	echo "[bench] profiling in the plain guest (console: $results/console-bench.log)" >&2
-	GUEST_CPUS=${GUEST_CPUS:-2} GUEST_APPEND="$append" "$here/run-guest.sh" bench "$kdir" \
-		"$ko" "$payload" "$results/console-bench.log" | tee "$out"
-	"$here/splats.sh" "$results/console-bench.log"
-	grep -q '^## ' "$out" || { echo "[bench] error: no profiles" >&2; exit 1; }
-	echo "[bench] profiles: $out" >&2
+	grep -q '^## ' "$raw" || { echo "[bench] error: no profiles" >&2; exit 1; }
+	echo "[bench] profiles: $raw" >&2
 	exit
 fi
 out="$results/bench.txt"
-echo "[bench] booting the plain guest (console: $results/console-bench.log)" >&2
-GUEST_CPUS=${GUEST_CPUS:-2} "$here/run-guest.sh" bench "$kdir" "$ko" "$payload" \
-	"$results/console-bench.log" | tee "$out.raw"
-sed -n '/^--- bench.json ---$/,/^--- end ---$/p' "$out.raw" | sed '1d;$d' >"$results/bench.json"
-sed '/^--- bench.json ---$/,$d' "$out.raw" >"$out"
-rm -f "$out.raw"
+sed -n '/^--- bench.json ---$/,/^--- end ---$/p' "$raw" | sed '1d;$d' >"$results/bench.json"
+sed '/^--- bench.json ---$/,$d' "$raw" >"$out"
+rm -f "$raw"
 [[ -s "$results/bench.json" ]] || { echo "[bench] error: no results" >&2; exit 1; }
-"$here/splats.sh" "$results/console-bench.log"
 CARGO_TARGET_DIR="$MUSERLOAD_CACHE/target" cargo run -q --release \
 	--manifest-path "$top/userspace/Cargo.toml" -p muserload-bench -- \
 	--plot "$results/bench.json" "$results/bench.svg"

@@ -548,28 +548,23 @@ pub fn print(profiles: &[CaseProfile]) {
             "{:<60} {:>10} {:>12}",
             "on the case's CPU", "muserload", "userfaultfd"
         );
-        let total = |p: &CaseProfile| p.here.values().sum::<u64>();
-        println!(
-            "{:<60} {:>10.2} {:>12.2}",
-            "busy",
-            ours.us(total(ours)),
-            theirs.us(total(theirs))
-        );
-        println!(
-            "{:<60} {:>10.2} {:>12.2}",
-            "idle (every thread of the case asleep)",
-            ours.us(ours.idle),
-            theirs.us(theirs.idle)
-        );
+        // A line of the comparison: `label` at `depth`, then each side's samples in us/page.
+        let row = |depth: usize, label: &str, samples: &dyn Fn(&CaseProfile) -> u64| {
+            let label: String = label.chars().take(60 - 2 * depth).collect();
+            println!(
+                "{:indent$}{label:<width$} {:>10.2} {:>12.2}",
+                "",
+                ours.us(samples(ours)),
+                theirs.us(samples(theirs)),
+                indent = 2 * depth,
+                width = 60 - 2 * depth
+            );
+        };
+        row(0, "busy", &|p| p.here.values().sum());
+        row(0, "idle (every thread of the case asleep)", &|p| p.idle);
         for (category, _) in CATEGORIES {
-            let (a, b) = (ours.category(category), theirs.category(category));
-            if a + b > 0 {
-                println!(
-                    "  {:<58} {:>10.2} {:>12.2}",
-                    category,
-                    ours.us(a),
-                    theirs.us(b)
-                );
+            if ours.category(category) + theirs.category(category) > 0 {
+                row(1, category, &|p| p.category(category));
             }
         }
         let mut names: Vec<&String> = ours.here.keys().chain(theirs.here.keys()).collect();
@@ -579,13 +574,7 @@ pub fn print(profiles: &[CaseProfile]) {
         names.sort_by_key(|name| std::cmp::Reverse(count(ours, name).max(count(theirs, name))));
         println!("  busiest functions:");
         for name in names.into_iter().take(TOP) {
-            let shown: String = name.chars().take(56).collect();
-            println!(
-                "    {:<56} {:>10.2} {:>12.2}",
-                shown,
-                ours.us(count(ours, name)),
-                theirs.us(count(theirs, name))
-            );
+            row(2, name, &|p| count(p, name));
         }
         println!("  hottest kernel instructions (objdump the function at the offset):");
         for (name, offset, n, p) in [ours, theirs].iter().flat_map(|p| {
@@ -602,13 +591,7 @@ pub fn print(profiles: &[CaseProfile]) {
                 p.us(n)
             );
         }
-        let elsewhere = |p: &CaseProfile| p.elsewhere.values().sum::<u64>();
-        println!(
-            "{:<60} {:>10.2} {:>12.2}",
-            "the other CPUs, busy",
-            ours.us(elsewhere(ours)),
-            theirs.us(elsewhere(theirs))
-        );
+        row(0, "the other CPUs, busy", &|p| p.elsewhere.values().sum());
         if ours.lost + theirs.lost > 0 {
             println!("# {} samples lost (ring full)", ours.lost + theirs.lost);
         }
