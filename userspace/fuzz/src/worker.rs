@@ -501,17 +501,11 @@ impl<'a> Worker<'a> {
         } else {
             self.round.signals[self.rng.below(2)]
         };
-        // Signal mode: half the time a kernel-mode access's retry waits as in queue mode.
-        let flags = if signal != 0 && self.rng.one_in(2) {
-            abi::MUSERLOAD_ARM_KERNEL_WAITS
-        } else {
-            0
-        };
         let arm = muserload_arm {
             start: start as u64,
             len: (n * PAGE) as u64,
             signal: signal as u32,
-            flags,
+            flags: 0,
         };
         let Some(record) = self.shared.reserve(1) else {
             return;
@@ -556,7 +550,7 @@ impl<'a> Worker<'a> {
                 let mut buf = [0u8; 512];
                 let _ = sys::read(self.pipe.0, &mut buf[..n]);
             }
-            // Signal mode (without MUSERLOAD_ARM_KERNEL_WAITS), or an aborted object.
+            // Signal mode, or an aborted object.
             Err(libc::EFAULT) => {}
             Err(e) => self.fail(format_args!("write() from guest memory: errno {e}")),
         }
@@ -986,17 +980,11 @@ impl<'a> Worker<'a> {
                 self.check_errno("ARM with a bad signal", abi::arm(fd, &arm), libc::EINVAL)
             }
             18 => {
-                // KERNEL_WAITS is for signal mode only; the other bits are unknown.
-                let (signal, flags) = if self.rng.one_in(2) {
-                    (0, abi::MUSERLOAD_ARM_KERNEL_WAITS)
-                } else {
-                    (self.round.signals[0], !abi::MUSERLOAD_ARM_KERNEL_WAITS)
-                };
                 let arm = muserload_arm {
                     start: guest as u64,
                     len: page,
-                    signal: signal as u32,
-                    flags,
+                    signal: 0,
+                    flags: 1,
                 };
                 self.check_errno("ARM with flags", abi::arm(fd, &arm), libc::EINVAL)
             }
