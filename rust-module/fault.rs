@@ -129,16 +129,19 @@ fn guest(object: &Arc<Object>, layout: &Layout, index: usize, fault: Fault) -> F
             tid: crate::object::current_tid(),
             flags,
         };
-        if object.events.push(event).is_err() {
-            return FaultResult::Oom;
-        }
-        layout.state(index).store(state | STATE_REPORTED, Release);
         let counter = if access.user {
             Counter::FaultQueueUser
         } else {
             Counter::FaultQueueKernel
         };
+        // Counted before the event can be read: whoever reads it and then the stats sees
+        // the fault counted (the queue's lock orders the two).
         object.stats.add(counter, 1);
+        if object.events.push(event).is_err() {
+            object.stats.sub(counter, 1);
+            return FaultResult::Oom;
+        }
+        layout.state(index).store(state | STATE_REPORTED, Release);
     }
     drop(pages);
 

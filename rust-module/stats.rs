@@ -60,6 +60,11 @@ impl Stats {
         self.counters[counter as usize].add(n, Relaxed);
     }
 
+    /// Takes back `n` of `counter` (what it counted did not happen after all).
+    pub(crate) fn sub(&self, counter: Counter, n: u64) {
+        self.counters[counter as usize].fetch_sub(n, Relaxed);
+    }
+
     /// Pages armed and not loaded: `n` more.
     pub(crate) fn armed(&self, n: u64) {
         self.unloaded.add(n, Relaxed);
