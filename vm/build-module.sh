@@ -24,6 +24,15 @@ mkdir -p "$out"
 rsync -a --delete --exclude='*.o' --exclude='*.ko' --exclude='.*.cmd' --exclude='*.mod*' \
 	--exclude='*.order' --exclude='*.symvers' --exclude='*.d' --exclude='uapi_generated.rs' \
 	"$top/Kbuild" "$top/rust-module" "$top/include" "$out/"
+# make compares times, and rsync -a keeps the sources' own: a source that changed but is
+# older than the last build (edited before another checkout's build, or from an older
+# commit) would not be rebuilt. The hash of the sources of the last build decides instead.
+sources=$(cd "$out" && find Kbuild rust-module include -type f \( -name Kbuild -o -name '*.rs' \
+	-o -name '*.c' -o -name '*.h' \) ! -name uapi_generated.rs | sort | xargs sha256sum | sha256sum)
+if [[ "$(cat "$out/.sources" 2>/dev/null)" != "$sources" ]]; then
+	make -s -C "$kdir" M="$out" LLVM="$LLVM_SUFFIX" clean >&2
+fi
 # Warnings, clippy's included, fail the build.
 make -s -C "$kdir" M="$out" LLVM="$LLVM_SUFFIX" CLIPPY=1 KRUSTFLAGS=-Dwarnings "$@" modules >&2
+echo "$sources" >"$out/.sources"
 echo "$out/muserload.ko"
