@@ -58,12 +58,13 @@ fi
 # its vCPUs are (a QEMU that does not answer is itself hung) and sends an NMI, which
 # unknown_nmi_panic turns into a panic that prints every task's stack and every CPU's
 # backtrace to the console log (panic_sys_info). Exit status 124, as
-# timeout(1)'s.
+# timeout(1)'s. The guest's output goes out a line at a time (stdbuf: tr would hold it
+# back in blocks when writing to a pipe or file), so that a hang shows where it is.
 cmdline+=" unknown_nmi_panic panic_sys_info=tasks,locks,all_bt"
 mkfifo "$root.mon.in" "$root.mon.out"
 trap 'rm -rf "$root" "$root.cpio.gz" "$root.mon.in" "$root.mon.out"' EXIT
 "${qemu[@]}" -append "$cmdline" -chardev "pipe,id=monitor,path=$root.mon" -mon monitor \
-	-serial "file:$log" -serial stdio </dev/null > >(tr -d '\r') &
+	-serial "file:$log" -serial stdio </dev/null > >(stdbuf -oL tr -d '\r') &
 qemu_pid=$!
 deadline=$((SECONDS + ${GUEST_TIMEOUT:-1200}))
 while kill -0 "$qemu_pid" 2>/dev/null && ((SECONDS < deadline)); do
