@@ -13,7 +13,7 @@ use std::{
 };
 
 use common::{
-    check_reports, json, linux_guest_args, loader, migrate_retrying_source_deaths, scratch,
+    check_reports, json, linux_guest_args, loader, migrate_retrying_nested_deaths, scratch,
     test_guest, test_guest_args, u, Destination,
 };
 use serde_json::Value;
@@ -24,7 +24,7 @@ fn migrate(name: &str, kind: &str, mode: &str, guest: &[String]) -> (Value, Valu
     let dir = scratch(name);
     let (src_json, dst_json) = (dir.join("source.json"), dir.join("destination.json"));
     let plot = dir.join("timeline.svg");
-    let destination = migrate_retrying_source_deaths(guest, kind, &src_json, || {
+    let (destination, ()) = migrate_retrying_nested_deaths(guest, kind, &src_json, || {
         let destination = Destination::start(&[
             "--mode",
             mode,
@@ -34,10 +34,9 @@ fn migrate(name: &str, kind: &str, mode: &str, guest: &[String]) -> (Value, Valu
             plot.to_str().expect("path"),
         ]);
         let to = destination.addr.clone();
-        (destination, to)
+        (destination, (), to)
     });
-    let (dst_ok, _) = destination.finish();
-    assert!(dst_ok, "the destination failed");
+    assert!(destination.ok, "the destination failed");
     let (src, dst) = (json(&src_json), json(&dst_json));
     check_reports(&src, &dst);
     let svg = std::fs::read_to_string(&plot).expect("the timeline");

@@ -18,7 +18,7 @@ use std::{
 };
 
 use common::{
-    check_reports, json, linux_guest_args, migrate_retrying_source_deaths, scratch, start_source,
+    check_reports, json, linux_guest_args, migrate_retrying_nested_deaths, scratch, start_source,
     test_guest_args, u, Destination,
 };
 
@@ -136,7 +136,7 @@ fn cut_and_recover(name: &str, guest: &[String], mode: &str) {
     let (src_json, dst_json) = (dir.join("source.json"), dir.join("destination.json"));
     let outage = Duration::from_secs(2);
     let (destination, proxy) =
-        migrate_retrying_source_deaths(guest, "post-copy", &src_json, || {
+        migrate_retrying_nested_deaths(guest, "post-copy", &src_json, || {
             let destination = Destination::start(&[
                 "--mode",
                 mode,
@@ -145,14 +145,14 @@ fn cut_and_recover(name: &str, guest: &[String], mode: &str) {
             ]);
             let proxy = Proxy::start(&destination.addr, outage);
             let to = proxy.addr.clone();
-            ((destination, proxy), to)
+            (destination, proxy, to)
         });
-    let (dst_ok, stderr) = destination.finish();
     assert!(proxy.cut_at().is_some(), "the proxy never cut");
-    assert!(dst_ok, "the destination failed");
+    assert!(destination.ok, "the destination failed");
     assert!(
-        stderr.contains("the source reconnected"),
-        "stderr: {stderr}"
+        destination.stderr.contains("the source reconnected"),
+        "stderr: {}",
+        destination.stderr
     );
 
     let (src, dst) = (json(&src_json), json(&dst_json));

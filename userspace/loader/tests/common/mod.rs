@@ -127,6 +127,16 @@ pub struct Destination {
     /// Where it listens.
     pub addr: String,
     stderr: Option<thread::JoinHandle<String>>,
+    console: Option<thread::JoinHandle<String>>,
+}
+
+/// How a destination ended.
+pub struct Ended {
+    /// Whether it exited successfully.
+    pub ok: bool,
+    pub stderr: String,
+    /// Its guest's serial console.
+    pub console: String,
 }
 
 impl Drop for Destination {
@@ -137,16 +147,35 @@ impl Drop for Destination {
     }
 }
 
+/// Echoes what `from` says (to this test's output, which libtest shows when it fails) and
+/// returns all of it once it ends.
+fn echo(from: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut from = BufReader::new(from);
+        let (mut line, mut text) = (Vec::new(), String::new());
+        // Bytes, not lines of UTF-8: a guest may print anything, and a reader that stopped
+        // would fail the loader's next write.
+        while from.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+            let line_text = String::from_utf8_lossy(&line);
+            eprint!("{line_text}");
+            text += &line_text;
+            line.clear();
+        }
+        text
+    })
+}
+
 impl Destination {
     /// Starts `muserload-loader receive` with `args` on a free port.
     pub fn start(args: &[&str]) -> Self {
         let mut child = loader()
             .args(["receive", "--listen", "127.0.0.1:0"])
             .args(args)
-            .stdout(Stdio::inherit())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting the destination");
+        let console = echo(child.stdout.take().expect("piped stdout"));
         let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
         let mut line = String::new();
         stderr
@@ -157,24 +186,43 @@ impl Destination {
             .strip_prefix("muserload-loader: listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_owned();
-        let stderr = thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = stderr.read_to_string(&mut rest);
-            eprint!("{rest}");
-            rest
-        });
         Self {
             child,
             addr,
-            stderr: Some(stderr),
+            stderr: Some(echo(stderr)),
+            console: Some(console),
         }
     }
 
     /// Waits for it to exit; returns whether it succeeded, and its stderr.
-    pub fn finish(mut self) -> (bool, String) {
+    pub fn finish(self) -> (bool, String) {
+        let ended = self.end();
+        (ended.ok, ended.stderr)
+    }
+
+    /// Waits for it to exit (see [`wait_or_kill`]).
+    pub fn end(mut self) -> Ended {
         let ok = wait_or_kill(&mut self.child, "the destination");
-        let stderr = self.stderr.take().map(|t| t.join().expect("stderr reader"));
-        (ok, stderr.unwrap_or_default())
+        self.collect(ok)
+    }
+
+    /// Stops it at once if it still runs (a destination whose source failed waits for it).
+    fn stop(mut self) -> Ended {
+        let _ = self.child.kill();
+        let ok = self.child.wait().is_ok_and(|status| status.success());
+        self.collect(ok)
+    }
+
+    fn collect(&mut self, ok: bool) -> Ended {
+        let text = |t: Option<thread::JoinHandle<String>>| {
+            t.map(|t| t.join().expect("output reader"))
+                .unwrap_or_default()
+        };
+        Ended {
+            ok,
+            stderr: text(self.stderr.take()),
+            console: text(self.console.take()),
+        }
     }
 }
 
@@ -205,11 +253,11 @@ pub fn start_source(guest: &[String], kind: &str, to: &str, report: &Path) -> Ch
         .expect("running the source")
 }
 
-/// How many times a migration is tried whose source's nested guest dies.
+/// How many times a migration is tried whose nested guest dies.
 const ATTEMPTS: u32 = 3;
 
 /// Whether a loader's stderr says its nested guest died: a triple fault or a KVM internal
-/// error. A source's guest dies so now and then under QEMU TCG's emulation of nested SVM,
+/// error. A nested guest dies so now and then under QEMU TCG's emulation of nested SVM,
 /// also with plain anonymous memory as its RAM instead of a muserload object
 /// (`Documentation/loader.rst`, "Limits"): such a death says nothing of muserload.
 fn nested_guest_died(stderr: &str) -> bool {
@@ -217,42 +265,59 @@ fn nested_guest_died(stderr: &str) -> bool {
         && (stderr.contains("triple fault") || stderr.contains("KVM internal error"))
 }
 
-/// Runs a migration of `guest` (`kind`): `begin()` starts what receives it (a destination,
-/// and whatever sits between) and says where the source migrates to; then a source runs
-/// until it ends. A source whose nested guest died is run again from a new `begin()`, up
-/// to [`ATTEMPTS`] times in all, saying so; any other failure of the source fails the
-/// test. Returns what `begin()` started for the last, successful source.
-pub fn migrate_retrying_source_deaths<T>(
+/// Whether a guest's console tells of something wrong in its memory: the test guest's
+/// exception handler or panic, the Linux guest's workload finding a mismatch, or its
+/// kernel an oops. A death after that may be muserload's doing, and is never run again.
+fn guest_saw_a_fault(console: &str) -> bool {
+    ["exception", "panic", "MISMATCH", "Oops", "BUG:"]
+        .iter()
+        .any(|sign| console.contains(sign))
+}
+
+/// Runs a migration of `guest` (`kind`): `begin()` starts a destination and whatever sits
+/// between (returned as `T`) and says where the source migrates to; then a source runs
+/// until it ends, and the destination after it. A migration whose source's nested guest
+/// died, or whose destination's did without its guest having seen anything wrong first
+/// (see [`guest_saw_a_fault`]), is run again from a new `begin()`, up to [`ATTEMPTS`] times
+/// in all, saying so; any other failure of the source fails the test. Returns how the
+/// last destination ended, and what `begin()` started with it.
+pub fn migrate_retrying_nested_deaths<T>(
     guest: &[String],
     kind: &str,
     report: &Path,
-    mut begin: impl FnMut() -> (T, String),
-) -> T {
+    mut begin: impl FnMut() -> (Destination, T, String),
+) -> (Ended, T) {
     for attempt in 1..=ATTEMPTS {
-        let (receiver, to) = begin();
+        let (destination, between, to) = begin();
         let mut source = source_command(guest, kind, &to, report)
             .stderr(Stdio::piped())
             .spawn()
             .expect("running the source");
-        let mut stderr = source.stderr.take().expect("piped stderr");
-        let echo = thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            eprint!("{text}");
-            text
-        });
-        // A source that fails leaves the destination waiting for it: it is stopped at once
-        // (dropping `receiver` kills it).
-        let ok = wait_or_kill(&mut source, "the source");
-        let stderr = echo.join().expect("stderr reader");
-        if ok {
-            return receiver;
-        }
+        let stderr = echo(source.stderr.take().expect("piped stderr"));
+        let source_ok = wait_or_kill(&mut source, "the source");
+        let source_stderr = stderr.join().expect("stderr reader");
+        let ended = if source_ok {
+            destination.end()
+        } else {
+            // A source that failed leaves its destination waiting for it.
+            destination.stop()
+        };
+        let died = if !source_ok && nested_guest_died(&source_stderr) {
+            "the source's"
+        } else if !ended.ok
+            && nested_guest_died(&ended.stderr)
+            && !guest_saw_a_fault(&ended.console)
+        {
+            "the destination's"
+        } else {
+            assert!(source_ok, "the source failed");
+            return (ended, between);
+        };
         assert!(
-            attempt < ATTEMPTS && nested_guest_died(&stderr),
-            "the source failed"
+            attempt < ATTEMPTS,
+            "{died} nested guest died {ATTEMPTS} times"
         );
-        eprintln!("the source's nested guest died (attempt {attempt} of {ATTEMPTS}): again");
+        eprintln!("{died} nested guest died (attempt {attempt} of {ATTEMPTS}): again");
     }
     unreachable!("the last attempt returns or fails")
 }
