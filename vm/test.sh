@@ -65,12 +65,12 @@ for flavour in ${FLAVOURS:-debug leakcheck}; do
 	# Under KASAN the nested Linux guest now and then triple-faults (at boot on the source,
 	# or after the switch; never seen in the other guests): its tests run in the leak-check
 	# guest only. The debug guest takes about 12 minutes (KASAN, 1000 module loads, the
-	# fuzz): room for a loaded host.
+	# fuzz): room for a loaded host. Its output goes on a line at a time (sed -u), as it comes.
 	append=""
 	[[ $flavour == debug ]] && append="mlskip=linux_guest"
 	GUEST_TIMEOUT=${GUEST_TIMEOUT:-2700} GUEST_APPEND="$append" \
 		"$here/run-guest.sh" test "${kdir[$flavour]}" "${ko[$flavour]}" "$payload" "$log" |
-		tee "$ktap" | sed 's/^/  /'
+		tee "$ktap" | sed -u 's/^/  /'
 	status=${PIPESTATUS[0]}
 	read -r p f s < <(awk -f "$here/ktap-totals.awk" "$ktap")
 	pass=$((pass + p)) fail=$((fail + f)) skip=$((skip + s))
