@@ -3,6 +3,7 @@
 //! MUSERLOAD_LINUX_INITRD say), loaders running in the background, and their reports.
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -88,7 +89,18 @@ pub fn wait_or_kill(child: &mut Child, what: &str) -> Waited {
             // backtraces of whatever the CPUs are running (is a vCPU in its guest, or
             // looping in the host kernel?).
             let _ = std::fs::write("/proc/sysrq-trigger", "l");
+            let counters = kvm_counters(child.id());
             let stalled = vcpus_keep_running(child.id());
+            // Is a stalled guest exiting all the time (and for what), or running quietly?
+            eprintln!("its VM's KVM counters that moved in that second:");
+            for (name, after) in kvm_counters(child.id()) {
+                match counters.get(&name) {
+                    Some(before) if *before != after => {
+                        eprintln!("  {name}: +{}", after.wrapping_sub(*before))
+                    }
+                    _ => {}
+                }
+            }
             let _ = child.kill();
             let _ = child.wait();
             assert!(
@@ -100,6 +112,29 @@ pub fn wait_or_kill(child: &mut Child, what: &str) -> Waited {
         }
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The counters KVM keeps of process `pid`'s VMs (debugfs), by name.
+fn kvm_counters(pid: u32) -> BTreeMap<String, u64> {
+    let Ok(vms) = std::fs::read_dir("/sys/kernel/debug/kvm") else {
+        return BTreeMap::new();
+    };
+    vms.flatten()
+        .filter(|vm| {
+            vm.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{pid}-"))
+        })
+        .filter_map(|vm| std::fs::read_dir(vm.path()).ok())
+        .flat_map(|files| files.flatten())
+        .filter_map(|file| {
+            let value = std::fs::read_to_string(file.path()).ok()?;
+            Some((
+                file.file_name().to_string_lossy().into_owned(),
+                value.trim().parse().ok()?,
+            ))
+        })
+        .collect()
 }
 
 /// Whether process `pid` has vCPU threads and they stay running (state R) for a second,
