@@ -13,6 +13,7 @@
 //! for that inode's `address_space`: the object's file points its `f_mapping` there, as DRM
 //! does with its own anonymous inode, so that `mmap` links every vma of the object into it.
 
+use crate::sync_table::AssertSync;
 use kernel::{
     bindings,
     error::from_err_ptr,
@@ -73,16 +74,14 @@ pub(crate) unsafe fn install_fd(
 /// fault of an object whose descriptor and mappings are gone never runs unloaded code: the
 /// last reference, and so `module_put()`, goes with the object's final `fput()`, outside
 /// the module.
-struct HolderFops(bindings::file_operations);
-
-// SAFETY: The table is immutable.
-unsafe impl Sync for HolderFops {}
-
-static HOLDER_FOPS: HolderFops = HolderFops(bindings::file_operations {
-    owner: kernel::module::this_module::<crate::LocalModule>().as_ptr(),
-    // SAFETY: All-zero is a valid `file_operations`: every operation absent.
-    ..unsafe { core::mem::zeroed() }
-});
+// SAFETY: The table is immutable; its pointers are the module and null.
+static HOLDER_FOPS: AssertSync<bindings::file_operations> = unsafe {
+    AssertSync::new(bindings::file_operations {
+        owner: kernel::module::this_module::<crate::LocalModule>().as_ptr(),
+        // SAFETY: All-zero is a valid `file_operations`: every operation absent.
+        ..core::mem::zeroed()
+    })
+};
 
 /// A private `address_space` for one object.
 pub(crate) struct PrivateMapping {
@@ -96,7 +95,7 @@ impl PrivateMapping {
         let raw = unsafe {
             anon_inode_create_getfile(
                 c"[muserload]".as_char_ptr(),
-                &HOLDER_FOPS.0,
+                HOLDER_FOPS.get(),
                 core::ptr::null_mut(),
                 bindings::O_RDWR as c_int,
                 core::ptr::null(),

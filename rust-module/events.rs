@@ -20,6 +20,7 @@
 
 use crate::{
     object::Object,
+    sync_table::AssertSync,
     uapi::{
         muserload_event,
         MUSERLOAD_EVENTS_NONBLOCK,
@@ -164,20 +165,18 @@ impl EventQueue {
 }
 
 /// The events descriptor's file operations.
-struct EventsFops(bindings::file_operations);
-
-// SAFETY: The table is immutable.
-unsafe impl Sync for EventsFops {}
-
-static EVENTS_FOPS: EventsFops = EventsFops(bindings::file_operations {
-    owner: kernel::module::this_module::<crate::LocalModule>().as_ptr(),
-    read: Some(events_read),
-    poll: Some(events_poll),
-    release: Some(events_release),
-    llseek: Some(bindings::noop_llseek),
-    // SAFETY: All-zero is a valid `file_operations`: every other operation absent.
-    ..unsafe { core::mem::zeroed() }
-});
+// SAFETY: The table is immutable; its pointers are functions, the module and null.
+static EVENTS_FOPS: AssertSync<bindings::file_operations> = unsafe {
+    AssertSync::new(bindings::file_operations {
+        owner: kernel::module::this_module::<crate::LocalModule>().as_ptr(),
+        read: Some(events_read),
+        poll: Some(events_poll),
+        release: Some(events_release),
+        llseek: Some(bindings::noop_llseek),
+        // SAFETY: All-zero is a valid `file_operations`: every other operation absent.
+        ..core::mem::zeroed()
+    })
+};
 
 /// Creates the events descriptor of `object` and returns it.
 pub(crate) fn create_fd(object: Arc<Object>, flags: u32) -> Result<i32> {
@@ -187,7 +186,7 @@ pub(crate) fn create_fd(object: Arc<Object>, flags: u32) -> Result<i32> {
     let fd = unsafe {
         crate::anon_file::install_fd(
             c"[muserload-events]",
-            &EVENTS_FOPS.0,
+            EVENTS_FOPS.get(),
             data,
             flags | bindings::O_RDONLY,
         )

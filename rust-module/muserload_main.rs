@@ -24,6 +24,7 @@
 //! - [`stats`]: per-object counters.
 //! - [`api`]: the handshake ioctl.
 //! - [`uapi`]: the ABI, generated from the uapi header.
+//! - [`sync_table`]: the one wrapper that makes the static C operation tables `Sync`.
 
 use kernel::prelude::*;
 
@@ -41,6 +42,7 @@ mod pool;
 mod scratch;
 mod signal;
 mod stats;
+mod sync_table;
 mod uapi;
 mod vma;
 mod wait;

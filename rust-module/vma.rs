@@ -16,7 +16,10 @@
 //! miscdevice `open`, released by its `release` only after the last mapping is gone, since
 //! every vma holds a reference on its file).
 
-use crate::object::Object;
+use crate::{
+    object::Object,
+    sync_table::AssertSync, //
+};
 use kernel::{
     bindings,
     mm::{
@@ -76,17 +79,15 @@ impl FaultResult {
 }
 
 /// The `vm_operations_struct` of every mapping of an object.
-struct VmOps(bindings::vm_operations_struct);
-
-// SAFETY: The table is immutable; the raw pointers in it are functions and null.
-unsafe impl Sync for VmOps {}
-
-static VM_OPS: VmOps = VmOps(bindings::vm_operations_struct {
-    fault: Some(fault),
-    map_pages: Some(map_pages),
-    // SAFETY: All-zero is a valid `vm_operations_struct`: every callback absent.
-    ..unsafe { core::mem::zeroed() }
-});
+// SAFETY: The table is immutable, and its pointers are functions or null.
+static VM_OPS: AssertSync<bindings::vm_operations_struct> = unsafe {
+    AssertSync::new(bindings::vm_operations_struct {
+        fault: Some(fault),
+        map_pages: Some(map_pages),
+        // SAFETY: All-zero is a valid `vm_operations_struct`: every callback absent.
+        ..core::mem::zeroed()
+    })
+};
 
 /// Makes `vma`, being created by `mmap` of `/dev/muserload`, a mapping of its object.
 ///
@@ -101,7 +102,7 @@ pub(crate) fn install(vma: &VmaNew) -> Result {
     vma.set_dontexpand();
     // SAFETY: The vma is being set up by `mmap` (so `vm_ops` may be written); `VM_OPS` is
     // static and its callbacks only access vmas that are ours.
-    unsafe { (*vma.as_ptr()).vm_ops = &VM_OPS.0 };
+    unsafe { (*vma.as_ptr()).vm_ops = VM_OPS.get() };
     Ok(())
 }
 
@@ -111,7 +112,7 @@ fn object_of(vma: &VmaRef) -> Option<ArcBorrow<'_, Object>> {
     // SAFETY: The caller holds the vma or mmap read lock (type invariant of `VmaRef`), so
     // its fields are stable.
     let (ops, file) = unsafe { ((*raw).vm_ops, (*raw).vm_file) };
-    if !core::ptr::eq(ops, &VM_OPS.0) {
+    if !core::ptr::eq(ops, VM_OPS.get()) {
         return None;
     }
     // SAFETY: `vm_ops` is ours only on vmas made by `install`, whose `vm_file` is an open
