@@ -3,7 +3,7 @@
 //! Queue mode: fault events, and the events descriptor they are read from.
 //!
 //! Each page armed in queue mode produces one event the first time a thread waits for it
-//! (the page's `STATE_REPORTED` bit), however many threads then wait. The resolver reads
+//! (its state is then reported, `state.rs`), however many threads then wait. The resolver reads
 //! fixed-size `struct muserload_event` records with `read()`, and waits for them with
 //! `poll()`/`epoll`. Closing the descriptor is the resolver going away: the object is
 //! aborted, so no fault waits for a load that will never come.
@@ -13,21 +13,28 @@
 //!
 //! # Locking
 //!
-//! `queue` is taken inside `Object::pages` by the fault path (to queue an event) and alone
-//! by readers. A reader copies events out without holding it (the copy may fault on this
-//! very object), under `reader`, which keeps other readers away, and only then removes what
-//! it copied: an event whose copy fails stays queued.
+//! The lock order is at the top of `object.rs`. `queue` is taken inside `Object::pages` by
+//! the fault path (to queue an event) and alone
+//! by readers, and only for short, non-faulting work. Any number of readers (threads calling
+//! `read()` or `MUSERLOAD_IOC_RESOLVE`) share the descriptor: a reader takes its events out
+//! of the queue under `queue`, so each event goes to one reader, and copies them to its
+//! buffer after dropping it (the copy may fault on this very object, and another reader may
+//! be the one to serve that fault). An event whose copy fails goes back to the front of the
+//! queue: the queue keeps room for every event lent to a reader, so giving it back cannot
+//! fail. A reader sleeps only in `ready`'s wait, never holding a lock, interruptibly.
 
 use crate::{
     object::Object,
     sync_table::AssertSync,
     uapi::{
         muserload_event,
+        MUSERLOAD_EVENTS_CLOEXEC,
         MUSERLOAD_EVENTS_NONBLOCK,
         MUSERLOAD_READ_MAX, //
     },
 };
 use kernel::{
+    alloc::flags::GFP_KERNEL_ACCOUNT,
     bindings,
     ffi::{
         c_char,
@@ -60,10 +67,91 @@ const EPOLLRDNORM: u32 = 0x40;
 /// How many events one read copies at most (a bounded on-stack buffer).
 const READ_BATCH: usize = MUSERLOAD_READ_MAX as usize;
 
-/// Queued events: `events[head..]` are unread.
+/// Queued events: a ring of `slots`, of which `len` from `head` on (wrapping) are unread.
+///
+/// # Invariants
+///
+/// `len + lent <= slots.len()`, and `head < slots.len()` unless `slots` is empty.
 struct Queue {
-    events: KVVec<muserload_event>,
+    slots: KVVec<muserload_event>,
     head: usize,
+    len: usize,
+    /// Events readers took and are still copying out: room is kept for them to come back.
+    lent: usize,
+}
+
+impl Queue {
+    const fn new() -> Self {
+        // INVARIANT: Empty, nothing lent.
+        Self {
+            slots: KVVec::new(),
+            head: 0,
+            len: 0,
+            lent: 0,
+        }
+    }
+
+    /// The slot of the `i`th unread event (`i` may be `len`: the next free slot).
+    fn slot(&self, i: usize) -> usize {
+        (self.head + i) % self.slots.len()
+    }
+
+    /// Queues `event` at the back, growing the ring if every slot is taken or kept.
+    fn push(&mut self, event: muserload_event) -> Result {
+        if self.len + self.lent == self.slots.len() {
+            let capacity = (self.slots.len() * 2).max(64);
+            // The caller's memory cgroup pays, as for every other allocation of the fault
+            // path (a queue-mode fault's event is a fault's allocation).
+            let mut slots = KVVec::with_capacity(capacity, GFP_KERNEL_ACCOUNT)?;
+            for i in 0..self.len {
+                slots
+                    .push_within_capacity(self.slots[self.slot(i)])
+                    .map_err(|_| ENOMEM)?;
+            }
+            while slots.len() < capacity {
+                slots
+                    .push_within_capacity(muserload_event::default())
+                    .map_err(|_| ENOMEM)?;
+            }
+            // INVARIANT: The unread events keep their order from slot 0; the ring is larger.
+            self.slots = slots;
+            self.head = 0;
+        }
+        let tail = self.slot(self.len);
+        self.slots[tail] = event;
+        // INVARIANT: `len + lent` was below `slots.len()`.
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Takes up to `batch.len()` events from the front into `batch`, lent to the caller
+    /// until [`Queue::settle`]; returns how many.
+    fn lend(&mut self, batch: &mut [muserload_event]) -> usize {
+        let n = self.len.min(batch.len());
+        for (i, event) in batch[..n].iter_mut().enumerate() {
+            *event = self.slots[self.slot(i)];
+        }
+        if n > 0 {
+            self.head = self.slot(n);
+        }
+        // INVARIANT: `len + lent` is unchanged.
+        self.len -= n;
+        self.lent += n;
+        n
+    }
+
+    /// Ends a loan of `lent` events, of which `back` (the last ones, in order) were not
+    /// delivered: they go back to the front.
+    fn settle(&mut self, lent: usize, back: &[muserload_event]) {
+        for event in back.iter().rev() {
+            // There is room: `lent` slots were kept for this loan and the ones before it.
+            self.head = (self.head + self.slots.len() - 1) % self.slots.len();
+            self.slots[self.head] = *event;
+        }
+        // INVARIANT: `back.len() <= lent`: `len + lent` does not grow.
+        self.len += back.len();
+        self.lent -= lent;
+    }
 }
 
 /// The fault events of one object.
@@ -74,39 +162,19 @@ pub(crate) struct EventQueue {
     /// Signalled when an event is queued or the object is aborted.
     #[pin]
     ready: PollCondVar,
-    /// Serialises readers, see the locking rules at the top of this file.
-    #[pin]
-    reader: Mutex<()>,
 }
 
 impl EventQueue {
     pub(crate) fn new() -> impl PinInit<Self> {
         pin_init!(Self {
-            queue <- new_mutex!(Queue {
-                events: KVVec::new(),
-                head: 0,
-            }),
+            queue <- new_mutex!(Queue::new()),
             ready <- new_poll_condvar!("muserload_events"),
-            reader <- new_mutex!(()),
         })
     }
 
     /// Queues `event` and wakes readers. Called with `Object::pages` held.
     pub(crate) fn push(&self, event: muserload_event) -> Result {
-        let mut q = self.queue.lock();
-        if q.head == q.events.len() {
-            q.events.clear();
-            q.head = 0;
-        } else if q.head > 0 && q.head * 2 >= q.events.len() {
-            // Reclaim the read half, so the queue stays as long as what is unread.
-            let head = q.head;
-            let len = q.events.len();
-            q.events.copy_within(head..len, 0);
-            q.events.truncate(len - head);
-            q.head = 0;
-        }
-        q.events.push(event, GFP_KERNEL)?;
-        drop(q);
+        self.queue.lock().push(event)?;
         self.ready.notify_all();
         Ok(())
     }
@@ -117,13 +185,13 @@ impl EventQueue {
     }
 
     fn pending(&self) -> bool {
-        let q = self.queue.lock();
-        q.head < q.events.len()
+        self.queue.lock().len > 0
     }
 
     /// Copies up to `max` events to `buf` (EINVAL for no room), waiting for one unless
     /// `nonblock` (then EAGAIN). Returns how many; 0 (end of file) once the object is aborted
-    /// and nothing is queued. A signal while it waits gives ERESTARTSYS.
+    /// and nothing is queued. A signal while it waits gives ERESTARTSYS. Events it could not
+    /// copy stay queued: EFAULT if it copied none.
     pub(crate) fn read(
         &self,
         object: &Object,
@@ -131,15 +199,17 @@ impl EventQueue {
         max: usize,
         nonblock: bool,
     ) -> Result<usize> {
-        let size = size_of::<muserload_event>();
         let max = max.min(READ_BATCH);
         if max == 0 {
             return Err(EINVAL);
         }
-        let _reader = self.reader.lock();
         let mut batch = [muserload_event::default(); READ_BATCH];
         let mut q = self.queue.lock();
-        while q.head == q.events.len() {
+        let n = loop {
+            let n = q.lend(&mut batch[..max]);
+            if n > 0 {
+                break n;
+            }
             if object.aborted() {
                 return Ok(0);
             }
@@ -149,18 +219,23 @@ impl EventQueue {
             if self.ready.wait_interruptible(&mut q) {
                 return Err(ERESTARTSYS);
             }
-        }
-        let n = (q.events.len() - q.head).min(max);
-        batch[..n].copy_from_slice(&q.events[q.head..q.head + n]);
+        };
         drop(q);
 
-        let mut writer = UserSlice::new(buf, n * size).writer();
-        for event in &batch[..n] {
-            writer.write(event)?;
+        let mut writer = UserSlice::new(buf, n * size_of::<muserload_event>()).writer();
+        let copied = batch[..n]
+            .iter()
+            .take_while(|event| writer.write(*event).is_ok())
+            .count();
+        self.queue.lock().settle(n, &batch[copied..n]);
+        if copied < n {
+            // Other readers may be waiting for what went back.
+            self.ready.notify_all();
         }
-        // Only readers remove events, and `reader` is held: the first `n` are still these.
-        self.queue.lock().head += n;
-        Ok(n)
+        if copied == 0 {
+            return Err(EFAULT);
+        }
+        Ok(copied)
     }
 }
 
@@ -178,18 +253,22 @@ static EVENTS_FOPS: AssertSync<bindings::file_operations> = unsafe {
     })
 };
 
-/// Creates the events descriptor of `object` and returns it.
+/// Creates the events descriptor of `object` with `flags` (`MUSERLOAD_EVENTS_*`, checked
+/// by the caller) and returns it.
 pub(crate) fn create_fd(object: Arc<Object>, flags: u32) -> Result<i32> {
+    // The uapi values are x86's `O_*` bits; other architectures number them otherwise.
+    let mut file_flags = bindings::O_RDONLY;
+    if flags & MUSERLOAD_EVENTS_NONBLOCK != 0 {
+        file_flags |= bindings::O_NONBLOCK;
+    }
+    if flags & MUSERLOAD_EVENTS_CLOEXEC != 0 {
+        file_flags |= bindings::O_CLOEXEC;
+    }
     let data = object.into_foreign();
     // SAFETY: `EVENTS_FOPS` is static and its operations expect an `Arc<Object>` in
     // `private_data`.
     let fd = unsafe {
-        crate::anon_file::install_fd(
-            c"[muserload-events]",
-            EVENTS_FOPS.get(),
-            data,
-            flags | bindings::O_RDONLY,
-        )
+        crate::anon_file::install_fd(c"[muserload-events]", EVENTS_FOPS.get(), data, file_flags)
     };
     if fd.is_err() {
         // SAFETY: The file was not created: the reference is still ours.
@@ -221,7 +300,7 @@ unsafe extern "C" fn events_read(
     // SAFETY: `read` runs on an open file.
     let object = unsafe { object_of(file) };
     // SAFETY: `file` is valid during `read`.
-    let nonblock = unsafe { (*file).f_flags } & MUSERLOAD_EVENTS_NONBLOCK != 0;
+    let nonblock = unsafe { (*file).f_flags } & bindings::O_NONBLOCK != 0;
     let size = size_of::<muserload_event>();
     match object.events.read(
         &object,

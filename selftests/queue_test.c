@@ -289,6 +289,283 @@ TEST_F(queue, resolve_interrupted_after_loads)
 	close(events);
 }
 
+/* How a resolver of many_resolvers takes its events. */
+enum resolver_kind { BY_READ, BY_POLL_AND_RESOLVE, BY_RESOLVE };
+
+struct multi_resolver {
+	struct ml *ml;
+	int events;
+	enum resolver_kind kind;
+	pthread_t thread;
+	unsigned int *seen;	/* per page, shared by all: events received */
+	unsigned long served;
+	int error;
+};
+
+/* Counts @n events and loads their pages; with @vec, only fills it for RESOLVE to load. */
+static void take_events(struct multi_resolver *r, struct muserload_event *ev, int n,
+			struct muserload_vec *vec, char (*bufs)[PAGE])
+{
+	int i;
+
+	for (i = 0; i < n; i++) {
+		__u64 page = ev[i].offset / PAGE;
+
+		__atomic_fetch_add(&r->seen[page], 1, __ATOMIC_RELAXED);
+		ml_fill(bufs[i], page);
+		if (vec)
+			vec[i] = (struct muserload_vec){
+				(uintptr_t)r->ml->guest + page * PAGE, (uintptr_t)bufs[i], PAGE };
+		else if (ml_load(r->ml, r->ml->guest + page * PAGE, bufs[i], PAGE,
+				 MUSERLOAD_LOAD_COPY, NULL))
+			r->error = errno;
+		r->served++;
+	}
+}
+
+/* A resolver's loop, until the object is aborted. */
+static void *multi_resolver_main(void *arg)
+{
+	static __thread char bufs[4][PAGE] __attribute__((aligned(8)));
+	struct multi_resolver *r = arg;
+	struct muserload_event ev[4];
+	struct muserload_vec vec[4];
+	struct muserload_resolve res;
+	struct pollfd pfd = { .fd = r->events, .events = POLLIN };
+	__u64 pending = 0;
+	ssize_t n;
+
+	for (;;) {
+		switch (r->kind) {
+		case BY_READ:
+			n = read(r->events, ev, sizeof(ev));
+			if (n <= 0)
+				return NULL;
+			take_events(r, ev, n / sizeof(ev[0]), NULL, bufs);
+			break;
+		case BY_POLL_AND_RESOLVE:
+			if (poll(&pfd, 1, -1) != 1) {
+				r->error = errno;
+				return NULL;
+			}
+			if (!(pfd.revents & POLLIN))
+				return NULL;
+			/* Another resolver may have taken it: no event, no wait. */
+			if (resolve(r->ml, NULL, 0, ev, MUSERLOAD_RESOLVE_NONBLOCK, &res)) {
+				r->error = errno;
+				return NULL;
+			}
+			take_events(r, ev, res.nr_events, NULL, bufs);
+			break;
+		case BY_RESOLVE:
+			/* Loads what the last call read, then waits for the next events. */
+			if (resolve(r->ml, vec, pending, ev, 0, &res)) {
+				r->error = errno;
+				return NULL;
+			}
+			if (res.load.loaded != pending * PAGE)
+				r->error = EIO;
+			if (!res.nr_events)
+				return NULL;
+			take_events(r, ev, res.nr_events, vec, bufs);
+			pending = res.nr_events;
+			break;
+		}
+	}
+}
+
+#define FAULTERS 8
+#define RESOLVERS 4
+
+struct faulter {
+	struct ml *ml;
+	pthread_t thread;
+	int first;
+	int wrong;
+};
+
+/* Touches every FAULTERS-th page from page @first on and checks what it reads. */
+static void *fault_pages_main(void *arg)
+{
+	struct faulter *f = arg;
+	int page;
+
+	for (page = f->first; page < GUEST_PAGES; page += FAULTERS) {
+		volatile char *addr = f->ml->guest + page * PAGE;
+
+		(void)*addr;
+		f->wrong += !ml_check((const void *)addr, page);
+	}
+	return NULL;
+}
+
+/*
+ * Several resolvers on one events descriptor (read, poll, RESOLVE) serve
+ * FAULTERS threads: every event goes to exactly one of them, every page
+ * arrives once and right.
+ */
+TEST_F(queue, many_resolvers)
+{
+	struct ml *ml = &self->ml;
+	struct multi_resolver r[RESOLVERS];
+	struct faulter f[FAULTERS];
+	unsigned int seen[GUEST_PAGES] = { 0 };
+	enum resolver_kind kinds[RESOLVERS] = {
+		BY_READ, BY_READ, BY_POLL_AND_RESOLVE, BY_RESOLVE };
+	unsigned long served = 0;
+	int events = ioctl(ml->fd, MUSERLOAD_IOC_EVENTS, 0);
+	int i;
+
+	ASSERT_LE(0, events);
+	for (i = 0; i < RESOLVERS; i++) {
+		r[i] = (struct multi_resolver){
+			.ml = ml, .events = events, .kind = kinds[i], .seen = seen };
+		ASSERT_EQ(0, pthread_create(&r[i].thread, NULL, multi_resolver_main, &r[i]));
+	}
+	for (i = 0; i < FAULTERS; i++) {
+		f[i] = (struct faulter){ .ml = ml, .first = i };
+		ASSERT_EQ(0, pthread_create(&f[i].thread, NULL, fault_pages_main, &f[i]));
+	}
+	for (i = 0; i < FAULTERS; i++) {
+		ASSERT_EQ(0, pthread_join(f[i].thread, NULL));
+		EXPECT_EQ(0, f[i].wrong) TH_LOG("faulter %d read wrong pages", i);
+	}
+	ASSERT_EQ(0, ioctl(ml->fd, MUSERLOAD_IOC_ABORT));
+	for (i = 0; i < RESOLVERS; i++) {
+		ASSERT_EQ(0, pthread_join(r[i].thread, NULL));
+		EXPECT_EQ(0, r[i].error) TH_LOG("resolver %d: %s", i, strerror(r[i].error));
+		served += r[i].served;
+	}
+	EXPECT_EQ(GUEST_PAGES, served);
+	for (i = 0; i < GUEST_PAGES; i++) {
+		unsigned int events_of_page = seen[i];
+
+		EXPECT_EQ(1, events_of_page) TH_LOG("page %d: %u events", i, events_of_page);
+	}
+	close(events);
+}
+
+struct waiting_call {
+	struct ml *ml;
+	pthread_t thread;
+	int events;		/* >= 0: read() it, else RESOLVE */
+	int nonblock;		/* RESOLVE's NONBLOCK */
+	int ret;		/* 0 or errno */
+	__u32 nr_events;
+	volatile int done;
+};
+
+/* One read() or RESOLVE that reads events only, and how it ended. */
+static void *waiting_call_main(void *arg)
+{
+	struct waiting_call *c = arg;
+	struct muserload_event ev[4];
+	struct muserload_resolve res;
+	ssize_t n;
+
+	if (c->events >= 0) {
+		n = read(c->events, ev, sizeof(ev));
+		c->ret = n < 0 ? errno : 0;
+		c->nr_events = n < 0 ? 0 : n / sizeof(ev[0]);
+	} else {
+		c->ret = -resolve(c->ml, NULL, 0, ev,
+				  c->nonblock ? MUSERLOAD_RESOLVE_NONBLOCK : 0, &res);
+		c->nr_events = res.nr_events;
+	}
+	c->done = 1;
+	return NULL;
+}
+
+/* Waits up to 2 s for @c to end; returns whether it did. */
+static int ended_soon(struct waiting_call *c)
+{
+	int i;
+
+	for (i = 0; i < 200 && !c->done; i++)
+		usleep(10000);
+	return c->done;
+}
+
+/*
+ * A reader asleep waiting for events holds nothing that another needs: a
+ * nonblocking read or RESOLVE beside it answers at once, and a second
+ * sleeping reader is interruptible.
+ */
+TEST_F(queue, readers_beside_a_sleeper)
+{
+	struct ml *ml = &self->ml;
+	struct sigaction sa = { .sa_handler = noop_handler };
+	struct waiting_call sleeper = { .ml = ml, .events = -1 };
+	struct waiting_call second = { .ml = ml, .events = -1 };
+	struct waiting_call nonblock = { .ml = ml, .events = -1, .nonblock = 1 };
+	struct waiting_call nonblock_read = { .ml = ml };
+	int events = ioctl(ml->fd, MUSERLOAD_IOC_EVENTS, MUSERLOAD_EVENTS_NONBLOCK);
+
+	ASSERT_LE(0, events);
+	nonblock_read.events = events;
+	/* No SA_RESTART: an interrupted wait ends the call with EINTR. */
+	ASSERT_EQ(0, sigaction(SIGUSR2, &sa, NULL));
+	ASSERT_EQ(0, pthread_create(&sleeper.thread, NULL, waiting_call_main, &sleeper));
+	ASSERT_EQ(0, pthread_create(&second.thread, NULL, waiting_call_main, &second));
+	usleep(200000);
+	EXPECT_FALSE(sleeper.done);
+
+	/* In threads: before the fix they hung, uninterruptibly, for as long as the sleeper. */
+	ASSERT_EQ(0, pthread_create(&nonblock_read.thread, NULL, waiting_call_main,
+				    &nonblock_read));
+	EXPECT_TRUE(ended_soon(&nonblock_read)) TH_LOG("a nonblocking read() waited");
+	EXPECT_EQ(EAGAIN, nonblock_read.ret);
+	ASSERT_EQ(0, pthread_create(&nonblock.thread, NULL, waiting_call_main, &nonblock));
+	EXPECT_TRUE(ended_soon(&nonblock)) TH_LOG("a nonblocking RESOLVE waited");
+	EXPECT_EQ(0, nonblock.ret);
+	EXPECT_EQ(0, nonblock.nr_events);
+
+	pthread_kill(second.thread, SIGUSR2);
+	EXPECT_TRUE(ended_soon(&second)) TH_LOG("a waiting reader ignored a signal");
+	EXPECT_EQ(EINTR, second.ret);
+	pthread_kill(sleeper.thread, SIGUSR2);
+	EXPECT_TRUE(ended_soon(&sleeper)) TH_LOG("a waiting reader ignored a signal");
+	EXPECT_EQ(EINTR, sleeper.ret);
+
+	/* Whatever the outcome, ABORT ends every call still waiting. */
+	ASSERT_EQ(0, ioctl(ml->fd, MUSERLOAD_IOC_ABORT));
+	pthread_join(sleeper.thread, NULL);
+	pthread_join(second.thread, NULL);
+	pthread_join(nonblock.thread, NULL);
+	pthread_join(nonblock_read.thread, NULL);
+	close(events);
+}
+
+/* A read whose buffer ends at an unmapped page delivers what fits; the rest stays queued. */
+TEST_F(queue, read_short_on_fault)
+{
+	struct ml *ml = &self->ml;
+	struct toucher t1 = { .addr = ml->guest + 1 * PAGE };
+	struct toucher t2 = { .addr = ml->guest + 2 * PAGE };
+	struct muserload_event ev[2], *edge;
+	char *two = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int events = ioctl(ml->fd, MUSERLOAD_IOC_EVENTS, 0);
+
+	ASSERT_LE(0, events);
+	ASSERT_NE(MAP_FAILED, two);
+	ASSERT_EQ(0, mprotect(two + PAGE, PAGE, PROT_NONE));
+	edge = (struct muserload_event *)(two + PAGE) - 1;
+	ASSERT_EQ(0, pthread_create(&t1.thread, NULL, touch_main, &t1));
+	ASSERT_EQ(0, pthread_create(&t2.thread, NULL, touch_main, &t2));
+	ASSERT_EQ(2, ml_wait_for_waiters(ml, 2));
+	EXPECT_EQ(sizeof(ev[0]), read(events, edge, sizeof(ev)));
+	EXPECT_EQ(sizeof(ev[0]), read(events, ev, sizeof(ev)));
+	/* Both pages' events came, once each. */
+	EXPECT_EQ(3 * PAGE, edge->offset + ev[0].offset);
+	EXPECT_NE(edge->offset, ev[0].offset);
+	ASSERT_EQ(0, ml_load(ml, ml->guest + PAGE, NULL, 2 * PAGE, MUSERLOAD_LOAD_ZERO, NULL));
+	ASSERT_EQ(0, pthread_join(t1.thread, NULL));
+	ASSERT_EQ(0, pthread_join(t2.thread, NULL));
+	munmap(two, 2 * PAGE);
+	close(events);
+}
+
 TEST_F(queue, bad_event_flags)
 {
 	EXPECT_EQ(-1, ioctl(self->ml.fd, MUSERLOAD_IOC_EVENTS, 1));
