@@ -16,9 +16,22 @@ use kernel::sync::atomic::{
 
 const HIST: usize = MUSERLOAD_WAIT_HIST_BUCKETS as usize;
 
-/// The kinds of events a counter counts.
-#[derive(Clone, Copy)]
-pub(crate) enum Counter {
+/// Declares [`Counter`] from one list of counters, and [`COUNTERS`], how many there are:
+/// a counter added to the list is counted, so it always indexes inside `Stats::counters`.
+macro_rules! counters {
+    ($($name:ident),+ $(,)?) => {
+        /// The kinds of events a counter counts.
+        #[derive(Clone, Copy)]
+        pub(crate) enum Counter {
+            $($name),+
+        }
+
+        /// How many counters there are.
+        const COUNTERS: usize = [$(Counter::$name),+].len();
+    };
+}
+
+counters! {
     FaultSignalUser,
     FaultSignalKernel,
     FaultQueueUser,
@@ -30,8 +43,6 @@ pub(crate) enum Counter {
     Wake,
     Eexist,
 }
-
-const COUNTERS: usize = Counter::Eexist as usize + 1;
 
 /// The statistics of one object.
 pub(crate) struct Stats {
