@@ -40,6 +40,7 @@ mod module_queue;
 mod object;
 mod pool;
 mod scratch;
+mod sched;
 mod signal;
 mod stats;
 mod sync_table;

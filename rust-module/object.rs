@@ -24,6 +24,7 @@ use crate::{
     memcg::charged_may_fail,
     module_queue,
     pool::PagePool,
+    sched,
     stats::Stats,
     uapi::*,
     vma::{
@@ -37,6 +38,7 @@ use crate::{
 };
 use kernel::{
     alloc::flags::{
+        __GFP_NOWARN,
         __GFP_ZERO, //
         GFP_KERNEL_ACCOUNT,
     },
@@ -100,7 +102,7 @@ pub(crate) struct Layout {
     /// Staging pages.
     pub(crate) staging_pages: usize,
     /// One state word per guest page.
-    states: KVVec<Atomic<u32>>,
+    states: VVec<Atomic<u32>>,
 }
 
 impl Layout {
@@ -165,7 +167,7 @@ impl Layout {
 
 /// The pages an object owns. A slot without a page reads as zeros (if not armed).
 pub(crate) struct Pages {
-    pub(crate) guest: KVVec<Option<Page>>,
+    pub(crate) guest: VVec<Option<Page>>,
     pub(crate) staging: KVVec<Option<Page>>,
 }
 
@@ -179,6 +181,22 @@ pub(crate) fn zeroed_page() -> Result<Page> {
 /// active) memory cgroup; past its limit, ENOMEM.
 pub(crate) fn zeroed_page_may_fail() -> Result<Page> {
     Ok(Page::alloc_page(charged_may_fail() | __GFP_ZERO)?)
+}
+
+/// A guest page array of `n` slots made by `slot`: 12 bytes of bookkeeping per guest page
+/// in all, so up to 48 GiB for the largest object the ABI allows (`MUSERLOAD_STAGING_OFFSET`
+/// bytes). vmalloc'ed (kvmalloc refuses more than `INT_MAX` bytes, with a WARN), charged,
+/// and `ENOMEM` without a warning when it does not fit; `EINTR` if the caller is killed
+/// while the slots are filled.
+fn page_array<T>(n: usize, slot: impl Fn() -> T) -> Result<VVec<T>> {
+    let mut array = VVec::with_capacity(n, charged_may_fail() | __GFP_NOWARN)?;
+    for i in 0..n {
+        if i % sched::CHECKPOINT_EVERY == 0 {
+            sched::checkpoint()?;
+        }
+        array.push_within_capacity(slot()).map_err(|_| ENOMEM)?;
+    }
+    Ok(array)
 }
 
 /// One open of `/dev/muserload`.
@@ -323,15 +341,9 @@ impl Object {
         if self.layout().is_some() {
             return Err(EBUSY);
         }
-        let mut states = KVVec::with_capacity(guest_pages, charged_may_fail())?;
-        let mut guest = KVVec::with_capacity(guest_pages, charged_may_fail())?;
+        let states = page_array(guest_pages, || Atomic::new(0))?;
+        let guest = page_array(guest_pages, || None)?;
         let mut staging = KVVec::with_capacity(staging_pages, charged_may_fail())?;
-        for _ in 0..guest_pages {
-            states
-                .push_within_capacity(Atomic::new(0))
-                .map_err(|_| ENOMEM)?;
-            guest.push_within_capacity(None).map_err(|_| ENOMEM)?;
-        }
         for _ in 0..staging_pages {
             staging.push_within_capacity(None).map_err(|_| ENOMEM)?;
         }
@@ -421,7 +433,7 @@ impl MiscDevice for Object {
         Arc::pin_init(
             try_pin_init!(Object {
                 pages <- new_mutex!(Pages {
-                    guest: KVVec::new(),
+                    guest: VVec::new(),
                     staging: KVVec::new(),
                 }),
                 layout: SetOnce::new(),

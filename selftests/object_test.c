@@ -4,7 +4,10 @@
  * every bad setup, mmap and arm.
  */
 #include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "muserload_util.h"
@@ -56,6 +59,150 @@ TEST(setup_bad_input)
 	EXPECT_EQ(0, setup_errno(fd, PAGE, 0, 0));
 	EXPECT_EQ(EBUSY, setup_errno(fd, PAGE, 0, 0));
 	close(fd);
+}
+
+#define SIZES_CGROUP "/sys/fs/cgroup/muserload-setup-sizes"
+/* Bookkeeping up to here must fit the cgroup; above it, ENOMEM is fine too. */
+#define SIZES_LIMIT (64UL << 20)
+#define SIZES_MUST_FIT (16UL << 20)
+/* What may stay charged after an object is closed (page tables, slab, per-CPU stocks). */
+#define SIZES_SLACK (4UL << 20)
+
+/*
+ * What the walker of setup_every_size (a child in the cgroup) and the test share, in a
+ * page touched before the child joined the cgroup: the child must allocate nothing it
+ * does not have to, since a failed vmalloc() gives its pages back only later, from a
+ * worker, and a task of a cgroup that is still full then is OOM-killed.
+ */
+struct sizes_walk {
+	volatile int turn;	/* 1: the child's turn; 0: the test's */
+	volatile int step;	/* 0: open and SETUP size; 1: SETUP a page, close; -1: exit */
+	volatile __u64 size;
+	volatile int got;	/* the step's errno, 0 for success */
+};
+
+/* The walker: does what it is told, one step per turn. */
+static int sizes_walker(struct sizes_walk *w)
+{
+	char me[32];
+	int fd = -1;
+
+	snprintf(me, sizeof(me), "%d", getpid());
+	if (ml_write_file(SIZES_CGROUP "/cgroup.procs", me) || setgid(65534) || setuid(65534))
+		return 1;
+	for (;;) {
+		while (!w->turn)
+			usleep(1000);
+		if (w->step < 0)
+			return 0;
+		if (w->step == 0) {
+			fd = open(MUSERLOAD_DEV, O_RDWR);
+			w->got = fd < 0 ? errno : setup_errno(fd, w->size, 0, 0);
+		} else {
+			w->got = w->got ? setup_errno(fd, PAGE, 0, 0) : 0;
+			close(fd);
+		}
+		w->turn = 0;
+	}
+}
+
+/* The cgroup's memory.current, read by the test (outside the cgroup). */
+static long sizes_usage(void)
+{
+	char buf[32] = { 0 };
+	int fd = open(SIZES_CGROUP "/memory.current", O_RDONLY);
+	ssize_t n;
+
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	return n > 0 ? atol(buf) : -1;
+}
+
+/*
+ * Gives the walker one step and waits for it; then waits up to 10 s for the cgroup to
+ * come back to @base + SIZES_SLACK. Returns the step's errno (-1: the walker is gone).
+ */
+static int sizes_step(struct sizes_walk *w, pid_t walker, int step, long base, long *left)
+{
+	int i;
+
+	w->step = step;
+	w->turn = 1;
+	for (i = 0; w->turn; i++) {
+		if (i % 1000 == 0 && waitpid(walker, NULL, WNOHANG) != 0)
+			return -1;
+		usleep(1000);
+	}
+	for (i = 0; i < 1000 && (*left = sizes_usage() - base) > (long)SIZES_SLACK; i++)
+		usleep(10000);
+	return w->got;
+}
+
+/*
+ * Every size SETUP's range allows, as a user without privileges in a cgroup of
+ * SIZES_LIMIT: 0, a page, either side of each power of two from 4 GiB to 16 TiB, the
+ * maximum and a page more. Each gets 0, ENOMEM (its 12 bytes a page do not fit) or EINVAL
+ * (outside the ABI): never a WARN (the suite fails on any). After a failure the object
+ * still takes a one-page setup, and closing it gives back all it was charged.
+ */
+TEST_F_TIMEOUT(obj, setup_every_size, 300)
+{
+	struct sizes_walk *w = mmap(NULL, PAGE, PROT_READ | PROT_WRITE,
+				    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	__u64 sizes[3 * 13 + 4], size;
+	int n = 0, i, k, want, got, status;
+	char limit[32];
+	long base, left;
+	pid_t walker;
+
+	ASSERT_NE(MAP_FAILED, w);
+	memset(w, 0, sizeof(*w));
+	ASSERT_EQ(0, ml_write_file("/sys/fs/cgroup/cgroup.subtree_control", "+memory"));
+	ASSERT_TRUE(mkdir(SIZES_CGROUP, 0755) == 0 || errno == EEXIST);
+	snprintf(limit, sizeof(limit), "%lu", SIZES_LIMIT);
+	ASSERT_EQ(0, ml_write_file(SIZES_CGROUP "/memory.max", limit));
+	walker = fork();
+	ASSERT_LE(0, walker);
+	if (walker == 0)
+		_exit(sizes_walker(w));
+
+	sizes[n++] = 0;
+	sizes[n++] = PAGE;
+	sizes[n++] = MUSERLOAD_STAGING_OFFSET;
+	sizes[n++] = MUSERLOAD_STAGING_OFFSET + PAGE;
+	for (k = 32; k <= 44; k++) {
+		sizes[n++] = (1ULL << k) - PAGE;
+		sizes[n++] = 1ULL << k;
+		sizes[n++] = (1ULL << k) + PAGE;
+	}
+	/* The walker's own charges (its stack, its page tables) are the base. */
+	usleep(100000);
+	base = sizes_usage();
+	for (i = 0; i < n; i++) {
+		size = sizes[i];
+		w->size = size;
+		got = sizes_step(w, walker, 0, base, &left);
+		if (size == 0 || size > MUSERLOAD_STAGING_OFFSET)
+			want = EINVAL;
+		else if (size / PAGE * 12 <= SIZES_MUST_FIT)
+			want = 0;
+		else
+			want = got == ENOMEM ? ENOMEM : 0;
+		EXPECT_EQ(want, got) TH_LOG("SETUP of %#llx bytes", (unsigned long long)size);
+		EXPECT_EQ(0, sizes_step(w, walker, 1, base, &left))
+			TH_LOG("a page after SETUP of %#llx bytes failed", (unsigned long long)size);
+		EXPECT_GE((long)SIZES_SLACK, left)
+			TH_LOG("SETUP of %#llx bytes: %ld bytes still charged 10 s after close",
+			       (unsigned long long)size, left);
+	}
+	w->step = -1;
+	w->turn = 1;
+	ASSERT_EQ(walker, waitpid(walker, &status, 0));
+	EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	EXPECT_EQ(0, rmdir(SIZES_CGROUP));
+	munmap(w, PAGE);
 }
 
 TEST_F(obj, mmap_bad_input)
