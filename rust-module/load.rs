@@ -89,6 +89,20 @@ impl Mode {
             wake: flags & u64::from(MUSERLOAD_LOAD_DONTWAKE) == 0,
         })
     }
+
+    /// EINVAL for a pair of a shape no load of this kind takes, whatever the mappings
+    /// say: checked for every pair before any is loaded, so that a malformed request
+    /// loads nothing. Where a pair lies (which mapping, which region) is checked as it is
+    /// loaded, and stops the call there.
+    fn check(self, v: &muserload_vec) -> Result {
+        check_shape(v.dst, v.len)?;
+        match self.kind {
+            Kind::Move => check_shape(v.src, v.len),
+            Kind::Copy => Ok(()),
+            Kind::Zero | Kind::Wake if v.src == 0 => Ok(()),
+            Kind::Zero | Kind::Wake => Err(EINVAL),
+        }
+    }
 }
 
 /// What a load did so far, and whom to wake.
@@ -190,6 +204,9 @@ fn load_vectored(object: ArcBorrow<'_, Object>, req: &muserload_loadv) -> Result
 /// pages loaded (unless `DONTWAKE`), and after a MOVE refills the staging it emptied.
 /// Returns the bytes loaded, and how the call ended.
 fn load_pairs(object: ArcBorrow<'_, Object>, mode: Mode, pairs: &[muserload_vec]) -> (u64, Result) {
+    if let Err(e) = pairs.iter().try_for_each(|v| mode.check(v)) {
+        return (0, Err(e));
+    }
     let mut progress = Progress {
         done: 0,
         buckets: 0,
@@ -275,10 +292,8 @@ const COPY_CHUNK: usize = 64;
 fn copy_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Result {
     let (dst, src, len) = (v.dst, v.src, v.len);
     // Its mapping is checked as each chunk is installed: a bad one costs a wasted
-    // copy rather than a second mmap lock and vma walk on every good one. Its shape
-    // is checked first: a length of 0, or one that is not a page multiple, would
-    // otherwise load nothing, or its whole pages, and succeed.
-    check_shape(dst, len)?;
+    // copy rather than a second mmap lock and vma walk on every good one. Its shape was
+    // checked before any pair was loaded (`Mode::check`).
     let mut reader = UserSlice::new(UserPtr::from_addr(src as usize), len as usize).reader();
     let total = (len >> PAGE_SHIFT) as usize;
     let mut done = 0;
@@ -339,9 +354,6 @@ fn copy_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Re
 
 /// ZERO of one pair: marks its pages loaded; a touch zero-fills them.
 fn zero_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Result {
-    if v.src != 0 {
-        return Err(EINVAL);
-    }
     object.locked(v.dst, v.len, Layout::guest_range, |_, _, first, pages| {
         for index in first..first + (v.len >> PAGE_SHIFT) as usize {
             if present(object, pages, index) {
@@ -355,9 +367,6 @@ fn zero_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Re
 
 /// WAKE of one pair: loads nothing, wakes its pages' waiters.
 fn wake_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Result {
-    if v.src != 0 {
-        return Err(EINVAL);
-    }
     object.locked(v.dst, v.len, Layout::guest_range, |_, _, first, _| {
         let count = (v.len >> PAGE_SHIFT) as usize;
         for index in first..first + count {

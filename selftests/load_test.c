@@ -158,6 +158,58 @@ TEST_F(load, vectored)
 }
 
 /*
+ * A malformed pair anywhere in a vectored load loads nothing, even after good pairs:
+ * every pair's shape is checked first. A pair in the wrong region is found as the pairs
+ * are loaded, and stops the call there.
+ */
+TEST_F(load, vectored_bad_shape_loads_nothing)
+{
+	struct ml *ml = &self->ml;
+	char buf[PAGE] __attribute__((aligned(8)));
+	uintptr_t g = (uintptr_t)ml->guest, s = (uintptr_t)ml->staging;
+	struct muserload_vec vec[2] = {
+		{ g + 20 * PAGE, (uintptr_t)buf, PAGE },
+		{ g + 21 * PAGE + 8, (uintptr_t)buf, PAGE },
+	};
+	struct muserload_loadv lv = {
+		.vec = (uintptr_t)vec,
+		.count = 2,
+		.mode = MUSERLOAD_LOAD_COPY,
+	};
+	struct muserload_stats st;
+
+	ml_fill(buf, 20);
+	EXPECT_EQ(-1, ioctl(ml->fd, MUSERLOAD_IOC_LOADV, &lv));
+	EXPECT_EQ(EINVAL, errno);
+	EXPECT_EQ(0, lv.loaded);
+	vec[1] = (struct muserload_vec){ g + 21 * PAGE, (uintptr_t)buf, 0 };
+	EXPECT_EQ(-1, ioctl(ml->fd, MUSERLOAD_IOC_LOADV, &lv));
+	EXPECT_EQ(EINVAL, errno);
+	vec[1] = (struct muserload_vec){ g + 21 * PAGE, s, PAGE };
+	lv.mode = MUSERLOAD_LOAD_ZERO;
+	vec[0].src = 0;
+	EXPECT_EQ(-1, ioctl(ml->fd, MUSERLOAD_IOC_LOADV, &lv));
+	EXPECT_EQ(EINVAL, errno);
+	lv.mode = MUSERLOAD_LOAD_MOVE;
+	vec[0].src = s;
+	vec[1].src = s + PAGE + 1;
+	EXPECT_EQ(-1, ioctl(ml->fd, MUSERLOAD_IOC_LOADV, &lv));
+	EXPECT_EQ(EINVAL, errno);
+	ASSERT_EQ(0, ml_stats(ml, &st));
+	EXPECT_EQ(0, st.loads_copy + st.loads_zero + st.loads_move);
+	EXPECT_EQ(GUEST_PAGES, st.unloaded);
+
+	/* A well-shaped pair whose target is staging: the pair before it is loaded. */
+	vec[0] = (struct muserload_vec){ g + 20 * PAGE, (uintptr_t)buf, PAGE };
+	vec[1] = (struct muserload_vec){ s, (uintptr_t)buf, PAGE };
+	lv.mode = MUSERLOAD_LOAD_COPY;
+	EXPECT_EQ(-1, ioctl(ml->fd, MUSERLOAD_IOC_LOADV, &lv));
+	EXPECT_EQ(EINVAL, errno);
+	EXPECT_EQ(PAGE, lv.loaded);
+	EXPECT_TRUE(ml_check(ml->guest + 20 * PAGE, 20));
+}
+
+/*
  * A loader's batch: single pages from consecutive staging slots to scattered guest pages,
  * moved under one zap of staging. A pair naming a page an earlier pair of the same call
  * loaded stops the call there, as if the pairs went one at a time; the slots moved read

@@ -566,6 +566,31 @@ TEST_F(queue, read_short_on_fault)
 	close(events);
 }
 
+/* RESOLVE with a malformed pair after a good one: EINVAL, nothing loaded, no event read. */
+TEST_F(queue, resolve_bad_shape_loads_nothing)
+{
+	struct ml *ml = &self->ml;
+	char buf[PAGE] __attribute__((aligned(8)));
+	struct muserload_vec vec[2] = {
+		{ (uintptr_t)ml->guest + 4 * PAGE, (uintptr_t)buf, PAGE },
+		{ (uintptr_t)ml->guest + 5 * PAGE + 16, (uintptr_t)buf, PAGE },
+	};
+	struct muserload_event ev[4];
+	struct muserload_resolve res;
+	struct muserload_stats st;
+	int events = ioctl(ml->fd, MUSERLOAD_IOC_EVENTS, 0);
+
+	ASSERT_LE(0, events);
+	ml_fill(buf, 4);
+	EXPECT_EQ(-EINVAL, resolve(ml, vec, 2, ev, MUSERLOAD_RESOLVE_NONBLOCK, &res));
+	EXPECT_EQ(0, res.load.loaded);
+	EXPECT_EQ(0, res.nr_events);
+	ASSERT_EQ(0, ml_stats(ml, &st));
+	EXPECT_EQ(0, st.loads_copy);
+	EXPECT_EQ(GUEST_PAGES, st.unloaded);
+	close(events);
+}
+
 TEST_F(queue, bad_event_flags)
 {
 	EXPECT_EQ(-1, ioctl(self->ml.fd, MUSERLOAD_IOC_EVENTS, 1));
