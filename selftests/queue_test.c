@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 
 #include "muserload_util.h"
@@ -588,6 +589,63 @@ TEST_F(queue, resolve_bad_shape_loads_nothing)
 	ASSERT_EQ(0, ml_stats(ml, &st));
 	EXPECT_EQ(0, st.loads_copy);
 	EXPECT_EQ(GUEST_PAGES, st.unloaded);
+	close(events);
+}
+
+/* Reads @arg's page through process_vm_readv(), GUP for "another" task that may wait. */
+static void *remote_read_main(void *arg)
+{
+	struct toucher *t = arg;
+	uint64_t word;
+	struct iovec local = { &word, sizeof(word) };
+	struct iovec remote = { (void *)t->addr, sizeof(word) };
+
+	/* t->write: the call's errno, 0 if it read the word. */
+	if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == sizeof(word))
+		t->word = word;
+	else
+		t->write = errno;
+	return NULL;
+}
+
+/*
+ * GUP for another task: /proc/pid/mem cannot wait (its GUP may not drop the mmap lock)
+ * and fails at once with EIO, queueing nothing; process_vm_readv() can, and waits like
+ * any kernel-mode access, with an event.
+ */
+TEST_F(queue, remote_access)
+{
+	struct ml *ml = &self->ml;
+	struct toucher t = { .addr = ml->guest + 6 * PAGE };
+	struct muserload_event ev;
+	struct muserload_stats st;
+	char buf[PAGE] __attribute__((aligned(8)));
+	int events = ioctl(ml->fd, MUSERLOAD_IOC_EVENTS, MUSERLOAD_EVENTS_NONBLOCK);
+	int mem = open("/proc/self/mem", O_RDONLY);
+	uint64_t word;
+
+	ASSERT_LE(0, events);
+	ASSERT_LE(0, mem);
+	EXPECT_EQ(-1, pread(mem, &word, sizeof(word), (uintptr_t)ml->guest + 6 * PAGE));
+	EXPECT_EQ(EIO, errno);
+	EXPECT_EQ(-1, read(events, &ev, sizeof(ev)));
+	EXPECT_EQ(EAGAIN, errno);
+
+	ASSERT_EQ(0, pthread_create(&t.thread, NULL, remote_read_main, &t));
+	ASSERT_EQ(1, ml_wait_for_waiters(ml, 1)) TH_LOG("process_vm_readv: %s", strerror(t.write));
+	ASSERT_EQ(sizeof(ev), read(events, &ev, sizeof(ev)));
+	EXPECT_EQ(6 * PAGE, ev.offset);
+	EXPECT_EQ(MUSERLOAD_EVENT_KERNEL, ev.flags);
+	ml_fill(buf, 6);
+	ASSERT_EQ(0, ml_load(ml, ml->guest + 6 * PAGE, buf, PAGE, MUSERLOAD_LOAD_COPY, NULL));
+	ASSERT_EQ(0, pthread_join(t.thread, NULL));
+	EXPECT_EQ(((uint64_t *)buf)[0], t.word);
+	ASSERT_EQ(0, ml_stats(ml, &st));
+	EXPECT_EQ(1, st.faults_queue_kernel);
+	/* Loaded now: /proc/pid/mem reads it. */
+	EXPECT_EQ(sizeof(word), pread(mem, &word, sizeof(word), (uintptr_t)ml->guest + 6 * PAGE));
+	EXPECT_EQ(((uint64_t *)buf)[0], word);
+	close(mem);
 	close(events);
 }
 
