@@ -24,16 +24,13 @@
 
 use crate::{
     clock::LocalInstant,
-    object::{
-        zeroed_page,
+    layout::{
         Layout,
-        Object,
-        Region,
-        STATE_ARMED,
-        STATE_KERNEL_WAITS,
-        STATE_REPORTED,
-        STATE_SIGNAL_MASK, //
+        Region, //
     },
+    memcg::zeroed_page,
+    object::Object,
+    state::ArmMode,
     stats::Counter,
     uapi::{
         muserload_event,
@@ -48,10 +45,7 @@ use crate::{
 };
 use kernel::{
     page::Page,
-    sync::{
-        atomic::Release,
-        Arc, //
-    },
+    sync::Arc, //
 };
 
 /// Handles `fault` on a mapping of `object`.
@@ -85,26 +79,27 @@ fn map_or_zero_fill(slot: &mut Option<Page>, fault: &Fault) -> FaultResult {
 
 fn guest(object: &Arc<Object>, layout: &Layout, index: usize, fault: Fault) -> FaultResult {
     let mut pages = object.pages.lock();
-    let state = layout.state(index).load(kernel::sync::atomic::Relaxed);
-    if state & STATE_ARMED == 0 {
+    let state = layout.states.get(&pages, index);
+    let Some(mode) = state.armed() else {
         return map_or_zero_fill(&mut pages.guest[index], &fault);
-    }
+    };
     if object.aborted() {
         return FaultResult::SigBus;
     }
     let access = fault.access();
-    let signal = state & STATE_SIGNAL_MASK;
-    // A kernel-mode access that its signal cannot end, on a page armed to wait then
-    // (`MUSERLOAD_ARM_KERNEL_WAITS`): its first try sent the signal (a GUP that gives up
-    // with EINTR, as KVM_RUN's does, never tries again), so a second try, or another task's
-    // access, which no signal reaches, waits as in queue mode.
-    let kernel_waits = signal != 0
-        && state & STATE_KERNEL_WAITS != 0
-        && !access.user
-        && (fault.tried() || fault.remote());
-    if signal != 0 && !kernel_waits {
-        drop(pages);
-        return signal_mode(object, signal, fault);
+    if let ArmMode::Signal {
+        signal,
+        kernel_waits,
+    } = mode
+    {
+        // A kernel-mode access that its signal cannot end, on a page armed to wait then
+        // (`MUSERLOAD_ARM_KERNEL_WAITS`): its first try sent the signal (a GUP that gives
+        // up with EINTR, as KVM_RUN's does, never tries again), so a second try, or another
+        // task's access, which no signal reaches, waits as in queue mode.
+        if !(kernel_waits && !access.user && (fault.tried() || fault.remote())) {
+            drop(pages);
+            return signal_mode(object, u32::from(signal), fault);
+        }
     }
 
     // Queue mode, or a signal-mode access that waits as in queue mode.
@@ -115,7 +110,7 @@ fn guest(object: &Arc<Object>, layout: &Layout, index: usize, fault: Fault) -> F
     if !fault.may_retry() {
         return FaultResult::SigBus;
     }
-    if state & STATE_REPORTED == 0 {
+    if !state.reported() {
         let mut flags = 0;
         if access.write {
             flags |= MUSERLOAD_EVENT_WRITE;
@@ -126,7 +121,7 @@ fn guest(object: &Arc<Object>, layout: &Layout, index: usize, fault: Fault) -> F
         let event = muserload_event {
             address: fault.address() & !(kernel::page::PAGE_SIZE as u64 - 1),
             offset: fault.offset(),
-            tid: crate::object::current_tid(),
+            tid: current_tid(),
             flags,
         };
         let counter = if access.user {
@@ -141,21 +136,21 @@ fn guest(object: &Arc<Object>, layout: &Layout, index: usize, fault: Fault) -> F
             object.stats.sub(counter, 1);
             return FaultResult::Oom;
         }
-        layout.state(index).store(state | STATE_REPORTED, Release);
+        layout.states.set(&mut pages, index, state.report());
     }
     drop(pages);
 
     let wait_state = match fault.wait_state() {
         // Its own signal is pending, and its handler can run only once this access is done:
         // only a fatal signal may end the wait.
-        WaitState::Interruptible if signal != 0 => WaitState::Killable,
+        WaitState::Interruptible if mode != ArmMode::Queue => WaitState::Killable,
         state => state,
     };
     fault.release_lock();
     object.stats.wait_begin();
     let start = LocalInstant::now();
     let finished = object.waitq(index).wait_until(wait_state, || {
-        !layout.awaits_load(index) || object.aborted()
+        !layout.states.awaits_load(index) || object.aborted()
     });
     object.stats.wait_end(start.elapsed_ns());
     // Loaded: back to the access at once. A signal (the arch code must see the retry to
@@ -201,4 +196,17 @@ fn signal_mode(object: &Object, signal: u32, fault: Fault) -> FaultResult {
     }
     fault.release_lock();
     FaultResult::Retry
+}
+
+/// The current thread's id in its own pid namespace (`task_pid_vnr(current)`).
+fn current_tid() -> u32 {
+    // SAFETY: `current` is a valid task; a null namespace means its own active one.
+    let tid = unsafe {
+        kernel::bindings::__task_pid_nr_ns(
+            kernel::bindings::get_current(),
+            kernel::bindings::pid_type_PIDTYPE_PID,
+            core::ptr::null_mut(),
+        )
+    };
+    tid as u32
 }

@@ -19,16 +19,17 @@
 //! loaded, and a touch zero-fills it.
 
 use crate::{
-    memcg::charged_may_fail,
+    layout::Layout,
+    memcg::{
+        charged_may_fail,
+        zeroed_page_may_fail, //
+    },
     object::{
-        zeroed_page_may_fail,
-        Layout,
         Object,
-        Pages,
-        STATE_ARMED,
-        STATE_ZERO, //
+        Pages, //
     },
     scratch::Scratch,
+    state::PageState,
     stats::Counter,
     uapi::*,
     vma::LockedRange,
@@ -40,13 +41,7 @@ use kernel::{
         PAGE_SIZE, //
     },
     prelude::*,
-    sync::{
-        atomic::{
-            Relaxed,
-            Release, //
-        },
-        ArcBorrow,
-    },
+    sync::ArcBorrow,
     uaccess::{
         UserPtr,
         UserSlice,
@@ -339,7 +334,14 @@ fn copy_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Re
                 });
                 target.prefault_pages(0, &pages.guest[first..first + installed]);
                 for index in first..first + installed {
-                    loaded(object, index, 0, Counter::LoadCopy, progress);
+                    loaded(
+                        object,
+                        pages,
+                        index,
+                        PageState::LOADED,
+                        Counter::LoadCopy,
+                        progress,
+                    );
                 }
                 result
             },
@@ -359,7 +361,14 @@ fn zero_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Re
             if present(object, pages, index) {
                 return Err(eexist(object, index));
             }
-            loaded(object, index, STATE_ZERO, Counter::LoadZero, progress);
+            loaded(
+                object,
+                pages,
+                index,
+                PageState::ZERO_LOADED,
+                Counter::LoadZero,
+                progress,
+            );
         }
         Ok(())
     })
@@ -395,7 +404,7 @@ fn present(object: &Object, pages: &Pages, index: usize) -> bool {
     pages.guest[index].is_some()
         || object
             .layout()
-            .is_some_and(|layout| layout.state(index).load(Relaxed) & STATE_ZERO != 0)
+            .is_some_and(|layout| layout.states.get(pages, index).zero_loaded())
 }
 
 /// A new page holding the next page of `reader`.
@@ -407,14 +416,20 @@ fn copied_page(reader: &mut UserSliceReader) -> Result<Page> {
 }
 
 /// Marks guest page `index`, which just got its content, as loaded, with state `state`
-/// (0, or `STATE_ZERO` for a zero page not allocated). Called with `Object::pages` held.
-fn loaded(object: &Object, index: usize, state: u32, counter: Counter, progress: &mut Progress) {
+/// ([`PageState::LOADED`], or [`PageState::ZERO_LOADED`] for a zero page not allocated).
+fn loaded(
+    object: &Object,
+    pages: &mut Pages,
+    index: usize,
+    state: PageState,
+    counter: Counter,
+    progress: &mut Progress,
+) {
     if let Some(layout) = object.layout() {
-        let word = layout.state(index);
-        if word.load(Relaxed) & STATE_ARMED != 0 {
+        if layout.states.get(pages, index).armed().is_some() {
             object.stats.loaded(1);
         }
-        word.store(state, Release);
+        layout.states.set(pages, index, state);
     }
     object.stats.add(counter, 1);
     progress.done += PAGE_SIZE as u64;
@@ -540,7 +555,14 @@ fn move_pages(
             m.target
                 .prefault_pages(0, &pages.guest[m.first..m.first + m.count]);
             for index in m.first..m.first + m.count {
-                loaded(object, index, 0, Counter::LoadMove, progress);
+                loaded(
+                    object,
+                    pages,
+                    index,
+                    PageState::LOADED,
+                    Counter::LoadMove,
+                    progress,
+                );
             }
         }
         result

@@ -8,15 +8,28 @@
 //! the cgroup of the task that opened the object instead. The inline C helpers this needs
 //! are in `memcg_shim.c`.
 //!
+//! The module's allocations of pages and page arrays are here too, with the flags that
+//! charge them.
+//!
 //! What happens past the cgroup's `memory.max` depends on who asked: a fault that needs a
 //! page (a touch of an empty page) runs the cgroup's OOM killer, as anonymous memory does;
 //! a system call (setup, a load) and background work get ENOMEM instead
 //! ([`charged_may_fail`]), so that a limit fails a load rather than killing the VMM.
 
+use crate::sched;
 use core::{ffi::c_void, marker::PhantomData};
 use kernel::{
-    alloc::{flags::GFP_KERNEL_ACCOUNT, Flags},
+    alloc::{
+        flags::{
+            __GFP_NOWARN,
+            __GFP_ZERO, //
+            GFP_KERNEL_ACCOUNT,
+        },
+        Flags,
+    },
     bindings,
+    page::Page,
+    prelude::*,
 };
 
 /// Allocation flags of memory a system call or background work allocates: charged to the
@@ -24,6 +37,34 @@ use kernel::{
 /// killer (`__GFP_RETRY_MAYFAIL`).
 pub(crate) fn charged_may_fail() -> Flags {
     GFP_KERNEL_ACCOUNT | retry_may_fail()
+}
+
+/// A new zeroed page for a fault, charged to the current task's memory cgroup (past its
+/// limit, the cgroup's OOM killer runs, as for anonymous memory).
+pub(crate) fn zeroed_page() -> Result<Page> {
+    Ok(Page::alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO)?)
+}
+
+/// A new zeroed page for a system call or background work, charged to the current (or
+/// active) memory cgroup; past its limit, ENOMEM.
+pub(crate) fn zeroed_page_may_fail() -> Result<Page> {
+    Ok(Page::alloc_page(charged_may_fail() | __GFP_ZERO)?)
+}
+
+/// A guest page array of `n` slots made by `slot`: 12 bytes of bookkeeping per guest page
+/// in all, so up to 48 GiB for the largest object the ABI allows (`MUSERLOAD_STAGING_OFFSET`
+/// bytes). vmalloc'ed (kvmalloc refuses more than `INT_MAX` bytes, with a WARN), charged,
+/// and `ENOMEM` without a warning when it does not fit; `EINTR` if the caller is killed
+/// while the slots are filled.
+pub(crate) fn page_array<T>(n: usize, slot: impl Fn() -> T) -> Result<VVec<T>> {
+    let mut array = VVec::with_capacity(n, charged_may_fail() | __GFP_NOWARN)?;
+    for i in 0..n {
+        if i % sched::CHECKPOINT_EVERY == 0 {
+            sched::checkpoint()?;
+        }
+        array.push_within_capacity(slot()).map_err(|_| ENOMEM)?;
+    }
+    Ok(array)
 }
 
 /// `__GFP_RETRY_MAYFAIL`, which `kernel::alloc::flags` lacks and has no constructor for.

@@ -9,39 +9,52 @@
 //!
 //! Files, one concept each:
 //! - [`misc`]: the misc device registration, with the node mode the kernel crate lacks.
-//! - [`object`]: the per-open object, its pages and state, setup, arm, ioctl dispatch.
-//! - [`vma`]: `vm_operations_struct` and `struct vm_fault` behind a safe API.
+//! - [`device`]: `/dev/muserload`'s open, mmap and ioctl dispatch.
+//! - [`object`]: the per-open object and its pages; setup, arm, abort, the events
+//!   descriptor's creation.
+//! - [`layout`]: an object's sizes and regions, and its guest pages' states.
+//! - [`state`]: a guest page's state (armed, reported, zero-loaded) and its transitions.
+//! - [`vma`]: `vm_operations_struct`, `struct vm_fault` and the vma fields the module
+//!   reads, behind a safe API (the only file that touches vmas through raw bindings).
 //! - [`fault`]: what a fault does: map, zero-fill, signal, or queue and wait.
-//! - [`load`]: the loads (MOVE, COPY, ZERO, WAKE; ranged and vectored).
+//! - [`load`]: the loads (MOVE, COPY, ZERO, WAKE; ranged and vectored; RESOLVE's).
+//! - [`scratch`]: a load's short lists, inline up to a few items.
 //! - [`events`]: queue mode's events and the events descriptor.
 //! - [`wait`]: hashed wait queues for faults that wait for a page.
+//! - [`clock`]: the clock that times those waits (with `clock_shim.c`).
 //! - [`signal`]: signal mode's signal with `si_addr`.
 //! - [`anon_file`]: anonymous-inode files (the events descriptor, the object's mapping).
 //! - [`pool`]: pre-zeroed pages for staging, refilled in the background.
 //! - [`memcg`]: the memory cgroup that background allocations are charged to (with
-//!   `memcg_shim.c`, the module's only C: two inline kernel helpers).
+//!   `memcg_shim.c`), and the allocations of pages and page arrays.
+//! - [`sched`]: long loops' rescheduling and kill checks (with `sched_shim.c`).
 //! - [`module_queue`]: the module's workqueue, drained before the module unloads.
 //! - [`stats`]: per-object counters.
 //! - [`api`]: the handshake ioctl.
 //! - [`uapi`]: the ABI, generated from the uapi header.
 //! - [`sync_table`]: the one wrapper that makes the static C operation tables `Sync`.
+//!
+//! The C shims are the module's only C: inline kernel helpers the Rust code cannot call.
 
 use kernel::prelude::*;
 
 mod anon_file;
 mod api;
 mod clock;
+mod device;
 mod events;
 mod fault;
+mod layout;
 mod load;
 mod memcg;
 mod misc;
 mod module_queue;
 mod object;
 mod pool;
-mod scratch;
 mod sched;
+mod scratch;
 mod signal;
+mod state;
 mod stats;
 mod sync_table;
 mod uapi;

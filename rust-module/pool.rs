@@ -11,16 +11,17 @@
 //!
 //! # Locking
 //!
-//! [`PagePool::pages`] is a leaf spinlock, held only to push or pop pages, never while
-//! allocating one; it nests inside [`crate::object::Object::pages`] nowhere (refills take
-//! from the pool before taking that lock).
+//! [`PagePool::pages`] is a leaf spinlock (the lock order is at the top of `object.rs`),
+//! held only to push or pop pages, never while allocating one; it nests inside
+//! [`crate::object::Object::pages`] nowhere (refills take from the pool before taking that
+//! lock).
 
 use crate::{
     memcg::{
         charged_may_fail,
+        zeroed_page_may_fail,
         MemCgroup, //
     },
-    object::zeroed_page_may_fail,
     scratch::Scratch,
 };
 use kernel::{

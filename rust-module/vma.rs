@@ -89,6 +89,13 @@ static VM_OPS: AssertSync<bindings::vm_operations_struct> = unsafe {
     })
 };
 
+/// The object offset and length that `vma`, being created by `mmap`, maps.
+pub(crate) fn new_range(vma: &VmaNew) -> (u64, u64) {
+    // SAFETY: `vma` is being set up by `mmap`, so `vm_pgoff` is stable.
+    let pgoff = unsafe { (*vma.as_ptr()).vm_pgoff } as u64;
+    (pgoff << PAGE_SHIFT, (vma.end() - vma.start()) as u64)
+}
+
 /// Makes `vma`, being created by `mmap` of `/dev/muserload`, a mapping of its object.
 ///
 /// Shared mappings only: a private writable mapping would copy-on-write away from the
@@ -314,24 +321,27 @@ impl Fault {
         }
     }
 
+    /// The vma of the fault.
+    fn vma(&self) -> &VmaRef {
+        // SAFETY: By the type invariants `vmf` is valid and its fault lock, which keeps its
+        // vma alive and readable, is held for as long as `self` is borrowed.
+        unsafe { VmaRef::from_raw((*self.vmf).__bindgen_anon_1.vma) }
+    }
+
     /// Maps `page` at the faulting address.
     pub(crate) fn insert(&self, page: &Page) -> FaultResult {
-        // SAFETY: By the type invariants the fault lock is held on an vma of ours, which
-        // has `VM_MIXEDMAP` (set by `install`); `page` is an order-0 page that the module
-        // owns (not anonymous, not slab). `vm_insert_page` takes its own reference.
-        let ret = unsafe {
-            bindings::vm_insert_page(
-                (*self.vmf).__bindgen_anon_1.vma,
-                (*self.vmf).__bindgen_anon_1.address,
-                page.as_ptr(),
-            )
+        // Every vma of ours is mixed-map (`install` sets it, and nothing clears it).
+        let Some(vma) = self.vma().as_mixedmap_vma() else {
+            return FaultResult::SigBus;
         };
-        match ret {
+        // SAFETY: By the type invariants `vmf` is valid.
+        let address = unsafe { (*self.vmf).__bindgen_anon_1.address };
+        match vma.vm_insert_page(address, page) {
             // EBUSY: a racing fault mapped it first.
-            0 => FaultResult::NoPage,
-            x if x == EBUSY.to_errno() => FaultResult::NoPage,
-            x if x == ENOMEM.to_errno() => FaultResult::Oom,
-            _ => FaultResult::SigBus,
+            Ok(()) => FaultResult::NoPage,
+            Err(e) if e == EBUSY => FaultResult::NoPage,
+            Err(e) if e == ENOMEM => FaultResult::Oom,
+            Err(_) => FaultResult::SigBus,
         }
     }
 
