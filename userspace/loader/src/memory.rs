@@ -2,7 +2,7 @@
 //! view of the same mapping for the image loaders.
 
 use muserload::{features, GuestMemory, Object, PAGE_SIZE};
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 use crate::error::{Error, Result};
 
@@ -11,6 +11,9 @@ pub const STAGING_SLOTS: usize = 2 * BATCH_PAGES;
 
 /// The most pages one batch on the wire carries (and one vectored MOVE loads).
 pub const BATCH_PAGES: usize = 64;
+
+/// The 64-bit words of a page.
+pub const PAGE_WORDS: usize = PAGE_SIZE / 8;
 
 /// Guest RAM.
 pub struct GuestRam {
@@ -113,6 +116,12 @@ impl GuestRam {
         (0..PAGE_SIZE / 8).all(|i| unsafe { words.add(i).read_volatile() } == 0)
     }
 
+    /// Copies page `index` into `to` (a page of words) while the guest may be writing it.
+    /// See [`copy_page`].
+    pub fn copy_page(&self, index: u64, to: &mut [u64]) -> Result<()> {
+        copy_page(&self.view, index, to)
+    }
+
     /// Which pages are present in this process's mapping (`mincore(2)`); the others have
     /// never been touched, so they are zero.
     pub fn resident(&self) -> Result<Vec<bool>> {
@@ -132,5 +141,83 @@ impl GuestRam {
             });
         }
         Ok(vec.into_iter().map(|b| b & 1 != 0).collect())
+    }
+}
+
+/// Copies page `index` of `memory` into `to` (a page of words) with volatile reads, a word
+/// at a time: the guest may be writing the page meanwhile, and a plain copy (a `memcpy`)
+/// of memory that something else writes is a data race in Rust's memory model. It is
+/// `vm-memory`'s `VolatileSlice::copy_to` of `u64`s; its copies of bytes are no such
+/// thing: above 8 bytes they are `copy_nonoverlapping`. A page written during the copy
+/// comes out torn (word by word, each word whole), as any copy of memory in use does.
+pub fn copy_page(memory: &GuestMemoryMmap, index: u64, to: &mut [u64]) -> Result<()> {
+    let page = memory
+        .get_slice(GuestAddress(index * PAGE_SIZE as u64), PAGE_SIZE)
+        .map_err(|e| Error::Config(format!("guest page {index}: {e}")))?;
+    let words = page.copy_to(to);
+    if words != PAGE_WORDS {
+        return Err(Error::Config(format!(
+            "guest page {index}: copied {words} words of {PAGE_WORDS}"
+        )));
+    }
+    Ok(())
+}
+
+/// Words as their bytes (in memory order), for sending pages copied with [`copy_page`].
+pub fn as_bytes(words: &[u64]) -> &[u8] {
+    // SAFETY: The bytes of `words` are initialised and live as long as the borrow; `u8`
+    // has no alignment, and every value of it is valid.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), size_of_val(words)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::Bytes;
+
+    use super::*;
+
+    /// Three pages of anonymous memory: the first and the last all ones, the middle one
+    /// numbered byte by byte.
+    fn memory() -> (GuestMemoryMmap, Vec<u8>) {
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 3 * PAGE_SIZE)])
+            .expect("anonymous guest memory");
+        let page: Vec<u8> = (0..PAGE_SIZE).map(|i| (i * 7 % 251) as u8).collect();
+        memory
+            .write_slice(&[0xff; PAGE_SIZE], GuestAddress(0))
+            .and_then(|()| memory.write_slice(&page, GuestAddress(PAGE_SIZE as u64)))
+            .and_then(|()| {
+                memory.write_slice(&[0xff; PAGE_SIZE], GuestAddress(2 * PAGE_SIZE as u64))
+            })
+            .expect("writing guest memory");
+        (memory, page)
+    }
+
+    #[test]
+    fn copy_page_copies_exactly_that_page() {
+        let (memory, page) = memory();
+        let mut words = vec![0u64; 2 * PAGE_WORDS];
+        copy_page(&memory, 1, &mut words[..PAGE_WORDS]).expect("page 1");
+        assert_eq!(as_bytes(&words[..PAGE_WORDS]), &page[..]);
+        // Nothing beyond the page it was given.
+        assert!(words[PAGE_WORDS..].iter().all(|&w| w == 0));
+        copy_page(&memory, 2, &mut words[PAGE_WORDS..]).expect("page 2");
+        assert_eq!(as_bytes(&words[PAGE_WORDS..]), &[0xff; PAGE_SIZE][..]);
+    }
+
+    #[test]
+    fn copy_page_refuses_what_is_not_a_guest_page() {
+        let (memory, _) = memory();
+        let mut words = vec![0u64; PAGE_WORDS];
+        assert!(copy_page(&memory, 3, &mut words).is_err());
+        assert!(copy_page(&memory, 0, &mut words[..PAGE_WORDS - 1]).is_err());
+    }
+
+    #[test]
+    fn as_bytes_is_memory_order() {
+        let words = [u64::from_ne_bytes([1, 2, 3, 4, 5, 6, 7, 8]), 0];
+        assert_eq!(
+            as_bytes(&words),
+            &[1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
     }
 }

@@ -13,7 +13,7 @@ use muserload::PAGE_SIZE;
 use crate::{
     bitmap::Bitmap,
     error::Result,
-    memory::{GuestRam, BATCH_PAGES},
+    memory::{as_bytes, GuestRam, BATCH_PAGES, PAGE_WORDS},
     protocol,
     vm::Vm,
 };
@@ -109,21 +109,20 @@ pub fn send(
     pages: &[u64],
     rounds: &mut Rounds,
 ) -> Result<()> {
-    let mut buf = vec![0u8; BATCH_PAGES * PAGE_SIZE];
+    // Words: the guest runs, so its pages are read with volatile reads of words
+    // (`GuestRam::copy_page`).
+    let mut buf = vec![0u64; BATCH_PAGES * PAGE_WORDS];
     for chunk in pages.chunks(BATCH_PAGES) {
-        for (i, &page) in chunk.iter().enumerate() {
+        for (&page, words) in chunk.iter().zip(buf.chunks_exact_mut(PAGE_WORDS)) {
             // The guest may be writing the page: the dirty log will say so, and it goes again.
-            ram.guest().read(
-                page * PAGE_SIZE as u64,
-                &mut buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE],
-            )?;
+            ram.copy_page(page, words)?;
             rounds.valid.set(page);
             rounds.sent.set(page);
         }
         let batch: Vec<(u64, &[u8])> = chunk
             .iter()
-            .enumerate()
-            .map(|(i, &p)| (p, &buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]))
+            .copied()
+            .zip(as_bytes(&buf).chunks_exact(PAGE_SIZE))
             .collect();
         rounds.bytes += protocol::send_pages(stream, &batch)?;
         rounds.pages += chunk.len() as u64;
