@@ -5,12 +5,18 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
+use muserload::{
+    uapi::{muserload_stats, _MUSERLOAD_STATS, MUSERLOAD_IOCTL_BASE},
+    Stats,
+};
+use nix::libc;
 use serde_json::Value;
 
 fn var(name: &str, default: &str) -> String {
@@ -65,15 +71,19 @@ pub const LOADER_DEADLINE: Duration = Duration::from_secs(240);
 pub enum Waited {
     /// It exited, successfully or not.
     Exited { ok: bool },
-    /// It hung with its vCPU threads running all along: its nested guest ran and got
-    /// nowhere, as QEMU TCG's nested SVM leaves one now and then (`Documentation/loader.rst`,
-    /// "Limits"). A loader waiting for anything, a page included, sleeps instead.
+    /// It hung with its vCPU threads running all along and muserload idle meanwhile (its
+    /// object's counters of faults and loads still, no thread waiting on a page; or no
+    /// object): its nested guest ran and got nowhere, as QEMU TCG's nested SVM leaves one
+    /// now and then (`Documentation/loader.rst`, "Limits"). A loader waiting for anything,
+    /// a page included, sleeps instead; a vCPU faulting on a page again and again (a
+    /// fault-retry livelock in the module) would run too, but each of its tries that
+    /// queues an event, sends a signal or waits moves those counters.
     Stalled,
 }
 
 /// Waits for `child` until [`LOADER_DEADLINE`]; after that says where every loader's
-/// threads are, and kills it. A hang whose nested guest stalled is [`Waited::Stalled`];
-/// any other fails the test, saying which loader hung.
+/// threads are, prints its muserload counters, and kills it. A hang whose nested guest
+/// stalled is [`Waited::Stalled`]; any other fails the test, saying which loader hung.
 pub fn wait_or_kill(child: &mut Child, what: &str) -> Waited {
     let start = Instant::now();
     loop {
@@ -90,7 +100,11 @@ pub fn wait_or_kill(child: &mut Child, what: &str) -> Waited {
             // looping in the host kernel?).
             let _ = std::fs::write("/proc/sysrq-trigger", "l");
             let counters = kvm_counters(child.id());
-            let stalled = vcpus_keep_running(child.id());
+            // Its muserload counters at both ends of that second, read before it is killed
+            // (its object dies with it): they tell a stalled guest from a vCPU that faults
+            // on a page again and again, whose thread keeps running too.
+            let (muserload, stalled) =
+                muserload_counters_around(child.id(), || vcpus_keep_running(child.id()));
             // Is a stalled guest exiting all the time (and for what), or running quietly?
             eprintln!("its VM's KVM counters that moved in that second:");
             for (name, after) in kvm_counters(child.id()) {
@@ -101,13 +115,24 @@ pub fn wait_or_kill(child: &mut Child, what: &str) -> Waited {
                     _ => {}
                 }
             }
+            let (text, idle) = muserload.verdict();
+            eprintln!("{what}'s muserload counters, read 1 s apart while it hung:\n{text}");
             let _ = child.kill();
             let _ = child.wait();
             assert!(
                 stalled,
                 "{what} hung for {LOADER_DEADLINE:?} and was killed"
             );
-            eprintln!("{what} hung for {LOADER_DEADLINE:?} with its vCPUs running: killed");
+            assert!(
+                idle,
+                "{what} hung for {LOADER_DEADLINE:?} with its vCPUs running, but its \
+                 muserload counters (above) do not show muserload idle: not taken for a \
+                 stalled nested guest, killed and not run again"
+            );
+            eprintln!(
+                "{what} hung for {LOADER_DEADLINE:?} with its vCPUs running and muserload \
+                 idle: killed"
+            );
             return Waited::Stalled;
         }
         thread::sleep(Duration::from_millis(50));
@@ -135,6 +160,163 @@ fn kvm_counters(pid: u32) -> BTreeMap<String, u64> {
             ))
         })
         .collect()
+}
+
+/// muserload's counters of a hung loader's object, read before and after a while.
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one, on the stack, per hung loader"
+)]
+enum MuserloadCounters {
+    /// The loader has no muserload object: its RAM is plain anonymous memory.
+    NoObject,
+    /// They could not be read: why.
+    Unreadable(String),
+    /// Before and after.
+    Sampled(Stats, Stats),
+}
+
+/// `MUSERLOAD_IOC_STATS`, computed as the `muserload` crate does (its ioctls are private).
+const IOC_STATS: libc::Ioctl = nix::request_code_read!(
+    MUSERLOAD_IOCTL_BASE,
+    _MUSERLOAD_STATS,
+    size_of::<muserload_stats>()
+);
+
+/// Runs `during` between two reads of the counters of process `pid`'s muserload object.
+fn muserload_counters_around<R>(pid: u32, during: impl FnOnce() -> R) -> (MuserloadCounters, R) {
+    let object = match descriptor_of(pid, Path::new(muserload::DEVICE_PATH)) {
+        Ok(Some(object)) => object,
+        Ok(None) => return (MuserloadCounters::NoObject, during()),
+        Err(why) => return (MuserloadCounters::Unreadable(why), during()),
+    };
+    let read = || {
+        let mut stats = Stats::default();
+        // SAFETY: `object` is a muserload object, and MUSERLOAD_IOC_STATS writes a
+        // `struct muserload_stats` where the argument points: `stats`.
+        match unsafe { libc::ioctl(object.as_raw_fd(), IOC_STATS, &mut stats) } {
+            0 => Ok(stats),
+            _ => Err(format!(
+                "MUSERLOAD_IOC_STATS: {}",
+                std::io::Error::last_os_error()
+            )),
+        }
+    };
+    let before = read();
+    let result = during();
+    let counters = match (before, read()) {
+        (Ok(before), Ok(after)) => MuserloadCounters::Sampled(before, after),
+        (Err(why), _) | (_, Err(why)) => MuserloadCounters::Unreadable(why),
+    };
+    (counters, result)
+}
+
+/// Process `pid`'s descriptor of `file`, duplicated into this process with pidfd_getfd(2)
+/// (which needs the right to ptrace it: the tests run as root), or `None` if it has none.
+/// Opening /proc/PID/fd/N instead would open a device anew: another object.
+fn descriptor_of(pid: u32, file: &Path) -> Result<Option<OwnedFd>, String> {
+    let fds = format!("/proc/{pid}/fd");
+    let entries = std::fs::read_dir(&fds).map_err(|e| format!("{fds}: {e}"))?;
+    let Some(fd) = entries
+        .flatten()
+        .filter(|entry| std::fs::read_link(entry.path()).is_ok_and(|target| target == file))
+        .find_map(|entry| entry.file_name().to_str()?.parse::<libc::c_int>().ok())
+    else {
+        return Ok(None);
+    };
+    let fail = |call: &str| format!("{call}: {}", std::io::Error::last_os_error());
+    // SAFETY: pidfd_open(2) takes a pid and flags; it returns a new descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if pidfd < 0 {
+        return Err(fail("pidfd_open"));
+    }
+    // SAFETY: pidfd_open returned a new descriptor that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as libc::c_int) };
+    // SAFETY: pidfd_getfd(2) takes a pidfd, a descriptor of that process and flags; it
+    // returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if fd < 0 {
+        return Err(fail("pidfd_getfd"));
+    }
+    // SAFETY: pidfd_getfd returned a new descriptor that nothing else owns.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }))
+}
+
+/// The counters of `struct muserload_stats` that count faults and loads, by name: when
+/// none of them moves, nothing faulted on the object's pages and nothing loaded them.
+fn fault_and_load_counters(stats: &Stats) -> [(&'static str, u64); 10] {
+    [
+        ("faults_signal_user", stats.faults_signal_user),
+        ("faults_signal_kernel", stats.faults_signal_kernel),
+        ("faults_queue_user", stats.faults_queue_user),
+        ("faults_queue_kernel", stats.faults_queue_kernel),
+        ("fault_waits", stats.fault_waits),
+        ("loads_move", stats.loads_move),
+        ("loads_copy", stats.loads_copy),
+        ("loads_zero", stats.loads_zero),
+        ("wakes", stats.wakes),
+        ("eexist", stats.eexist),
+    ]
+}
+
+impl MuserloadCounters {
+    /// What they say, to print, and whether they show muserload idle meanwhile: no fault
+    /// or load counter moved, and no thread waited on a page (`waiters`, a count of now,
+    /// in either read: a loader that waits for a page hangs for another reason than its
+    /// guest). A loader without an object shows nothing, so its vCPUs alone say whether
+    /// it stalled; counters that could not be read show nothing either, and fail.
+    fn verdict(&self) -> (String, bool) {
+        let (before, after) = match self {
+            Self::NoObject => {
+                return (
+                    format!(
+                        "  none: it has no muserload object (no descriptor of {}: its RAM \
+                         is anonymous memory); its vCPUs alone decide",
+                        muserload::DEVICE_PATH
+                    ),
+                    true,
+                )
+            }
+            Self::Unreadable(why) => return (format!("  unreadable: {why}"), false),
+            Self::Sampled(before, after) => (before, after),
+        };
+        let line = |stats: &Stats| {
+            let mut line: Vec<String> = fault_and_load_counters(stats)
+                .iter()
+                .map(|(name, value)| format!("{name} {value}"))
+                .collect();
+            line.push(format!("waiters {}", stats.waiters));
+            line.push(format!("unloaded {}", stats.unloaded));
+            line.push(format!("wait_ns_total {}", stats.wait_ns_total));
+            line.join(", ")
+        };
+        let mut busy: Vec<String> = fault_and_load_counters(before)
+            .iter()
+            .zip(fault_and_load_counters(after))
+            .filter(|((_, b), (_, a))| b != a)
+            .map(|((name, b), (_, a))| format!("{name} moved ({b} -> {a})"))
+            .collect();
+        if before.waiters != 0 || after.waiters != 0 {
+            busy.push(format!(
+                "threads waited on a page (waiters {} -> {})",
+                before.waiters, after.waiters
+            ));
+        }
+        let said = if busy.is_empty() {
+            "no fault or load counted, no thread waiting on a page: muserload idle".to_owned()
+        } else {
+            format!("muserload at work: {}", busy.join("; "))
+        };
+        (
+            format!(
+                "  before: {}\n  after:  {}\n  {said}",
+                line(before),
+                line(after)
+            ),
+            busy.is_empty(),
+        )
+    }
 }
 
 /// Whether process `pid` has vCPU threads and they stay running (state R) for a second,
@@ -432,4 +614,116 @@ pub fn check_reports(src: &Value, dst: &Value) {
     assert_eq!(u(src, "zero_pages"), u(dst, "zero_pages"));
     assert_eq!(u(src, "zero_pages_sent"), 0);
     assert!(u(dst, "downtime_us") > 0);
+}
+
+// Each test file compiles these too; they need neither KVM nor muserload.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counters of an object well into a migration: every one of them nonzero.
+    fn busy_object() -> Stats {
+        Stats {
+            faults_signal_user: 1,
+            faults_signal_kernel: 2,
+            faults_queue_user: 3,
+            faults_queue_kernel: 4,
+            fault_waits: 5,
+            loads_move: 6,
+            loads_copy: 7,
+            loads_zero: 8,
+            wakes: 9,
+            eexist: 10,
+            unloaded: 11,
+            wait_ns_total: 12,
+            wait_ns_max: 13,
+            ..Stats::default()
+        }
+    }
+
+    #[test]
+    fn muserload_counters_that_did_not_move_are_idle() {
+        let stats = busy_object();
+        let (text, idle) = MuserloadCounters::Sampled(stats, stats).verdict();
+        assert!(idle, "{text}");
+        // Both reads, printed.
+        assert_eq!(text.matches("faults_queue_user 3,").count(), 2, "{text}");
+        assert!(text.contains("muserload idle"), "{text}");
+        // A page still to load, or a wait's time, is no activity by itself.
+        let mut after = stats;
+        after.wait_ns_max += 1;
+        after.wait_hist[3] += 1;
+        assert!(MuserloadCounters::Sampled(stats, after).verdict().1);
+    }
+
+    #[test]
+    fn any_fault_or_load_counter_that_moved_is_activity() {
+        let bumps: [fn(&mut Stats); 10] = [
+            |s| s.faults_signal_user += 1,
+            |s| s.faults_signal_kernel += 1,
+            |s| s.faults_queue_user += 1,
+            |s| s.faults_queue_kernel += 1,
+            |s| s.fault_waits += 1,
+            |s| s.loads_move += 1,
+            |s| s.loads_copy += 1,
+            |s| s.loads_zero += 1,
+            |s| s.wakes += 1,
+            |s| s.eexist += 1,
+        ];
+        for (bump, (name, _)) in bumps.iter().zip(fault_and_load_counters(&busy_object())) {
+            let (before, mut after) = (busy_object(), busy_object());
+            bump(&mut after);
+            let (text, idle) = MuserloadCounters::Sampled(before, after).verdict();
+            assert!(!idle, "{name}: {text}");
+            assert!(text.contains(&format!("{name} moved")), "{name}: {text}");
+            assert_eq!(text.matches(" moved ").count(), 1, "{name}: {text}");
+        }
+    }
+
+    #[test]
+    fn a_thread_waiting_on_a_page_is_activity() {
+        let mut stats = busy_object();
+        stats.waiters = 1;
+        let (text, idle) = MuserloadCounters::Sampled(stats, stats).verdict();
+        assert!(!idle, "{text}");
+        assert!(text.contains("waiters 1 -> 1"), "{text}");
+        let (before, after) = (busy_object(), stats);
+        assert!(!MuserloadCounters::Sampled(before, after).verdict().1);
+        assert!(!MuserloadCounters::Sampled(after, before).verdict().1);
+    }
+
+    #[test]
+    fn no_object_leaves_it_to_the_vcpus_and_unreadable_counters_fail() {
+        let (text, idle) = MuserloadCounters::NoObject.verdict();
+        assert!(idle && text.contains("no muserload object"), "{text}");
+        let (text, idle) = MuserloadCounters::Unreadable("EPERM".into()).verdict();
+        assert!(!idle && text.contains("EPERM"), "{text}");
+    }
+
+    #[test]
+    fn a_process_without_muserload_has_no_object() {
+        let (counters, ran) = muserload_counters_around(std::process::id(), || true);
+        assert!(ran);
+        assert!(
+            matches!(counters, MuserloadCounters::NoObject),
+            "{counters:?}"
+        );
+    }
+
+    #[test]
+    fn another_process_descriptor_is_duplicated() {
+        // This process's own descriptor, through the same calls as another's.
+        let path = std::env::current_exe().expect("this test's executable");
+        let file = std::fs::File::open(&path).expect("opening it");
+        let fd = descriptor_of(std::process::id(), &path)
+            .expect("pidfd_open and pidfd_getfd")
+            .expect("the file's descriptor");
+        assert_ne!(fd.as_raw_fd(), file.as_raw_fd());
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        assert_eq!(link.expect("its link"), path);
+        let elsewhere = path.with_file_name("no-such-file");
+        assert!(descriptor_of(std::process::id(), &elsewhere)
+            .expect("reading /proc")
+            .is_none());
+    }
 }
