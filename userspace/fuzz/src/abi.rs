@@ -47,8 +47,43 @@ pub const IOC_STATS: u64 = nix::request_code_read!(
     size_of::<muserload_stats>()
 ) as u64;
 
+pub const IOC_RESOLVE: u64 = nix::request_code_readwrite!(
+    MUSERLOAD_IOCTL_BASE,
+    _MUSERLOAD_RESOLVE,
+    size_of::<muserload_resolve>()
+) as u64;
+
+/// Every command number the header defines.
+const KNOWN: [u32; 9] = [
+    _MUSERLOAD_API,
+    _MUSERLOAD_SETUP,
+    _MUSERLOAD_ARM,
+    _MUSERLOAD_LOAD,
+    _MUSERLOAD_LOADV,
+    _MUSERLOAD_EVENTS,
+    _MUSERLOAD_ABORT,
+    _MUSERLOAD_STATS,
+    _MUSERLOAD_RESOLVE,
+];
+
+/// A command number the module does not know: one past the header's last.
+const UNKNOWN: u32 = _MUSERLOAD_RESOLVE + 1;
+
+// A known number would make the "unknown ioctl" case call that command (with a bogus
+// argument) instead of checking ENOTTY: 0x08 was RESOLVE's before the fuzzer knew it.
+const _: () = {
+    let mut i = 0;
+    while i < KNOWN.len() {
+        assert!(
+            KNOWN[i] != UNKNOWN,
+            "IOC_UNKNOWN has a known command number"
+        );
+        i += 1;
+    }
+};
+
 /// A request code the module does not know.
-pub const IOC_UNKNOWN: u64 = nix::request_code_none!(MUSERLOAD_IOCTL_BASE, 0x08) as u64;
+pub const IOC_UNKNOWN: u64 = nix::request_code_none!(MUSERLOAD_IOCTL_BASE, UNKNOWN) as u64;
 
 /// The errno of the last failed call of this thread.
 pub fn errno() -> i32 {
@@ -87,6 +122,21 @@ pub fn loadv(fd: RawFd, loadv: &mut muserload_loadv) -> Result<(), i32> {
     unsafe { ioctl(fd, IOC_LOADV, loadv as *mut _ as usize) }.map(drop)
 }
 
+/// `MUSERLOAD_IOC_RESOLVE` of `req`, whose `load.vec` the caller keeps alive, with room for
+/// `events.len()` events in `events` (which the call sets in `req`): Ok, or the errno.
+pub fn resolve(
+    fd: RawFd,
+    req: &mut muserload_resolve,
+    events: &mut [muserload_event],
+) -> Result<(), i32> {
+    req.events = events.as_mut_ptr() as u64;
+    req.nr_events = events.len().min(u32::MAX as usize) as u32;
+    // SAFETY: `req` is a live `struct muserload_resolve`, which the command reads and writes;
+    // it only reads `load.vec`, and writes at most `nr_events` records to `events`, which
+    // has room for them.
+    unsafe { ioctl(fd, IOC_RESOLVE, req as *mut _ as usize) }.map(drop)
+}
+
 /// `MUSERLOAD_IOC_ARM`.
 pub fn arm(fd: RawFd, arm: &muserload_arm) -> Result<(), i32> {
     // SAFETY: The command only reads `arm`.
@@ -119,4 +169,19 @@ pub fn ioctl_value(fd: RawFd, cmd: u64, value: usize) -> Result<i32, i32> {
     // SAFETY: The callers pass commands that do not write through their argument (EVENTS,
     // ABORT) or that the module does not know (ENOTTY before it looks at the argument).
     unsafe { ioctl(fd, cmd, value) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel sees the low 32 bits (musl's codes are `c_int`, sign-extended here).
+    #[test]
+    fn request_codes_as_the_kernel_builds_them() {
+        // _IOWR(0xBD, 0x08, struct muserload_resolve): read and write, 48 bytes.
+        assert_eq!(size_of::<muserload_resolve>(), 48);
+        assert_eq!(IOC_RESOLVE as u32, 0xc030_bd08);
+        // _IO(0xBD, 0x09).
+        assert_eq!(IOC_UNKNOWN as u32, 0xbd09);
+    }
 }

@@ -2,10 +2,11 @@
 //! processes and threads, and checks every loaded page against a shadow model.
 //!
 //! Each round sets up an object, arms runs of its pages in queue or signal mode, and forks
-//! worker processes whose threads load (every kind, ranged and vectored, valid and
-//! invalid), arm, touch from user and kernel mode, fork children that touch and exit or
-//! are killed, map, split, move, shrink and protect extra mappings, and now and then abort
-//! the object or exit, while a resolver thread serves the events. Loads and arms are
+//! worker processes whose threads load (every kind, ranged, vectored and with
+//! `MUSERLOAD_IOC_RESOLVE`, valid and invalid), arm, touch from user and kernel mode, fork
+//! children that touch and exit or are killed, map, split, move, shrink and protect extra
+//! mappings, and now and then abort the object or exit, while a resolver thread serves the
+//! events (`read()` or `MUSERLOAD_IOC_RESOLVE`, blocking or not). Loads and arms are
 //! logged in shared memory; once every worker is gone, the checker decides from the log
 //! whether any page was lost, duplicated or stale (see `round::check`).
 //!
@@ -20,6 +21,7 @@
 mod abi;
 mod inject;
 mod model;
+mod resolve;
 mod rng;
 mod round;
 mod shared;
@@ -117,6 +119,7 @@ fn run(options: &Options) -> Result<bool, Error> {
     sys::become_subreaper().map_err(|e| Error::Sys("PR_SET_CHILD_SUBREAPER", e))?;
     target::install_handler(&[libc::SIGUSR1, libc::SIGUSR2])
         .map_err(|e| Error::Sys("sigaction", e))?;
+    sys::interrupt_with(resolve::STOP_SIGNAL).map_err(|e| Error::Sys("sigaction", e))?;
     let injector = if options.inject == 0 {
         None
     } else {

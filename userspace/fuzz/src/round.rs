@@ -6,23 +6,32 @@ use std::{
     collections::HashMap,
     ffi::CStr,
     os::fd::RawFd,
-    sync::atomic::{AtomicBool, Ordering::SeqCst},
+    sync::atomic::Ordering::SeqCst,
     time::{Duration, Instant},
 };
 
 use crate::{
-    abi::{self, muserload_arm, muserload_event, muserload_load, muserload_setup},
+    abi::{self, muserload_arm, muserload_load, muserload_setup},
     inject::Injector,
     model::PageHistory,
+    resolve::Resolver,
     rng::Rng,
     shared::{self, fill, Content, Entry, Kind, Shared, PAGE},
     sys::{self, Exit},
-    target::{self, load_logged, Piece},
-    worker::{Process, Round, Worker},
+    target,
+    worker::{arm_flags, Process, Round, Worker},
     Error,
 };
 
 const DEVICE: &CStr = c"/dev/muserload";
+
+/// Every feature the fuzzer uses.
+const FEATURES: u32 = abi::MUSERLOAD_FEATURE_SIGNAL
+    | abi::MUSERLOAD_FEATURE_QUEUE
+    | abi::MUSERLOAD_FEATURE_MOVE
+    | abi::MUSERLOAD_FEATURE_LOADV
+    | abi::MUSERLOAD_FEATURE_STATS
+    | abi::MUSERLOAD_FEATURE_RESOLVE;
 
 /// How long a round's workers may run before the round counts as hung.
 const HANG: Duration = Duration::from_secs(120);
@@ -48,7 +57,7 @@ pub fn run(
 ) -> Result<(), Error> {
     let mut rng = Rng::new(seed, 0);
     shared.begin_round(number);
-    let pages = rng.range(8, 96);
+    let pages = rng.range(8, shared::MAX_PAGES);
     let threads = shape.procs * shape.threads;
     let staging_pages = threads * shape.slots;
     let fd = sys::open(DEVICE).map_err(|e| Error::Sys("open /dev/muserload", e))?;
@@ -64,7 +73,16 @@ pub fn run(
             api.api
         ));
     }
-    let (_, r) = abi::handshake(fd, u64::from(abi::MUSERLOAD_API), 0);
+    let api_version = u64::from(abi::MUSERLOAD_API);
+    let features = u64::from(FEATURES);
+    let (api, r) = abi::handshake(fd, api_version, features | 1 << 63);
+    if r != Err(libc::EINVAL) || api.features & features != features {
+        fail(format_args!(
+            "API asking for an unknown feature: {r:?}, module has {:#x}",
+            api.features
+        ));
+    }
+    let (_, r) = abi::handshake(fd, api_version, features);
     r.map_err(|e| Error::Sys("MUSERLOAD_IOC_API", e))?;
     let page = PAGE as u64;
     for (what, size, staging, flags) in [
@@ -125,13 +143,15 @@ pub fn run(
         let mode = rng.below(4);
         if mode > 0 {
             let signal = if mode == 3 { signals[rng.below(2)] } else { 0 };
+            let flags = arm_flags(&mut rng, signal);
             let record = shared.reserve(1).ok_or(Error::LogFull)?;
+            shared.arming(p, n, signal, flags);
             shared.write(record, Kind::ArmAttempt, p, n, 0, shared.seq());
             let arm = muserload_arm {
                 start: (guest + p * PAGE) as u64,
                 len: (n * PAGE) as u64,
                 signal: signal as u32,
-                flags: 0,
+                flags,
             };
             abi::arm(fd, &arm).map_err(|e| Error::Sys("MUSERLOAD_IOC_ARM", e))?;
             shared.complete(record, Kind::Armed, shared.seq());
@@ -139,7 +159,19 @@ pub fn run(
         }
         p += n;
     }
-    let events = abi::ioctl_value(fd, abi::IOC_EVENTS, 0).map_err(|e| Error::Sys("EVENTS", e))?;
+    // The events descriptor, after one with an unknown flag (refused, so none yet).
+    let r = abi::ioctl_value(fd, abi::IOC_EVENTS, 1);
+    if r != Err(libc::EINVAL) {
+        fail(format_args!("EVENTS with an unknown flag: {r:?}"));
+    }
+    let flags = [
+        0,
+        abi::MUSERLOAD_EVENTS_NONBLOCK,
+        abi::MUSERLOAD_EVENTS_CLOEXEC,
+        abi::MUSERLOAD_EVENTS_NONBLOCK | abi::MUSERLOAD_EVENTS_CLOEXEC,
+    ][rng.below(4)];
+    let events = abi::ioctl_value(fd, abi::IOC_EVENTS, flags as usize)
+        .map_err(|e| Error::Sys("EVENTS", e))?;
 
     let round = Round {
         number,
@@ -192,11 +224,7 @@ pub fn run(
             Err(e) => return Err(Error::Sys("fork", e)),
         }
     }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let resolver = {
-        let stop = stop.clone();
-        std::thread::spawn(move || resolve(shared, fd, events, guest, pages, &stop))
-    };
+    let resolver = Resolver::spawn(shared, round);
 
     // Wait for the workers, then end the post-copy: abort, or close the events
     // descriptor (the resolver going away).
@@ -217,6 +245,9 @@ pub fn run(
                             s.waiters, s.unloaded
                         ));
                     }
+                    // Where it is stuck: the last hang, 120 s with no waiter in the
+                    // module, could not be told from its report.
+                    fail(format_args!("its threads:\n{}", thread_stacks(pid)));
                     shared.aborted.store(true, SeqCst);
                     let _ = abi::ioctl_value(fd, abi::IOC_ABORT, 0);
                     sys::kill(pid, libc::SIGKILL);
@@ -236,23 +267,19 @@ pub fn run(
     if let Some(injector) = injector {
         injector.stop();
     }
-    shared.aborted.store(true, SeqCst);
     if rng.one_in(2) {
+        shared.aborted.store(true, SeqCst);
         abi::ioctl_value(fd, abi::IOC_ABORT, 0).map_err(|e| Error::Sys("ABORT", e))?;
-        // The resolver sees end of file, then its descriptor is closed.
-        if resolver.join().is_err() {
-            fail(format_args!("the resolver panicked"));
-        }
-        sys::close(events);
+        // The resolver's wait ends with no events, then its descriptor is closed.
+        resolver.after_abort(&fail);
     } else {
         // The resolver goes away: closing the last reference (the workers, who shared it,
-        // are gone) aborts the object.
-        stop.store(true, SeqCst);
-        if resolver.join().is_err() {
-            fail(format_args!("the resolver panicked"));
-        }
-        sys::close(events);
+        // are gone) aborts the object. Not before it is gone: until then, no wait of its
+        // may end without events.
+        resolver.stop(&fail);
+        shared.aborted.store(true, SeqCst);
     }
+    sys::close(events);
 
     // Children of workers that exited first (forked touchers) were reparented to this
     // process (a subreaper, see main): none may outlive the round, where it would log a
@@ -297,77 +324,6 @@ fn worker_process(
         }
     });
     sys::exit_now(0)
-}
-
-/// Queue mode's resolver: loads every page a thread waits for (COPY of a new tag), until
-/// the object is aborted or `stop` is set.
-fn resolve(
-    shared: &'static Shared,
-    fd: RawFd,
-    events: RawFd,
-    guest: usize,
-    pages: usize,
-    stop: &AtomicBool,
-) {
-    let mut batch = [muserload_event::default(); 16];
-    let mut buf = vec![0u64; PAGE / 8];
-    loop {
-        // Polled, not a blocking read: a descriptor being read is not released by close(),
-        // so the round could not end by closing it.
-        match sys::poll(events, libc::POLLIN, 20) {
-            Ok(0) if !stop.load(SeqCst) => continue,
-            Ok(0) => return,
-            Ok(_) | Err(libc::EINTR) => {}
-            Err(e) => {
-                shared.fail(format_args!("poll of events: errno {e}"));
-                return;
-            }
-        }
-        // SAFETY: `batch` is writable for its size in bytes.
-        let n = unsafe { libc::read(events, batch.as_mut_ptr().cast(), size_of_val(&batch)) };
-        if n == 0 {
-            return;
-        }
-        if n < 0 {
-            match abi::errno() {
-                libc::EINTR => continue,
-                e => {
-                    shared.fail(format_args!("read of events: errno {e}"));
-                    return;
-                }
-            }
-        }
-        for ev in &batch[..n as usize / size_of::<muserload_event>()] {
-            let page = (ev.offset / PAGE as u64) as usize;
-            if page >= pages || ev.address % PAGE as u64 != 0 {
-                shared.fail(format_args!(
-                    "event for offset {:#x} address {:#x}",
-                    ev.offset, ev.address
-                ));
-                continue;
-            }
-            // Retried while allocations fail: the waiter needs this page.
-            loop {
-                let tag = shared.tags(1);
-                fill(&mut buf, tag);
-                let piece = Piece {
-                    page,
-                    dst: guest + page * PAGE,
-                    src: buf.as_ptr() as usize,
-                    tag,
-                };
-                let mode = u64::from(abi::MUSERLOAD_LOAD_COPY);
-                match load_logged(fd, shared, &[piece], mode, true).map(|o| o.result) {
-                    Some(Err(libc::ENOMEM)) => sys::sleep_us(100),
-                    Some(Ok(()) | Err(libc::EEXIST)) | None => break,
-                    Some(Err(e)) => {
-                        shared.fail(format_args!("resolver's COPY of page {page}: errno {e}"));
-                        break;
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// One probe: loads page `page` with a new tag if it is not loaded. Some(tag) if it
@@ -522,4 +478,32 @@ fn check(
             )),
         }
     }
+}
+
+/// Every thread of process `pid`: its state, where it sleeps (`wchan`) and its kernel stack.
+fn thread_stacks(pid: i32) -> String {
+    let read = |path: String| std::fs::read_to_string(path).unwrap_or_default();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "(gone)".into();
+    };
+    let mut out = String::new();
+    for task in tasks.flatten() {
+        let dir = task.path().display().to_string();
+        let state = read(format!("{dir}/stat"));
+        // The state is the field after the command name, which is in parentheses.
+        let state = state
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next();
+        out += &format!(
+            "thread {}: state {} in {}\n{}",
+            task.file_name().to_string_lossy(),
+            state.unwrap_or("?"),
+            read(format!("{dir}/wchan")),
+            read(format!("{dir}/stack")),
+        );
+    }
+    out
 }

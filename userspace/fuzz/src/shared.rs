@@ -1,5 +1,6 @@
-//! What every process of a run shares: counters and the log of loads and arms that the
-//! shadow model is built from.
+//! What every process of a run shares: counters, the log of loads and arms that the
+//! shadow model is built from, and the modes each page was armed in, which say what events
+//! it may have.
 //!
 //! The log lives in one anonymous shared mapping made before any fork, so that worker
 //! processes, their forked children and signal handlers all append to it with atomics and
@@ -9,18 +10,26 @@
 use std::{
     ptr::NonNull,
     sync::atomic::{
-        AtomicBool, AtomicU64,
+        AtomicBool, AtomicU64, AtomicU8,
         Ordering::{Relaxed, SeqCst},
     },
 };
 
-use crate::sys;
+use crate::{abi::MUSERLOAD_ARM_KERNEL_WAITS, sys};
 
 /// How many kinds of operation the statistics tell apart.
 pub const OP_KINDS: usize = 32;
 
 /// How many log records one round may write.
 pub const RECORDS: usize = 1 << 17;
+
+/// The most guest pages a round's object has.
+pub const MAX_PAGES: usize = 96;
+
+/// Bits of a page's arming modes (`Shared::arming`): armed in queue mode, or in signal mode
+/// with `MUSERLOAD_ARM_KERNEL_WAITS`.
+const QUEUE_MODE: u8 = 1 << 0;
+const KERNEL_WAITS: u8 = 1 << 1;
 
 /// A page's content: word 0 is its tag, the others derive from it.
 pub const PAGE: usize = 4096;
@@ -110,6 +119,8 @@ pub struct Shared {
     pub op_count: [AtomicU64; OP_KINDS],
     /// See `op_count`.
     pub op_nanos: [AtomicU64; OP_KINDS],
+    /// Per guest page, the modes of the round's arms of it (attempted or done).
+    modes: [AtomicU8; MAX_PAGES],
     records: [Record; RECORDS],
 }
 
@@ -128,6 +139,33 @@ impl Shared {
         self.aborted.store(false, SeqCst);
         self.round.store(round, SeqCst);
         self.tag.store(0, SeqCst);
+        for mode in &self.modes {
+            mode.store(0, SeqCst);
+        }
+    }
+
+    /// Notes, before the call, that guest pages `page..page + count` are being armed with
+    /// `signal` and `flags`: from then on an access may queue an event for them (queue mode:
+    /// any access; signal mode with `MUSERLOAD_ARM_KERNEL_WAITS`: a kernel-mode one, which
+    /// then waits for the page as in queue mode).
+    pub fn arming(&self, page: usize, count: usize, signal: i32, flags: u32) {
+        let mode = if signal == 0 {
+            QUEUE_MODE
+        } else if flags & MUSERLOAD_ARM_KERNEL_WAITS != 0 {
+            KERNEL_WAITS
+        } else {
+            return;
+        };
+        for m in &self.modes[page..page + count] {
+            m.fetch_or(mode, SeqCst);
+        }
+    }
+
+    /// Whether guest page `page` can have an event of a kernel-mode (`kernel`) or user-mode
+    /// access: an arm of it in a mode that queues such events began earlier in the round.
+    pub fn may_report(&self, page: usize, kernel: bool) -> bool {
+        let mode = self.modes.get(page).map_or(0, |m| m.load(SeqCst));
+        mode & QUEUE_MODE != 0 || kernel && mode & KERNEL_WAITS != 0
     }
 
     /// A new sequence number.
@@ -140,10 +178,10 @@ impl Shared {
         (self.round.load(Relaxed) << 40) | (self.tag.fetch_add(count, SeqCst) + 1)
     }
 
-    /// Reserves `count` records, or None if the round's log is full.
+    /// Reserves `count` records (none always fit), or None if the round's log is full.
     pub fn reserve(&self, count: usize) -> Option<usize> {
         let first = self.next.fetch_add(count as u64, SeqCst) as usize;
-        (first + count <= RECORDS).then_some(first)
+        (count == 0 || first + count <= RECORDS).then_some(first)
     }
 
     /// Whether the round's log is (nearly) full: time to end the round.

@@ -3,7 +3,12 @@
 //! Addresses are plain `usize`s: the fuzzer maps, unmaps and moves object memory behind
 //! the back of any Rust reference, so none is ever made to it.
 
-use std::{ffi::CStr, io, os::fd::RawFd, ptr::NonNull};
+use std::{
+    ffi::CStr,
+    io,
+    os::{fd::RawFd, unix::thread::RawPthread},
+    ptr::NonNull,
+};
 
 use crate::abi::errno;
 
@@ -213,6 +218,30 @@ pub fn wait(pid: i32, nohang: bool) -> Result<Option<Exit>, i32> {
 pub fn kill(pid: i32, signal: i32) {
     // SAFETY: Sending a signal touches no memory of ours.
     unsafe { libc::kill(pid, signal) };
+}
+
+/// Has `signal` interrupt this process's blocking calls: a handler that does nothing,
+/// without `SA_RESTART`, so that a call it comes in returns EINTR (or its partial result).
+pub fn interrupt_with(signal: i32) -> Result<(), i32> {
+    extern "C" fn nothing(_signal: i32) {}
+    // SAFETY: An all-zero `sigaction` is valid: an empty mask, no flags; the handler is set
+    // below.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    let handler: extern "C" fn(i32) = nothing;
+    action.sa_sigaction = handler as usize;
+    // SAFETY: The handler does nothing, so it is async-signal-safe, and it is static.
+    check(unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) }).map(drop)
+}
+
+/// Sends `signal` to thread `thread` of this process.
+///
+/// # Safety
+///
+/// `thread` must be a thread that was not joined or detached yet.
+pub unsafe fn signal_thread(thread: RawPthread, signal: i32) {
+    // SAFETY: The caller vouches that `thread` is still a valid handle (std's type for it is
+    // an integer, the libc crate's a pointer with musl).
+    unsafe { libc::pthread_kill(thread as _, signal) };
 }
 
 /// Sleeps `us` microseconds.

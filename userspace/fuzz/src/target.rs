@@ -85,52 +85,34 @@ pub struct Piece {
     pub tag: u64,
 }
 
-/// Loads `pieces` (one page each, in order) with `mode` in one call: a ranged
-/// `MUSERLOAD_IOC_LOAD` if `ranged` (the pieces are then consecutive in both the
-/// destination and the source), a `MUSERLOAD_IOC_LOADV` otherwise. Logs every page
-/// before the call and its fate after it. None if the log is full (nothing was called).
+/// The pairs of a vectored load of `pieces`, one page each.
+pub fn vector(pieces: &[Piece]) -> Vec<muserload_vec> {
+    pieces
+        .iter()
+        .map(|p| muserload_vec {
+            dst: p.dst as u64,
+            src: p.src as u64,
+            len: PAGE as u64,
+        })
+        .collect()
+}
+
+/// Logs every page of `pieces` before `call` and its fate after it. `call` loads them, one
+/// page each, in order, and returns the bytes it loaded before it stopped and how it ended.
+/// None if the log is full (`call` is not made then).
 ///
-/// Async-signal-safe for one piece (the signal handler's load): no allocation then.
-pub fn load_logged(
-    fd: RawFd,
+/// Async-signal-safe if `call` is.
+pub fn logged(
     shared: &Shared,
     pieces: &[Piece],
-    mode: u64,
-    ranged: bool,
+    call: impl FnOnce() -> (u64, Result<(), i32>),
 ) -> Option<Outcome> {
     let first = shared.reserve(pieces.len())?;
     let before = shared.seq();
     for (i, p) in pieces.iter().enumerate() {
         shared.write(first + i, Kind::LoadAttempt, p.page, 1, p.tag, before);
     }
-    let (loaded, result) = if ranged {
-        let mut load = muserload_load {
-            dst: pieces[0].dst as u64,
-            src: pieces[0].src as u64,
-            len: (pieces.len() * PAGE) as u64,
-            mode,
-            loaded: 0,
-        };
-        let result = abi::load(fd, &mut load);
-        (load.loaded, result)
-    } else {
-        let vec: Vec<muserload_vec> = pieces
-            .iter()
-            .map(|p| muserload_vec {
-                dst: p.dst as u64,
-                src: p.src as u64,
-                len: PAGE as u64,
-            })
-            .collect();
-        let mut loadv = muserload_loadv {
-            vec: vec.as_ptr() as u64,
-            count: vec.len() as u64,
-            mode,
-            loaded: 0,
-        };
-        let result = abi::loadv(fd, &mut loadv);
-        (loadv.loaded, result)
-    };
+    let (loaded, result) = call();
     let after = shared.seq();
     let pages = (loaded as usize / PAGE).min(pieces.len());
     for i in 0..pieces.len() {
@@ -142,6 +124,43 @@ pub fn load_logged(
         shared.complete(first + i, kind, after);
     }
     Some(Outcome { pages, result })
+}
+
+/// Loads `pieces` (one page each, in order) with `mode` in one call: a ranged
+/// `MUSERLOAD_IOC_LOAD` if `ranged` (the pieces are then consecutive in both the
+/// destination and the source), a `MUSERLOAD_IOC_LOADV` otherwise, [`logged`].
+///
+/// Async-signal-safe for one piece (the signal handler's load): no allocation then.
+pub fn load_logged(
+    fd: RawFd,
+    shared: &Shared,
+    pieces: &[Piece],
+    mode: u64,
+    ranged: bool,
+) -> Option<Outcome> {
+    logged(shared, pieces, || {
+        if ranged {
+            let mut load = muserload_load {
+                dst: pieces[0].dst as u64,
+                src: pieces[0].src as u64,
+                len: (pieces.len() * PAGE) as u64,
+                mode,
+                loaded: 0,
+            };
+            let result = abi::load(fd, &mut load);
+            (load.loaded, result)
+        } else {
+            let vec = vector(pieces);
+            let mut loadv = muserload_loadv {
+                vec: vec.as_ptr() as u64,
+                count: vec.len() as u64,
+                mode,
+                loaded: 0,
+            };
+            let result = abi::loadv(fd, &mut loadv);
+            (loadv.loaded, result)
+        }
+    })
 }
 
 /// Signal mode's handler: loads the faulting page (COPY of a new tag) and returns, so

@@ -46,6 +46,26 @@ struct Extra {
     prot: i32,
 }
 
+/// The pieces of a vectored load ([`Worker::vectored`]), with the memory they name.
+pub struct Vectored {
+    /// One page each, in the load's order.
+    pub pieces: Vec<Piece>,
+    /// MOVE: the staging slots the pieces take, with their tags, in the same order.
+    pub slots: Vec<(usize, u64)>,
+    /// COPY: the pieces' sources, alive as long as the pieces.
+    _sources: Vec<u64>,
+}
+
+/// The flags of an arm with `signal`: signal mode has kernel-mode accesses wait as in queue
+/// mode (`MUSERLOAD_ARM_KERNEL_WAITS`) half the time, as a VMM arms it.
+pub fn arm_flags(rng: &mut Rng, signal: i32) -> u32 {
+    if signal != 0 && rng.one_in(2) {
+        abi::MUSERLOAD_ARM_KERNEL_WAITS
+    } else {
+        0
+    }
+}
+
 /// Resources a worker process shares among its threads.
 pub struct Process {
     /// Held (read) from a DONTWAKE load to its WAKE, and (write) to exit the process: an
@@ -60,10 +80,10 @@ pub struct Process {
 
 /// A worker thread.
 pub struct Worker<'a> {
-    shared: &'static Shared,
-    round: &'a Round,
-    process: &'a Process,
-    rng: Rng,
+    pub(crate) shared: &'static Shared,
+    pub(crate) round: &'a Round,
+    pub(crate) process: &'a Process,
+    pub(crate) rng: Rng,
     thread: usize,
     pipe: (RawFd, RawFd),
     extras: [Option<Extra>; EXTRAS],
@@ -76,6 +96,7 @@ pub const OPS: &[(Op, u32)] = &[
     (Op::Zero, 5),
     (Op::Move, 10),
     (Op::Loadv, 6),
+    (Op::Resolve, 5),
     (Op::Wake, 3),
     (Op::Arm, 5),
     (Op::TouchRead, 8),
@@ -102,6 +123,7 @@ pub enum Op {
     Zero,
     Move,
     Loadv,
+    Resolve,
     Wake,
     Arm,
     TouchRead,
@@ -182,6 +204,7 @@ impl<'a> Worker<'a> {
             Op::Zero => self.zero(),
             Op::Move => self.move_pages(),
             Op::Loadv => self.loadv(),
+            Op::Resolve => self.resolve(),
             Op::Wake => self.wake_random(),
             Op::Arm => self.arm(),
             Op::TouchRead => self.touch(false),
@@ -202,7 +225,7 @@ impl<'a> Worker<'a> {
         }
     }
 
-    fn fail(&self, what: std::fmt::Arguments<'_>) {
+    pub(crate) fn fail(&self, what: std::fmt::Arguments<'_>) {
         self.shared.fail(format_args!(
             "round {} (seed {:#x}) thread {}: {what}",
             self.round.number, self.round.seed, self.thread
@@ -210,7 +233,7 @@ impl<'a> Worker<'a> {
     }
 
     /// Whether `errno` is one of `expected`, or ENOMEM while allocations may fail.
-    fn allowed(&self, errno: i32, expected: &[i32]) -> bool {
+    pub(crate) fn allowed(&self, errno: i32, expected: &[i32]) -> bool {
         if self.round.inject && errno == libc::ENOMEM {
             self.shared
                 .enomem
@@ -254,7 +277,7 @@ impl<'a> Worker<'a> {
         (page, self.round.guest + page * PAGE, true, true)
     }
 
-    fn load_mode(&mut self, kind: u32) -> (u64, bool) {
+    pub(crate) fn load_mode(&mut self, kind: u32) -> (u64, bool) {
         let later = self.rng.one_in(4);
         let flag = if later {
             u64::from(abi::MUSERLOAD_LOAD_DONTWAKE)
@@ -363,7 +386,7 @@ impl<'a> Worker<'a> {
 
     /// After a MOVE of `slots` (the first `moved` of them moved): moved slots read zeros
     /// in every mapping, the others still hold their tags.
-    fn check_slots(&self, slots: &[(usize, u64)], moved: usize) {
+    pub(crate) fn check_slots(&self, slots: &[(usize, u64)], moved: usize) {
         for (i, &(slot, tag)) in slots.iter().enumerate() {
             let (main, extra) = self.slot_addrs(slot);
             let want = if i < moved { 0 } else { tag };
@@ -430,31 +453,47 @@ impl<'a> Worker<'a> {
             abi::MUSERLOAD_LOAD_ZERO,
             abi::MUSERLOAD_LOAD_MOVE,
         ][self.rng.below(3)];
+        let Some(loads) = self.vectored(kind) else {
+            return;
+        };
+        let n = loads.pieces.len();
+        let (mode, later) = self.load_mode(kind);
+        let _pending = later.then(|| self.process.no_exit.read());
+        if let Some(outcome) = load_logged(self.round.fd, self.shared, &loads.pieces, mode, false) {
+            self.check_load("LOADV", n, &outcome);
+            self.check_slots(&loads.slots, outcome.pages);
+        }
+        if later {
+            self.wake_pieces(&loads.pieces);
+        }
+    }
+
+    /// The pieces of a vectored load of `kind`: 1 to 8 pages in any order, repeats included
+    /// (the second one stops the load with EEXIST). None for a MOVE without staging.
+    pub(crate) fn vectored(&mut self, kind: u32) -> Option<Vectored> {
         let max = if kind == abi::MUSERLOAD_LOAD_MOVE {
             self.round.slots.min(8)
         } else {
             8
         };
         if max == 0 {
-            return;
+            return None;
         }
         let n = self.rng.range(1, max);
         let tag = self.shared.tags(n as u64);
-        let mut bufs = vec![0u64; n * PAGE / 8];
+        let mut sources = vec![0u64; n * PAGE / 8];
         let mut pieces = Vec::with_capacity(n);
         let mut slots = Vec::new();
         let first_slot = self.rng.below(self.round.slots.max(n) - n + 1);
         for i in 0..n {
-            // Pages in any order, repeats included (the second one stops with EEXIST).
             let (page, dst, _, _) = self.guest_range(1);
-            let t = if kind == abi::MUSERLOAD_LOAD_ZERO {
-                0
-            } else {
-                tag + i as u64
+            let t = match kind {
+                abi::MUSERLOAD_LOAD_COPY | abi::MUSERLOAD_LOAD_MOVE => tag + i as u64,
+                _ => 0,
             };
             let src = match kind {
                 abi::MUSERLOAD_LOAD_COPY => {
-                    let chunk = &mut bufs[i * PAGE / 8..(i + 1) * PAGE / 8];
+                    let chunk = &mut sources[i * PAGE / 8..(i + 1) * PAGE / 8];
                     fill(chunk, t);
                     chunk.as_ptr() as usize
                 }
@@ -474,16 +513,17 @@ impl<'a> Worker<'a> {
                 tag: t,
             });
         }
-        let (mode, later) = self.load_mode(kind);
-        let _pending = later.then(|| self.process.no_exit.read());
-        if let Some(outcome) = load_logged(self.round.fd, self.shared, &pieces, mode, false) {
-            self.check_load("LOADV", n, &outcome);
-            self.check_slots(&slots, outcome.pages);
-        }
-        if later {
-            for p in &pieces {
-                self.wake(p.dst, 1);
-            }
+        Some(Vectored {
+            pieces,
+            slots,
+            _sources: sources,
+        })
+    }
+
+    /// Wakes the page of each of `pieces` (after a DONTWAKE load of them).
+    pub(crate) fn wake_pieces(&self, pieces: &[Piece]) {
+        for p in pieces {
+            self.wake(p.dst, 1);
         }
     }
 
@@ -501,15 +541,17 @@ impl<'a> Worker<'a> {
         } else {
             self.round.signals[self.rng.below(2)]
         };
+        let flags = arm_flags(&mut self.rng, signal);
         let arm = muserload_arm {
             start: start as u64,
             len: (n * PAGE) as u64,
             signal: signal as u32,
-            flags: 0,
+            flags,
         };
         let Some(record) = self.shared.reserve(1) else {
             return;
         };
+        self.shared.arming(page, n, signal, flags);
         self.shared
             .write(record, Kind::ArmAttempt, page, n, 0, self.shared.seq());
         let result = abi::arm(self.round.fd, &arm);
@@ -538,7 +580,11 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// A kernel-mode read of guest memory: `write()` from it into a pipe.
+    /// A kernel-mode read of guest memory: `write()` from it into a pipe. Its fault on an
+    /// armed page waits for the page in queue mode, and so does its retry in signal mode
+    /// with `MUSERLOAD_ARM_KERNEL_WAITS` (an event for the resolver, after the signal);
+    /// otherwise, in signal mode, the call fails with EFAULT, and the handler loads the page
+    /// on its return.
     fn kernel_read(&mut self) {
         let (_, addr, readable, _) = self.guest_range(1);
         if !readable {
@@ -550,7 +596,8 @@ impl<'a> Worker<'a> {
                 let mut buf = [0u8; 512];
                 let _ = sys::read(self.pipe.0, &mut buf[..n]);
             }
-            // Signal mode, or an aborted object.
+            // Signal mode (without MUSERLOAD_ARM_KERNEL_WAITS, or re-armed so between the
+            // fault's tries), or an aborted object.
             Err(libc::EFAULT) => {}
             Err(e) => self.fail(format_args!("write() from guest memory: errno {e}")),
         }
@@ -980,11 +1027,17 @@ impl<'a> Worker<'a> {
                 self.check_errno("ARM with a bad signal", abi::arm(fd, &arm), libc::EINVAL)
             }
             18 => {
+                // KERNEL_WAITS is for signal mode only; the other bits are unknown.
+                let (signal, flags) = if self.rng.one_in(2) {
+                    (0, abi::MUSERLOAD_ARM_KERNEL_WAITS)
+                } else {
+                    (self.round.signals[0], !abi::MUSERLOAD_ARM_KERNEL_WAITS)
+                };
                 let arm = muserload_arm {
                     start: guest as u64,
                     len: page,
-                    signal: 0,
-                    flags: 1,
+                    signal: signal as u32,
+                    flags,
                 };
                 self.check_errno("ARM with flags", abi::arm(fd, &arm), libc::EINVAL)
             }
