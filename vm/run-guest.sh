@@ -12,9 +12,13 @@
 # LOG      the kernel's serial console log (ttyS0) is written here
 #
 # The guest's ttyS1 is this script's stdout. Environment: GUEST_MEM (default 4G),
-# GUEST_CPUS (2), GUEST_TIMEOUT in seconds (1200), GUEST_APPEND (more of the kernel command
-# line; init sees its name=value words as environment variables), GUEST_QEMU_ARGS (more
-# QEMU options, split at spaces: vm/test-2vm.sh's network).
+# GUEST_CPUS (2), GUEST_TIMEOUT in seconds (1200), GUEST_SILENCE in seconds (180: a console
+# silent that long is a wedged guest, test mode only), GUEST_APPEND (more of the kernel
+# command line; init sees its name=value words as environment variables), GUEST_QEMU_ARGS
+# (more QEMU options, split at spaces: vm/test-2vm.sh's network).
+#
+# Exit status: QEMU's (0 when the guest reset itself: its end, or a panic), or 124 when the
+# guest outlived GUEST_TIMEOUT or went silent; then the console log has every task's stack.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -61,22 +65,44 @@ fi
 # timeout(1)'s. The guest's output goes out a line at a time (stdbuf: tr would hold it
 # back in blocks when writing to a pipe or file), so that a hang shows where it is.
 cmdline+=" unknown_nmi_panic panic_sys_info=tasks,locks,all_bt"
+# A wedged kernel ends the boot within minutes, its stacks in the log, instead of sitting
+# until the timeout: its lockup and stall detectors panic (QEMU's emulated SVM has wedged
+# the guest's kernel with interrupts delivered while they were off: an RCU stall, a
+# runqueue lock spun on, tasks blocked on SRCU). Their thresholds are raised above what a
+# loaded host's TCG makes of a busy guest (soft lockup after 60 s, RCU stall after 60 s).
+# A kernel this fails to end goes silent: test mode's heartbeat stops and the host sees it.
+cmdline+=" softlockup_panic=1 watchdog_thresh=30 hung_task_panic=1"
+cmdline+=" rcupdate.rcu_cpu_stall_timeout=60 sysctl.kernel.panic_on_rcu_stall=1"
 mkfifo "$root.mon.in" "$root.mon.out"
 trap 'rm -rf "$root" "$root.cpio.gz" "$root.mon.in" "$root.mon.out"' EXIT
 "${qemu[@]}" -append "$cmdline" -chardev "pipe,id=monitor,path=$root.mon" -mon monitor \
 	-serial "file:$log" -serial stdio </dev/null > >(stdbuf -oL tr -d '\r') &
 qemu_pid=$!
 deadline=$((SECONDS + ${GUEST_TIMEOUT:-1200}))
-while kill -0 "$qemu_pid" 2>/dev/null && ((SECONDS < deadline)); do
+# Only the test suite writes a heartbeat (vm/guest/run-tests); other modes may be quiet.
+silence=0
+[[ "$mode" == test ]] && silence=${GUEST_SILENCE:-180}
+heard=$SECONDS size=0
+why=""
+while kill -0 "$qemu_pid" 2>/dev/null; do
+	if ((SECONDS >= deadline)); then
+		why="outlived ${GUEST_TIMEOUT:-1200} s"
+		break
+	fi
+	now=$(stat -c %s "$log" 2>/dev/null || echo 0)
+	((now != size)) && heard=$SECONDS size=$now
+	if ((silence && SECONDS - heard >= silence)); then
+		why="was silent for $silence s (no heartbeat on its console)"
+		break
+	fi
 	sleep 1
 done
-if ! kill -0 "$qemu_pid" 2>/dev/null; then
+if [[ -z "$why" ]]; then
 	wait "$qemu_pid"
 	exit
 fi
 hang="${log%.log}-hang.txt"
-echo "run-guest: the guest outlived ${GUEST_TIMEOUT:-1200} s: its vCPUs in $hang," \
-	"the kernel's tasks in $log" >&2
+echo "run-guest: the guest $why: its vCPUs in $hang, the kernel's tasks in $log" >&2
 echo "info registers -a" >"$root.mon.in"
 # The monitor echoes what it is sent, a key at a time: only the answer is kept.
 timeout 5 cat "$root.mon.out" | grep -v "(qemu)" >"$hang" || true

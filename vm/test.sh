@@ -5,7 +5,8 @@
 # suite). Prints KTAP-style results and, last, "N passed, N failed". Exits non-zero on any
 # failure, timeout or kernel splat.
 #
-# Environment: FLAVOURS (default "debug leakcheck"), and those of vm/run-guest.sh.
+# Environment: FLAVOURS (default "debug leakcheck"), WEDGE_TEST (see run_suite), and those
+# of vm/run-guest.sh.
 set -uo pipefail
 
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
@@ -59,24 +60,87 @@ step "checkpatch: uapi header" "${checkpatch[@]}" -f "$top"/include/uapi/linux/m
 step "checkpatch: selftests" "${checkpatch[@]}" --ignore VOLATILE,PREFER_DEFINED_ATTRIBUTE_MACRO \
 	-f "$top"/selftests/*.c "$top"/selftests/*.h
 
-for flavour in ${FLAVOURS:-debug leakcheck}; do
-	log="$results/console-$flavour.log" ktap="$results/ktap-$flavour.txt"
-	echo "# guest: $flavour kernel (console: $log)"
+# The wedge evidence: stack-trace lines from where program K started in LOG, and how many
+# of them are muserload's (its module's frames, or Rust symbols of its crate).
+stack_lines() { # stack_lines LOG K
+	sed -n "/muserload-test: program $2 /,\$p" "$1" | grep -E '\+0x[0-9a-f]+/0x[0-9a-f]+'
+}
+
+# Runs the suite in the FLAVOUR guest, in as many boots as it takes: a boot that ends in the
+# middle of a program (its kernel panicked, wedged or went silent) is followed by a fresh one
+# from the next program. That program runs once more first when the evidence clears
+# muserload: no muserload frame among the stacks printed after it started (QEMU's emulated
+# SVM has wedged this kernel on its own). It fails if it ends its boot again, and whenever a
+# muserload frame is there. Sets p, f, s.
+run_suite() {
+	local flavour=$1
+	local ktap="$results/ktap-$flavour.txt" first=1 boot=1 retried=0
+	local log status k name lines ours wedge resume append=""
 	# Under KASAN the nested Linux guest now and then triple-faults (at boot on the source,
 	# or after the switch; never seen in the other guests): its tests run in the leak-check
 	# guest only. The debug guest takes about 12 minutes (KASAN, 1000 module loads, the
 	# fuzz): room for a loaded host. Its output goes on a line at a time (sed -u), as it comes.
-	append=""
 	[[ $flavour == debug ]] && append="mlskip=linux_guest"
-	GUEST_TIMEOUT=${GUEST_TIMEOUT:-2700} GUEST_APPEND="$append" \
-		"$here/run-guest.sh" test "${kdir[$flavour]}" "${ko[$flavour]}" "$payload" "$log" |
-		tee "$ktap" | sed -u 's/^/  /'
-	status=${PIPESTATUS[0]}
+	: >"$ktap"
+	rm -f "$results/console-$flavour"-*.log
+	while :; do
+		log="$results/console-$flavour.log"
+		((boot > 1)) && log="$results/console-$flavour-$boot.log"
+		echo "# guest: $flavour kernel, boot $boot (console: $log)"
+		# WEDGE_TEST=PROGRAM:crash|silence ends the first boot in PROGRAM as a wedged
+		# kernel would (a panic without muserload frames, or a console gone silent), to
+		# test this loop: PROGRAM must run again in boot 2 and the suite pass.
+		wedge="" resume=""
+		((boot == 1)) && [[ -n "${WEDGE_TEST:-}" ]] && wedge="mlwedge=$WEDGE_TEST"
+		((boot > 1)) && resume="mlfirst=$first"
+		GUEST_TIMEOUT=${GUEST_TIMEOUT:-2700} GUEST_APPEND="$append $resume $wedge" \
+			"$here/run-guest.sh" test "${kdir[$flavour]}" "${ko[$flavour]}" "$payload" "$log" |
+			tee -a "$ktap" | sed -u 's/^/  /'
+		status=${PIPESTATUS[0]}
+		[[ $status == 124 ]] && echo "# $flavour guest: timed out or went silent"
+		# The suite ran to its end: only this boot's log can hold a splat of its own.
+		if tail -n 1 "$ktap" | grep -qx '# suite done'; then
+			result "$status" "$flavour guest ran the suite to its end (boot $boot)"
+			step "$flavour guest: no kernel splat (boot $boot)" "$here/splats.sh" "$log"
+			break
+		fi
+		k=$(grep -o 'muserload-test: program [0-9]*' "$log" | tail -n 1 | grep -o '[0-9]*$')
+		if [[ -z "$k" ]] || grep -q 'muserload-test: programs done' "$log"; then
+			result 1 "$flavour guest: boot $boot ended outside any test program"
+			step "$flavour guest: no kernel splat (boot $boot)" "$here/splats.sh" "$log"
+			break
+		fi
+		name=$(grep -o "muserload-test: program $k .*" "$log" | tail -n 1 | tr -d '\r' |
+			cut -d' ' -f4)
+		lines=$(stack_lines "$log" "$k" | wc -l)
+		ours=$(stack_lines "$log" "$k" | grep -c muserload)
+		echo "# $flavour guest: boot $boot ended in program $k ($name): $lines stack lines" \
+			"printed after it started, $ours of them muserload's"
+		stack_lines "$log" "$k" | head -n 60 | sed 's/^/#   /'
+		# What came before the program is this boot's to answer for.
+		sed "/muserload-test: program $k /q" "$log" >"$log.before"
+		step "$flavour guest: no kernel splat (boot $boot, before $name)" \
+			"$here/splats.sh" "$log.before"
+		if ((ours == 0 && lines > 0 && retried != k)); then
+			echo "# $flavour guest: no muserload frame: the kernel wedged on its own" \
+				"(QEMU TCG's nested SVM); $name runs once more in a fresh boot"
+			retried=$k first=$k
+		else
+			# Program k is step k + 1 (step 1 is insmod).
+			echo "not ok $((k + 1)) selftests: muserload: $name # ended its boot" >>"$ktap"
+			echo "#   not ok: $name ended boot $boot" \
+				"$( ((ours)) && echo "with muserload frames in the stacks" ||
+					echo "again (or without any stack to clear it)")"
+			first=$((k + 1))
+		fi
+		boot=$((boot + 1))
+	done
 	read -r p f s < <(awk -f "$here/ktap-totals.awk" "$ktap")
+}
+
+for flavour in ${FLAVOURS:-debug leakcheck}; do
+	run_suite "$flavour"
 	pass=$((pass + p)) fail=$((fail + f)) skip=$((skip + s))
 	echo "# $flavour guest: $p passed, $f failed, $s skipped"
-	[[ $status == 124 ]] && echo "# $flavour guest: timed out"
-	result "$status" "$flavour guest ran to power-off"
-	step "$flavour guest: no kernel splat" "$here/splats.sh" "$log"
 done
 finish
