@@ -4,6 +4,8 @@
 #
 #   vm/build-kernel.sh FLAVOUR        build if needed, print the directory
 #   vm/build-kernel.sh --dir FLAVOUR  print the directory only, build nothing
+#   vm/build-kernel.sh --unpack       unpack the source if needed (kselftest_harness.h,
+#                                     checkpatch.pl), build nothing
 #
 # FLAVOUR is one of debug (make test), leakcheck (kmemleak scan), plain (benchmarks): the
 # config is `make tinyconfig` + vm/kconfig/guest.config + vm/kconfig/FLAVOUR.config.
@@ -19,18 +21,37 @@ here=$(cd "$(dirname "$0")" && pwd)
 log() { printf '[kernel] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-print_only=0
-if [[ "${1:-}" == --dir ]]; then
-	print_only=1
-	shift
-fi
-flavour=${1:?usage: build-kernel.sh [--dir] debug|leakcheck|plain}
-fragments=("$here/kconfig/guest.config" "$here/kconfig/$flavour.config")
-[[ -f "${fragments[1]}" ]] || die "unknown flavour '$flavour' (no ${fragments[1]})"
-
+print_only=0 unpack_only=0
+case "${1:-}" in
+--dir) print_only=1 && shift ;;
+--unpack) unpack_only=1 ;;
+esac
 deb=$(compgen -G "$MUSERLOAD_CACHE/downloads/linux-source-${KERNEL_SERIES}_*.deb" | sort -V | tail -n 1) ||
 	die "no linux-source-$KERNEL_SERIES package; run vm/install-prereqs.sh"
 deb_version=$(dpkg-deb -f "$deb" Version)
+src="$MUSERLOAD_CACHE/src/linux-source-$deb_version"
+
+unpack() {
+	[[ -e "$src/.muserload-unpacked" ]] && return
+	log "unpacking $(basename "$deb")"
+	rm -rf "$src" "$src.tmp"
+	mkdir -p "$src.tmp"
+	dpkg-deb -x "$deb" "$src.tmp/deb"
+	tarball=$(compgen -G "$src.tmp/deb/usr/src/linux-source-$KERNEL_SERIES.tar.*" | head -n 1) ||
+		die "no source tarball in $deb"
+	tar -C "$src.tmp" -xf "$tarball"
+	mv "$src.tmp/linux-source-$KERNEL_SERIES" "$src"
+	rm -rf "$src.tmp"
+	touch "$src/.muserload-unpacked"
+}
+if ((unpack_only)); then
+	unpack
+	exit 0
+fi
+
+flavour=${1:?usage: build-kernel.sh [--dir] debug|leakcheck|plain, or --unpack}
+fragments=("$here/kconfig/guest.config" "$here/kconfig/$flavour.config")
+[[ -f "${fragments[1]}" ]] || die "unknown flavour '$flavour' (no ${fragments[1]})"
 
 key=$( {
 	cat "${fragments[@]}"
@@ -38,7 +59,6 @@ key=$( {
 	"clang$LLVM_SUFFIX" --version | head -n 1
 	bindgen --version
 } | sha256sum | cut -c1-12)
-src="$MUSERLOAD_CACHE/src/linux-source-$deb_version"
 out="$MUSERLOAD_CACHE/kernel/$deb_version-$flavour-$key"
 
 if ((print_only)); then
@@ -51,18 +71,7 @@ if [[ -e "$out/.muserload-built" ]]; then
 	exit 0
 fi
 
-if [[ ! -e "$src/.muserload-unpacked" ]]; then
-	log "unpacking $(basename "$deb")"
-	rm -rf "$src" "$src.tmp"
-	mkdir -p "$src.tmp"
-	dpkg-deb -x "$deb" "$src.tmp/deb"
-	tarball=$(compgen -G "$src.tmp/deb/usr/src/linux-source-$KERNEL_SERIES.tar.*" | head -n 1) ||
-		die "no source tarball in $deb"
-	tar -C "$src.tmp" -xf "$tarball"
-	mv "$src.tmp/linux-source-$KERNEL_SERIES" "$src"
-	rm -rf "$src.tmp"
-	touch "$src/.muserload-unpacked"
-fi
+unpack
 
 make_k=(make -C "$src" O="$out" LLVM="$LLVM_SUFFIX" CC="ccache clang$LLVM_SUFFIX" -j"$(($(nproc) + 1))")
 

@@ -27,38 +27,96 @@ step() {
 	return $status
 }
 
+# Background steps: work that needs none of the CPU-bound steps before it runs beside them
+# (a fresh machine has 2 cores, and a kernel build leaves one idle for minutes: its Rust
+# crates and its links are serial). A job writes each step's output and status to files;
+# `report` prints them as steps once the job is done, in order.
+jobs_dir=$(mktemp -d)
+trap 'rm -rf "$jobs_dir"' EXIT
+quietly() { # quietly NAME COMMAND...: a step of a background job
+	local name=$1 file
+	shift
+	file="$jobs_dir/$(printf '%02d' "$(find "$jobs_dir" -name '*.log' | wc -l)")"
+	echo "$name" >"$file.name"
+	"$@" >"$file.log" 2>&1
+	echo $? >"$file.status"
+}
+report() { # report PID: waits for a background job, then prints its steps' results
+	local file status=0
+	wait "$1"
+	for file in "$jobs_dir"/*.status; do
+		[[ -e "$file" ]] || continue
+		file=${file%.status}
+		echo "# $(cat "$file.name")" >&2
+		sed 's/^/# /' "$file.log"
+		result "$(cat "$file.status")" "$(cat "$file.name")"
+		(($(cat "$file.status"))) && status=1
+		rm -f "$file".*
+	done
+	return $status
+}
+
+host_checks() {
+	quietly "rustfmt: module" rustfmt --check --edition 2021 \
+		--config-path "$src/.rustfmt.toml" "$top"/rust-module/*.rs
+	quietly "rustfmt: userspace" \
+		cargo fmt --manifest-path "$top/userspace/Cargo.toml" --all -- --check
+	# For the target and profile the payload was built for: the dependencies are built once.
+	local cargo=(env CARGO_TARGET_DIR="$MUSERLOAD_CACHE/target" cargo)
+	local musl=(--manifest-path "$top/userspace/Cargo.toml" --target x86_64-unknown-linux-musl)
+	quietly "clippy: userspace" "${cargo[@]}" clippy -q "${musl[@]}" --release --all-targets \
+		-- -D warnings
+	# The examples in the documentation build (they touch /dev/muserload, so they do not run).
+	quietly "rustdoc examples: userspace" "${cargo[@]}" test -q "${musl[@]}" --release --doc
+	local checkpatch=("$src/scripts/checkpatch.pl" --no-tree --quiet --terse --show-types)
+	quietly "checkpatch: uapi header" "${checkpatch[@]}" -f "$top"/include/uapi/linux/muserload.h
+	# The selftests are userspace: volatile forces the memory accesses they test, and there
+	# is no __aligned() macro outside the kernel.
+	quietly "checkpatch: selftests" "${checkpatch[@]}" \
+		--ignore VOLATILE,PREFER_DEFINED_ATTRIBUTE_MACRO -f "$top"/selftests/*.c "$top"/selftests/*.h
+}
+
+# build_kernel FLAVOUR: its kernel and its module, as background or foreground steps.
+build_kernel() {
+	quietly "build $1 kernel" "$here/build-kernel.sh" "$1" &&
+		quietly "build module for $1" "$here/build-module.sh" \
+			"$("$here/build-kernel.sh" --dir "$1")"
+}
+
 echo "TAP version 13"
 step "install prerequisites" "$here/install-prereqs.sh" || finish
+step "unpack the kernel source" "$here/build-kernel.sh" --unpack || finish
+src=$(kernel_source)
+read -ra flavours <<<"${FLAVOURS:-debug leakcheck}"
+payload="$MUSERLOAD_CACHE/payload"
+
+# The userspace, the selftests and the host checks beside the first kernel's build.
+{
+	quietly "build selftests and userspace" build_payload
+	[[ -s "$jobs_dir/00.status" && $(cat "$jobs_dir/00.status") == 0 ]] && host_checks
+} &
+userspace=$!
+step "build ${flavours[0]} kernel" "$here/build-kernel.sh" "${flavours[0]}" || finish
+step "build module for ${flavours[0]}" "$here/build-module.sh" \
+	"$("$here/build-kernel.sh" --dir "${flavours[0]}")" || finish
+report $userspace || [[ -x "$payload/bin/muserload-loader" ]] || finish
+
+# The other kernels build beside the first guest's suite, at the lowest priority: the
+# guest's timing-sensitive tests (the loader's migrations of nested guests) come first.
+others=("${flavours[@]:1}")
+{
+	renice -n 19 "$BASHPID" >/dev/null
+	for flavour in "${others[@]}"; do
+		build_kernel "$flavour"
+	done
+} &
+kernels=$!
 
 declare -A kdir ko
-for flavour in ${FLAVOURS:-debug leakcheck}; do
-	step "build $flavour kernel" "$here/build-kernel.sh" "$flavour" || finish
-	kdir[$flavour]=$("$here/build-kernel.sh" --dir "$flavour")
-	step "build module for $flavour" "$here/build-module.sh" "${kdir[$flavour]}" || finish
-	ko[$flavour]=$("$here/build-module.sh" "${kdir[$flavour]}" 2>/dev/null)
-done
-
-# The kernel builds unpack the source: only now is it there on a fresh machine.
-src=$(kernel_source)
-# The loader's nested Linux guest boots the last flavour's kernel (leakcheck: no KASAN).
-nested=${kdir[leakcheck]:-${kdir[$flavour]}}/arch/x86/boot/bzImage
-step "build selftests and userspace" build_payload "$nested" || finish
-payload=$(build_payload "$nested" 2>/dev/null)
-
-step "rustfmt: module" rustfmt --check --edition 2021 --config-path "$src/.rustfmt.toml" \
-	"$top"/rust-module/*.rs
-step "rustfmt: userspace" cargo fmt --manifest-path "$top/userspace/Cargo.toml" --all -- --check
-step "clippy: userspace" env CARGO_TARGET_DIR="$MUSERLOAD_CACHE/target" \
-	cargo clippy -q --manifest-path "$top/userspace/Cargo.toml" --all-targets -- -D warnings
-# The examples in the documentation build (they touch /dev/muserload, so they do not run).
-step "rustdoc examples: userspace" env CARGO_TARGET_DIR="$MUSERLOAD_CACHE/target" \
-	cargo test -q --manifest-path "$top/userspace/Cargo.toml" --doc
-checkpatch=("$src/scripts/checkpatch.pl" --no-tree --quiet --terse --show-types)
-step "checkpatch: uapi header" "${checkpatch[@]}" -f "$top"/include/uapi/linux/muserload.h
-# The selftests are userspace: volatile forces the memory accesses they test, and there is
-# no __aligned() macro outside the kernel.
-step "checkpatch: selftests" "${checkpatch[@]}" --ignore VOLATILE,PREFER_DEFINED_ATTRIBUTE_MACRO \
-	-f "$top"/selftests/*.c "$top"/selftests/*.h
+kernel_of() { # kernel_of FLAVOUR: sets kdir and ko of a built flavour
+	kdir[$1]=$("$here/build-kernel.sh" --dir "$1")
+	ko[$1]=$("$here/build-module.sh" "${kdir[$1]}" 2>/dev/null)
+}
 
 # The wedge evidence: stack-trace lines from where program K started in LOG, and how many
 # of them are muserload's (its module's frames, or Rust symbols of its crate).
@@ -138,9 +196,21 @@ run_suite() {
 	read -r p f s < <(awk -f "$here/ktap-totals.awk" "$ktap")
 }
 
-for flavour in ${FLAVOURS:-debug leakcheck}; do
-	run_suite "$flavour"
+# suite_of FLAVOUR: runs the suite in the FLAVOUR guest and adds up its results. The
+# loader's nested Linux guest boots the leak-check kernel (no KASAN: under KASAN it
+# triple-faults now and then), which only the leak-check guest's suite migrates.
+suite_of() {
+	kernel_of "$1"
+	[[ $1 == leakcheck ]] && cp "${kdir[leakcheck]}/arch/x86/boot/bzImage" \
+		"$payload/bin/linux-guest-bzImage"
+	run_suite "$1"
 	pass=$((pass + p)) fail=$((fail + f)) skip=$((skip + s))
-	echo "# $flavour guest: $p passed, $f failed, $s skipped"
+	echo "# $1 guest: $p passed, $f failed, $s skipped"
+}
+
+suite_of "${flavours[0]}"
+report $kernels || finish
+for flavour in "${others[@]}"; do
+	suite_of "$flavour"
 done
 finish
