@@ -36,25 +36,6 @@ static int setup_injection(void)
 	return fail_nth < 0 ? -1 : 0;
 }
 
-/* The @nth allocation of this thread from now on fails. */
-static void inject(int nth)
-{
-	char buf[16];
-	int n = snprintf(buf, sizeof(buf), "%d", nth);
-
-	pwrite(fail_nth, buf, n, 0);
-}
-
-/* Disarms the injection; returns whether the failure was injected. */
-static int injected(void)
-{
-	char buf[16] = { 0 };
-
-	pread(fail_nth, buf, sizeof(buf) - 1, 0);
-	pwrite(fail_nth, "0", 1, 0);
-	return atoi(buf) == 0;
-}
-
 /* An object of PAGES guest pages and PAGES staging pages, mapped and armed. */
 static void open_armed(struct __test_metadata *_metadata, struct ml *ml)
 {
@@ -92,10 +73,10 @@ TEST_F(inject, open)
 	int nth, fd, err;
 
 	for (nth = 1; nth < MAX_NTH; nth++) {
-		inject(nth);
+		ml_inject(fail_nth, nth);
 		fd = open(MUSERLOAD_DEV, O_RDWR);
 		err = errno;
-		if (!injected()) {
+		if (!ml_injected(fail_nth)) {
 			ASSERT_LE(0, fd);
 			close(fd);
 			break;
@@ -124,10 +105,10 @@ TEST_F(inject, setup_ioctl)
 		ml.fd = open(MUSERLOAD_DEV, O_RDWR);
 		ASSERT_LE(0, ml.fd);
 		ASSERT_EQ(0, ioctl(ml.fd, MUSERLOAD_IOC_API, &api));
-		inject(nth);
+		ml_inject(fail_nth, nth);
 		ret = ioctl(ml.fd, MUSERLOAD_IOC_SETUP, &setup);
 		err = errno;
-		done = !injected();
+		done = !ml_injected(fail_nth);
 		if (ret) {
 			EXPECT_EQ(ENOMEM, err);
 			EXPECT_EQ(-1, ioctl(ml.fd, MUSERLOAD_IOC_ARM, &(struct muserload_arm){ 0 }));
@@ -151,10 +132,10 @@ TEST_F(inject, mmap)
 
 	open_armed(_metadata, &ml);
 	for (nth = 1; !done && nth < MAX_NTH; nth++) {
-		inject(nth);
+		ml_inject(fail_nth, nth);
 		p = mmap(NULL, PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, ml.fd, 0);
 		err = errno;
-		done = !injected();
+		done = !ml_injected(fail_nth);
 		if (p == MAP_FAILED) {
 			EXPECT_EQ(ENOMEM, err);
 			continue;
@@ -194,9 +175,9 @@ TEST_F(inject, copy)
 
 	for (nth = 1; !done && nth < MAX_NTH; nth++) {
 		open_armed(_metadata, &ml);
-		inject(nth);
+		ml_inject(fail_nth, nth);
 		ret = ml_load(&ml, ml.guest, self->src, PAGES * PAGE, MUSERLOAD_LOAD_COPY, &loaded);
-		done = !injected();
+		done = !ml_injected(fail_nth);
 		if (ret) {
 			EXPECT_EQ(-ENOMEM, ret);
 			check_partial_load(_metadata, &ml, loaded, 10);
@@ -223,9 +204,9 @@ TEST_F(inject, move)
 		open_armed(_metadata, &ml);
 		for (i = 0; i < PAGES; i += 2)
 			ml_fill(ml.staging + i * PAGE, 10 + i);
-		inject(nth);
+		ml_inject(fail_nth, nth);
 		ret = ml_load(&ml, ml.guest, ml.staging, PAGES * PAGE, MUSERLOAD_LOAD_MOVE, &loaded);
-		done = !injected();
+		done = !ml_injected(fail_nth);
 		if (ret) {
 			EXPECT_EQ(-ENOMEM, ret);
 			EXPECT_EQ(0, loaded);
@@ -264,10 +245,10 @@ TEST_F(inject, loadv)
 		lv.count = PAGES;
 		lv.mode = MUSERLOAD_LOAD_COPY;
 		lv.loaded = 0;
-		inject(nth);
+		ml_inject(fail_nth, nth);
 		ret = ioctl(ml.fd, MUSERLOAD_IOC_LOADV, &lv);
 		err = errno;
-		done = !injected();
+		done = !ml_injected(fail_nth);
 		if (ret) {
 			EXPECT_EQ(ENOMEM, err);
 			check_partial_load(_metadata, &ml, lv.loaded, 10);
@@ -290,9 +271,9 @@ TEST_F(inject, arm)
 		open_armed(_metadata, &ml);
 		ASSERT_EQ(0, ml_load(&ml, ml.guest, self->src, PAGES * PAGE,
 				     MUSERLOAD_LOAD_COPY, NULL));
-		inject(nth);
+		ml_inject(fail_nth, nth);
 		ret = ml_arm(&ml, ml.guest, PAGES * PAGE, 0);
-		done = !injected();
+		done = !ml_injected(fail_nth);
 		if (ret) {
 			EXPECT_EQ(-ENOMEM, ret);
 			check_partial_load(_metadata, &ml, PAGES * PAGE, 10);
@@ -310,10 +291,10 @@ TEST_F(inject, events)
 
 	for (nth = 1; !done && nth < MAX_NTH; nth++) {
 		open_armed(_metadata, &ml);
-		inject(nth);
+		ml_inject(fail_nth, nth);
 		fd = ioctl(ml.fd, MUSERLOAD_IOC_EVENTS, 0);
 		err = errno;
-		done = !injected();
+		done = !ml_injected(fail_nth);
 		if (fd < 0) {
 			EXPECT_EQ(ENOMEM, err);
 			fd = ioctl(ml.fd, MUSERLOAD_IOC_EVENTS, 0);
@@ -342,9 +323,9 @@ TEST_F(inject, kernel_fault_event)
 	for (nth = 1; !done && nth < MAX_NTH; nth++) {
 		open_armed(_metadata, &ml);
 		ASSERT_EQ(0, ml_resolver_start(&r, &ml));
-		inject(nth);
+		ml_inject(fail_nth, nth);
 		n = write(pipefd[1], ml.guest + PAGE, sizeof(buf));
-		done = !injected();
+		done = !ml_injected(fail_nth);
 		if (n < 0) {
 			EXPECT_TRUE(errno == EFAULT || errno == ENOMEM);
 			n = write(pipefd[1], ml.guest + PAGE, sizeof(buf));

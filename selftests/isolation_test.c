@@ -378,25 +378,6 @@ TEST(fresh_pages_read_zero)
 #define CGROUP "/sys/fs/cgroup/muserload-isolation"
 #define LIMIT (16UL << 20)
 
-/* The value of @key in the flat-keyed file @path, or -1. */
-static long read_key(const char *path, const char *key)
-{
-	char buf[1024] = { 0 }, *p;
-	int fd = open(path, O_RDONLY);
-	ssize_t n;
-
-	if (fd < 0)
-		return -1;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return -1;
-	for (p = strtok(buf, "\n"); p; p = strtok(NULL, "\n"))
-		if (!strncmp(p, key, strlen(key)) && p[strlen(key)] == ' ')
-			return atol(p + strlen(key) + 1);
-	return -1;
-}
-
 #define REGION (2UL << 20)
 #define REGION_PAGES (REGION / PAGE)
 
@@ -474,7 +455,7 @@ TEST(memcg_limit_fails_loads)
 	snprintf(max, sizeof(max), "%lu", LIMIT);
 	ASSERT_EQ(0, ml_write_file(CGROUP "/memory.max", max));
 	EXPECT_EQ(0, in_child(load_past_the_limit, NULL));
-	EXPECT_EQ(0, read_key(CGROUP "/memory.events", "oom_kill"));
+	EXPECT_EQ(0, ml_read_key(CGROUP "/memory.events", "oom_kill"));
 	EXPECT_EQ(0, rmdir(CGROUP));
 }
 

@@ -14,19 +14,6 @@
 #define CGROUP "/sys/fs/cgroup/muserload-test"
 #define LOADED (8UL << 20)
 
-static long read_long(const char *path)
-{
-	char buf[64] = { 0 };
-	int fd = open(path, O_RDONLY);
-	ssize_t n;
-
-	if (fd < 0)
-		return -1;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	return n > 0 ? atol(buf) : -1;
-}
-
 /* In a child inside the cgroup: loads and faults LOADED bytes each; 0 if charged here. */
 static int load_and_fault(void)
 {
@@ -44,13 +31,13 @@ static int load_and_fault(void)
 	memset(src, 0x5a, LOADED);
 	if (ml_open(&ml, 2 * LOADED, 0))
 		return 12;
-	start = read_long(CGROUP "/memory.current");
+	start = ml_read_key(CGROUP "/memory.current", "");
 	if (ml_load(&ml, ml.guest, src, LOADED, MUSERLOAD_LOAD_COPY, NULL))
 		return 13;
-	after_load = read_long(CGROUP "/memory.current");
+	after_load = ml_read_key(CGROUP "/memory.current", "");
 	for (off = LOADED; off < 2 * LOADED; off += PAGE)
 		ml.guest[off] = 1;
-	after_fault = read_long(CGROUP "/memory.current");
+	after_fault = ml_read_key(CGROUP "/memory.current", "");
 	/* Page tables and slab come on top; at least the pages themselves are here. */
 	if (after_load - start < (long)LOADED)
 		return 14;

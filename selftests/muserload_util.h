@@ -10,6 +10,8 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -162,6 +164,54 @@ static inline int ml_write_file(const char *path, const char *text)
 	n = write(fd, text, strlen(text));
 	close(fd);
 	return n == (ssize_t)strlen(text) ? 0 : -errno;
+}
+
+/*
+ * The value of @key in the flat-keyed file @path (memory.stat, memory.events), or -1;
+ * with @key "", the number the file holds (memory.current).
+ */
+static inline long ml_read_key(const char *path, const char *key)
+{
+	char buf[8192], *line, *save;
+	long value = -1;
+	ssize_t n;
+	int fd = open(path, O_RDONLY);
+
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	if (!*key)
+		return atol(buf);
+	for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+		if (!strncmp(line, key, strlen(key)) && line[strlen(key)] == ' ')
+			value = atol(line + strlen(key) + 1);
+	return value;
+}
+
+/* Fault injection: the @nth allocation of this thread from now on fails (@fail_nth:
+ * this thread's /proc/thread-self/fail-nth, open).
+ */
+static inline void ml_inject(int fail_nth, int nth)
+{
+	char buf[16];
+	int n = snprintf(buf, sizeof(buf), "%d", nth);
+
+	if (pwrite(fail_nth, buf, n, 0) != n)
+		return;
+}
+
+/* Disarms the injection of ml_inject(); returns whether the failure was injected. */
+static inline int ml_injected(int fail_nth)
+{
+	char buf[16] = { 0 };
+
+	if (pread(fail_nth, buf, sizeof(buf) - 1, 0) < 0 || pwrite(fail_nth, "0", 1, 0) != 1)
+		return 0;
+	return atoi(buf) == 0;
 }
 
 static inline int ml_is_zero(const void *page)

@@ -109,15 +109,7 @@ static int sizes_walker(struct sizes_walk *w)
 /* The cgroup's memory.current, read by the test (outside the cgroup). */
 static long sizes_usage(void)
 {
-	char buf[32] = { 0 };
-	int fd = open(SIZES_CGROUP "/memory.current", O_RDONLY);
-	ssize_t n;
-
-	if (fd < 0)
-		return -1;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	return n > 0 ? atol(buf) : -1;
+	return ml_read_key(SIZES_CGROUP "/memory.current", "");
 }
 
 /*
