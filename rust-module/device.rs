@@ -55,9 +55,9 @@ impl MiscDevice for Object {
             MUSERLOAD_IOC_API => api::handshake(user(size_of::<muserload_api>())),
             MUSERLOAD_IOC_SETUP => me.setup(user(size_of::<muserload_setup>())),
             MUSERLOAD_IOC_ARM => me.arm(user(size_of::<muserload_arm>())),
-            MUSERLOAD_IOC_LOAD => crate::load::load(me, user(size_of::<muserload_load>())),
-            MUSERLOAD_IOC_LOADV => crate::load::loadv(me, user(size_of::<muserload_loadv>())),
-            MUSERLOAD_IOC_RESOLVE => crate::load::resolve(me, user(size_of::<muserload_resolve>())),
+            MUSERLOAD_IOC_LOAD => crate::load::load(me, UserPtr::from_addr(arg)),
+            MUSERLOAD_IOC_LOADV => crate::load::loadv(me, UserPtr::from_addr(arg)),
+            MUSERLOAD_IOC_RESOLVE => crate::load::resolve(me, UserPtr::from_addr(arg)),
             MUSERLOAD_IOC_EVENTS => me.create_events(arg),
             MUSERLOAD_IOC_ABORT => {
                 me.abort();

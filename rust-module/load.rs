@@ -42,6 +42,10 @@ use kernel::{
     },
     prelude::*,
     sync::ArcBorrow,
+    transmute::{
+        AsBytes,
+        FromBytes, //
+    },
     uaccess::{
         UserPtr,
         UserSlice,
@@ -108,10 +112,47 @@ struct Progress {
     buckets: u64,
 }
 
-/// `MUSERLOAD_IOC_LOAD`.
-pub(crate) fn load(object: ArcBorrow<'_, Object>, arg: UserSlice) -> Result<isize> {
-    let (mut reader, mut writer) = arg.reader_writer();
-    let mut req: muserload_load = reader.read()?;
+/// The argument of a load ioctl, read at the start and written back at the end.
+///
+/// Written back unchanged first, so that an argument the caller cannot write fails with
+/// EFAULT before anything is done: after the loads (a MOVE empties staging) or RESOLVE's
+/// events (taken off the queue), that EFAULT would leave the caller unable to learn what
+/// was done.
+struct Request<T> {
+    ptr: UserPtr,
+    value: T,
+}
+
+impl<T: FromBytes + AsBytes> Request<T> {
+    /// Reads the argument at `ptr` and checks that it can be written back.
+    fn read(ptr: UserPtr) -> Result<Self> {
+        let value: T = UserSlice::new(ptr, size_of::<T>()).reader().read()?;
+        UserSlice::new(ptr, size_of::<T>()).writer().write(&value)?;
+        Ok(Self { ptr, value })
+    }
+
+    /// Writes the argument back, with what the call did.
+    fn reply(self) -> Result {
+        UserSlice::new(self.ptr, size_of::<T>())
+            .writer()
+            .write(&self.value)
+    }
+}
+
+/// `MUSERLOAD_IOC_LOAD` of the `struct muserload_load` at `arg`.
+pub(crate) fn load(object: ArcBorrow<'_, Object>, arg: UserPtr) -> Result<isize> {
+    let mut req = Request::<muserload_load>::read(arg)?;
+    let result = load_one(object, &mut req.value);
+    req.reply()?;
+    result.map(|()| 0)
+}
+
+/// The load `req` asks for; sets `req.loaded`.
+fn load_one(object: ArcBorrow<'_, Object>, req: &mut muserload_load) -> Result {
+    req.loaded = 0;
+    // Before the source is read: an object not set up has nothing to load into, whatever
+    // the source.
+    object.layout().ok_or(EINVAL)?;
     let mode = Mode::parse(req.mode)?;
     let pair = muserload_vec {
         dst: req.dst,
@@ -120,53 +161,66 @@ pub(crate) fn load(object: ArcBorrow<'_, Object>, arg: UserSlice) -> Result<isiz
     };
     let (loaded, result) = load_pairs(object, mode, &[pair]);
     req.loaded = loaded;
-    writer.write(&req)?;
+    result
+}
+
+/// `MUSERLOAD_IOC_LOADV` of the `struct muserload_loadv` at `arg`.
+pub(crate) fn loadv(object: ArcBorrow<'_, Object>, arg: UserPtr) -> Result<isize> {
+    let mut req = Request::<muserload_loadv>::read(arg)?;
+    let result = load_many(object, &mut req.value);
+    req.reply()?;
     result.map(|()| 0)
 }
 
-/// `MUSERLOAD_IOC_LOADV`.
-pub(crate) fn loadv(object: ArcBorrow<'_, Object>, arg: UserSlice) -> Result<isize> {
-    let (mut reader, mut writer) = arg.reader_writer();
-    let mut req: muserload_loadv = reader.read()?;
-    let (loaded, result) = load_vectored(object, &req)?;
+/// The loads `req` asks for; sets `req.loaded`.
+fn load_many(object: ArcBorrow<'_, Object>, req: &mut muserload_loadv) -> Result {
+    req.loaded = 0;
+    object.layout().ok_or(EINVAL)?;
+    let (loaded, result) = load_vectored(object, req)?;
     req.loaded = loaded;
-    writer.write(&req)?;
-    result.map(|()| 0)
+    result
 }
 
-/// `MUSERLOAD_IOC_RESOLVE`: the loads, then the next events.
-pub(crate) fn resolve(object: ArcBorrow<'_, Object>, arg: UserSlice) -> Result<isize> {
-    let (mut reader, mut writer) = arg.reader_writer();
-    let mut req: muserload_resolve = reader.read()?;
-    if req.flags & !MUSERLOAD_RESOLVE_NONBLOCK != 0 || req.nr_events == 0 {
+/// `MUSERLOAD_IOC_RESOLVE` of the `struct muserload_resolve` at `arg`: the loads, then the
+/// next events.
+pub(crate) fn resolve(object: ArcBorrow<'_, Object>, arg: UserPtr) -> Result<isize> {
+    let mut req = Request::<muserload_resolve>::read(arg)?;
+    let room = req.value.nr_events as usize;
+    match resolve_step(object, &mut req.value, room) {
+        // Nothing was done: the call restarts as it was made, so the request is not
+        // written back (its `nr_events` of 0 would make the restart fail with EINVAL).
+        Err(e) if e == ERESTARTSYS => Err(e),
+        result => {
+            req.reply()?;
+            result.map(|()| 0)
+        }
+    }
+}
+
+/// The loads of `req`, then up to `room` events; sets `req.load.loaded` and `req.nr_events`.
+fn resolve_step(object: ArcBorrow<'_, Object>, req: &mut muserload_resolve, room: usize) -> Result {
+    req.load.loaded = 0;
+    req.nr_events = 0;
+    if req.flags & !MUSERLOAD_RESOLVE_NONBLOCK != 0 || room == 0 {
         return Err(EINVAL);
     }
     let loads = req.load.count != 0;
-    let mut result = Ok(());
     if loads {
-        let (loaded, loading) = load_vectored(object, &req.load)?;
-        req.load.loaded = loaded;
-        result = loading;
+        load_many(object, &mut req.load)?;
     }
-    let room = req.nr_events as usize;
-    req.nr_events = 0;
-    // A failed load reads no event.
-    if result.is_ok() {
-        match object.events.read(
-            &object,
-            UserPtr::from_addr(req.events as usize),
-            room,
-            req.flags & MUSERLOAD_RESOLVE_NONBLOCK != 0,
-        ) {
-            Ok(n) => req.nr_events = n as u32,
-            Err(e) if e == EAGAIN => {}
-            // The loads are done: restarting the call would load them again.
-            Err(e) if e == ERESTARTSYS && loads => result = Err(EINTR),
-            Err(e) => result = Err(e),
-        }
+    match object.events.read(
+        &object,
+        UserPtr::from_addr(req.events as usize),
+        room,
+        req.flags & MUSERLOAD_RESOLVE_NONBLOCK != 0,
+    ) {
+        Ok(n) => req.nr_events = n as u32,
+        Err(e) if e == EAGAIN => {}
+        // The loads are done: restarting the call would load them again.
+        Err(e) if e == ERESTARTSYS && loads => return Err(EINTR),
+        Err(e) => return Err(e),
     }
-    writer.write(&req)?;
-    result.map(|()| 0)
+    Ok(())
 }
 
 /// The loads of a `struct muserload_loadv`: reads its pairs from userspace and loads them.
