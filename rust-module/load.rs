@@ -124,6 +124,20 @@ struct Request<T> {
 }
 
 impl<T: FromBytes + AsBytes> Request<T> {
+    /// Runs `call` on the argument at `ptr` and writes the argument back with what it did,
+    /// whatever the outcome, except for a call that restarts (`-ERESTARTSYS`): nothing was
+    /// done, and the restart must find the argument as its caller made it.
+    fn serve(ptr: UserPtr, call: impl FnOnce(&mut T) -> Result) -> Result<isize> {
+        let mut req = Self::read(ptr)?;
+        match call(&mut req.value) {
+            Err(e) if e == ERESTARTSYS => Err(e),
+            result => {
+                req.reply()?;
+                result.map(|()| 0)
+            }
+        }
+    }
+
     /// Reads the argument at `ptr` and checks that it can be written back.
     fn read(ptr: UserPtr) -> Result<Self> {
         let value: T = UserSlice::new(ptr, size_of::<T>()).reader().read()?;
@@ -141,10 +155,7 @@ impl<T: FromBytes + AsBytes> Request<T> {
 
 /// `MUSERLOAD_IOC_LOAD` of the `struct muserload_load` at `arg`.
 pub(crate) fn load(object: ArcBorrow<'_, Object>, arg: UserPtr) -> Result<isize> {
-    let mut req = Request::<muserload_load>::read(arg)?;
-    let result = load_one(object, &mut req.value);
-    req.reply()?;
-    result.map(|()| 0)
+    Request::serve(arg, |req| load_one(object, req))
 }
 
 /// The load `req` asks for; sets `req.loaded`.
@@ -166,10 +177,7 @@ fn load_one(object: ArcBorrow<'_, Object>, req: &mut muserload_load) -> Result {
 
 /// `MUSERLOAD_IOC_LOADV` of the `struct muserload_loadv` at `arg`.
 pub(crate) fn loadv(object: ArcBorrow<'_, Object>, arg: UserPtr) -> Result<isize> {
-    let mut req = Request::<muserload_loadv>::read(arg)?;
-    let result = load_many(object, &mut req.value);
-    req.reply()?;
-    result.map(|()| 0)
+    Request::serve(arg, |req| load_many(object, req))
 }
 
 /// The loads `req` asks for; sets `req.loaded`.
@@ -184,21 +192,15 @@ fn load_many(object: ArcBorrow<'_, Object>, req: &mut muserload_loadv) -> Result
 /// `MUSERLOAD_IOC_RESOLVE` of the `struct muserload_resolve` at `arg`: the loads, then the
 /// next events.
 pub(crate) fn resolve(object: ArcBorrow<'_, Object>, arg: UserPtr) -> Result<isize> {
-    let mut req = Request::<muserload_resolve>::read(arg)?;
-    let room = req.value.nr_events as usize;
-    match resolve_step(object, &mut req.value, room) {
-        // Nothing was done: the call restarts as it was made, so the request is not
-        // written back (its `nr_events` of 0 would make the restart fail with EINVAL).
-        Err(e) if e == ERESTARTSYS => Err(e),
-        result => {
-            req.reply()?;
-            result.map(|()| 0)
-        }
-    }
+    // A restart without loads is not written back: its `nr_events` of 0 would make the
+    // restarted call fail with EINVAL.
+    Request::serve(arg, |req| resolve_step(object, req))
 }
 
-/// The loads of `req`, then up to `room` events; sets `req.load.loaded` and `req.nr_events`.
-fn resolve_step(object: ArcBorrow<'_, Object>, req: &mut muserload_resolve, room: usize) -> Result {
+/// The loads of `req`, then up to `req.nr_events` events; sets `req.load.loaded` and
+/// `req.nr_events`.
+fn resolve_step(object: ArcBorrow<'_, Object>, req: &mut muserload_resolve) -> Result {
+    let room = req.nr_events as usize;
     req.load.loaded = 0;
     req.nr_events = 0;
     if req.flags & !MUSERLOAD_RESOLVE_NONBLOCK != 0 || room == 0 {
