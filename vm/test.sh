@@ -33,13 +33,15 @@ step() {
 # `report` prints them as steps once the job is done, in order.
 jobs_dir=$(mktemp -d)
 trap 'rm -rf "$jobs_dir"' EXIT
-quietly() { # quietly NAME COMMAND...: a step of a background job
-	local name=$1 file
+quietly() { # quietly NAME COMMAND...: a step of a background job; returns its status
+	local name=$1 file status
 	shift
 	file="$jobs_dir/$(printf '%02d' "$(find "$jobs_dir" -name '*.log' | wc -l)")"
 	echo "$name" >"$file.name"
 	"$@" >"$file.log" 2>&1
-	echo $? >"$file.status"
+	status=$?
+	echo $status >"$file.status"
+	return $status
 }
 report() { # report PID: waits for a background job, then prints its steps' results
 	local file status=0
@@ -92,8 +94,7 @@ payload="$MUSERLOAD_CACHE/payload"
 
 # The userspace, the selftests and the host checks beside the first kernel's build.
 {
-	quietly "build selftests and userspace" build_payload
-	[[ -s "$jobs_dir/00.status" && $(cat "$jobs_dir/00.status") == 0 ]] && host_checks
+	quietly "build selftests and userspace" build_payload && host_checks
 } &
 userspace=$!
 step "build ${flavours[0]} kernel" "$here/build-kernel.sh" "${flavours[0]}" || finish
