@@ -10,27 +10,28 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
-        Arc, Condvar, Mutex, MutexGuard,
+        Arc, Condvar, Mutex,
     },
     thread,
     time::{Duration, Instant},
 };
 
+use crate::{
+    address::resolve,
+    bitmap::Bitmap,
+    error::{io, Error, Result},
+    interrupted::{Interrupted, NoFaults},
+    lock::{lock, unpoisoned},
+    memory::{GuestRam, BATCH_PAGES},
+    protocol::{self, Channel, Control, Frame, Pages},
+    report::{self, DestinationReport},
+    timeline::{Cause, Timeline},
+    vcpu::Machine,
+    vm::{MachineState, Vm},
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use muserload::{Event, Events, FaultMode, Wake, LOADV_MAX, PAGE_SIZE};
 use nix::{errno::Errno, sys::signal::Signal};
-use serde::Serialize;
-
-use crate::{
-    bitmap::Bitmap,
-    error::{io, Error, Result},
-    memory::{GuestRam, BATCH_PAGES},
-    protocol::{self, Channel, Control, Frame, Kind, Pages},
-    source::resolve,
-    timeline::{Cause, Timeline},
-    vcpu::{Interrupted, Machine, NoFaults},
-    vm::{MachineState, Vm},
-};
 
 /// The signal of signal mode.
 const FAULT_SIGNAL: Signal = Signal::SIGUSR1;
@@ -64,61 +65,6 @@ pub struct ReceiveOptions {
     pub report_json: Option<PathBuf>,
     /// Where to draw the timeline (SVG).
     pub plot: Option<PathBuf>,
-}
-
-/// What the destination reports.
-#[derive(Debug, Serialize)]
-pub struct DestinationReport {
-    /// The kind of migration.
-    pub kind: Kind,
-    /// Pre-copy rounds (the first full pass included).
-    pub precopy_rounds: u32,
-    /// Pages received in pre-copy.
-    pub precopy_pages: u64,
-    /// Pages received in pre-copy that were stale at the switch and came again post-copy.
-    pub discarded_pages: u64,
-    /// "queue" or "signal".
-    pub mode: String,
-    /// From the source's connection to every page loaded, in milliseconds.
-    pub total_ms: u64,
-    /// From pausing the guest at the source to resuming it here, in microseconds.
-    pub downtime_us: u64,
-    /// The source's connection setup, in microseconds.
-    pub setup_us: u64,
-    /// From resuming the guest to every page loaded, in milliseconds.
-    pub load_all_ms: u64,
-    /// Bytes received on both connections.
-    pub bytes_received: u64,
-    /// Zero pages: loaded here, never transferred.
-    pub zero_pages: u64,
-    /// Pages that were transferred.
-    pub normal_pages: u64,
-    /// Pages asked for because a vCPU waited on them.
-    pub pages_requested: u64,
-    /// Pages received from the background stream.
-    pub pages_streamed: u64,
-    /// Pages received when already loaded (both requested and streamed).
-    pub pages_duplicate: u64,
-    /// Faults the loader handled (events read or signals taken).
-    pub faults: u64,
-    /// Faults as the module counted them.
-    pub module_faults: u64,
-    /// Fault wait, from asking to loading, in microseconds: median.
-    pub fault_wait_p50_us: u64,
-    /// 99th percentile.
-    pub fault_wait_p99_us: u64,
-    /// Maximum.
-    pub fault_wait_max_us: u64,
-    /// Rounds the guest completed here.
-    pub guest_rounds_here: u64,
-    /// Complete checks of all its memory the guest made here.
-    pub guest_sweeps_here: u64,
-    /// Pages the guest found wrong (here or before).
-    pub guest_mismatches: u64,
-    /// Reconnections of the source after a connection broke in post-copy.
-    pub recoveries: u32,
-    /// Time without a connection to the source, in milliseconds.
-    pub disconnected_ms: u64,
 }
 
 /// Receives a guest and runs it until it has checked its memory.
@@ -297,7 +243,7 @@ pub fn receive(options: ReceiveOptions) -> Result<()> {
     };
     println!("{}", result.table());
     if let Some(path) = &options.report_json {
-        crate::report::write_json(path, &result)?;
+        report::write_json(path, &result)?;
     }
     if let Some(path) = &options.plot {
         let title = format!(
@@ -365,12 +311,6 @@ fn accept_channels(
         (Some(s), Some(r), Some(t)) => Ok((s, r, t)),
         _ => Err(Error::Protocol("missing channel".into())),
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The median, 99th percentile and maximum of `samples`.
@@ -685,12 +625,12 @@ impl Loading {
             if self.abandoned.load(Ordering::SeqCst) {
                 return Err(Error::Unrecovered(format!("page {page} will not come")));
             }
-            guard = self
-                .progress
-                .1
-                .wait_timeout(guard, Duration::from_millis(100))
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
+            guard = unpoisoned(
+                self.progress
+                    .1
+                    .wait_timeout(guard, Duration::from_millis(100)),
+            )
+            .0;
         }
         Ok(())
     }
@@ -888,12 +828,11 @@ impl Loading {
             // Not holding `progress.0` while taking `link` above: a notification between the
             // checks and this wait only delays the next look by the timeout.
             let guard = lock(&self.progress.0);
-            drop(
+            drop(unpoisoned(
                 self.progress
                     .1
-                    .wait_timeout(guard, Duration::from_millis(100))
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
-            );
+                    .wait_timeout(guard, Duration::from_millis(100)),
+            ));
         }
     }
 }

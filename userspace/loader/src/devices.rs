@@ -3,7 +3,7 @@
 
 use std::{
     io::{self, Write},
-    sync::{Condvar, Mutex, MutexGuard},
+    sync::{Condvar, Mutex},
     time::Duration,
 };
 
@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 use vm_superio::{serial::SerialState, Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    lock::{lock, unpoisoned},
+};
 
 /// COM1's ports.
 const COM1: std::ops::RangeInclusive<u16> = 0x3f8..=0x3ff;
@@ -201,10 +204,10 @@ impl Devices {
     /// the report then.
     pub fn wait_report(&self, timeout: Duration, done: impl Fn(&TestReport) -> bool) -> TestReport {
         let report = lock(&self.report);
-        let (report, _) = self
-            .changed
-            .wait_timeout_while(report, timeout, |r| !done(r))
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (report, _) = unpoisoned(
+            self.changed
+                .wait_timeout_while(report, timeout, |r| !done(r)),
+        );
         report.clone()
     }
 
@@ -213,12 +216,4 @@ impl Devices {
         let _guard = lock(&self.report);
         self.changed.notify_all();
     }
-}
-
-/// Locks `mutex`; a vCPU thread that panicked holding it left consistent data (each
-/// update is a single assignment).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

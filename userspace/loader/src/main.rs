@@ -7,11 +7,14 @@
 //!     --working-set-mib 32 --migrate-to 127.0.0.1:4444 --migrate-after 2
 //! ```
 
+mod address;
 mod bitmap;
 mod boot;
 mod destination;
 mod devices;
 mod error;
+mod interrupted;
+mod lock;
 mod memory;
 mod precopy;
 mod protocol;

@@ -6,11 +6,101 @@ use std::{fmt::Write as _, path::Path};
 use serde::Serialize;
 
 use crate::{
-    destination::DestinationReport,
     error::{Error, Result},
     protocol::Kind,
-    source::SourceReport,
 };
+
+/// What the source reports after a migration.
+#[derive(Debug, Serialize)]
+pub struct SourceReport {
+    /// The kind of migration.
+    pub kind: Kind,
+    /// Pre-copy rounds (the first full pass included).
+    pub precopy_rounds: u32,
+    /// Pages sent in pre-copy (and, in pre-copy, while paused).
+    pub precopy_pages: u64,
+    /// Pages pre-copy sent that were stale at the switch (hybrid: fetched post-copy).
+    pub discarded_pages: u64,
+    /// Connecting to the destination, in microseconds.
+    pub setup_us: u64,
+    /// From pausing the guest to the destination running it, in microseconds.
+    pub downtime_us: u64,
+    /// From connecting to the destination's "every page loaded", in milliseconds.
+    pub total_ms: u64,
+    /// Bytes sent on both connections.
+    pub bytes_sent: u64,
+    /// Pages of guest RAM.
+    pub pages: u64,
+    /// Zero pages (never sent unless asked for).
+    pub zero_pages: u64,
+    /// Zero pages sent anyway, because the destination asked for them (should be 0).
+    pub zero_pages_sent: u64,
+    /// Pages sent because the destination asked.
+    pub pages_requested: u64,
+    /// Pages sent by the background stream.
+    pub pages_streamed: u64,
+    /// The most times any page was sent.
+    pub max_sends_per_page: u8,
+    /// What the guest had reported when it was paused.
+    pub guest_rounds: u64,
+    /// Reconnections after a connection broke in post-copy.
+    pub recoveries: u32,
+}
+
+/// What the destination reports.
+#[derive(Debug, Serialize)]
+pub struct DestinationReport {
+    /// The kind of migration.
+    pub kind: Kind,
+    /// Pre-copy rounds (the first full pass included).
+    pub precopy_rounds: u32,
+    /// Pages received in pre-copy.
+    pub precopy_pages: u64,
+    /// Pages received in pre-copy that were stale at the switch and came again post-copy.
+    pub discarded_pages: u64,
+    /// "queue" or "signal".
+    pub mode: String,
+    /// From the source's connection to every page loaded, in milliseconds.
+    pub total_ms: u64,
+    /// From pausing the guest at the source to resuming it here, in microseconds.
+    pub downtime_us: u64,
+    /// The source's connection setup, in microseconds.
+    pub setup_us: u64,
+    /// From resuming the guest to every page loaded, in milliseconds.
+    pub load_all_ms: u64,
+    /// Bytes received on both connections.
+    pub bytes_received: u64,
+    /// Zero pages: loaded here, never transferred.
+    pub zero_pages: u64,
+    /// Pages that were transferred.
+    pub normal_pages: u64,
+    /// Pages asked for because a vCPU waited on them.
+    pub pages_requested: u64,
+    /// Pages received from the background stream.
+    pub pages_streamed: u64,
+    /// Pages received when already loaded (both requested and streamed).
+    pub pages_duplicate: u64,
+    /// Faults the loader handled (events read or signals taken).
+    pub faults: u64,
+    /// Faults as the module counted them.
+    pub module_faults: u64,
+    /// Fault wait, from asking to loading, in microseconds: median.
+    pub fault_wait_p50_us: u64,
+    /// 99th percentile.
+    pub fault_wait_p99_us: u64,
+    /// Maximum.
+    pub fault_wait_max_us: u64,
+    /// Rounds the guest completed here.
+    pub guest_rounds_here: u64,
+    /// Complete checks of all its memory the guest made here.
+    pub guest_sweeps_here: u64,
+    /// Pages the guest found wrong (here or before).
+    pub guest_mismatches: u64,
+    /// Reconnections of the source after a connection broke in post-copy.
+    pub recoveries: u32,
+    /// Time without a connection to the source, in milliseconds.
+    pub disconnected_ms: u64,
+}
 
 /// Writes `report` to `path` as JSON.
 pub fn write_json(path: &Path, report: &impl Serialize) -> Result<()> {

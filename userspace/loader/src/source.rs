@@ -5,26 +5,27 @@
 
 use std::{
     io::{BufRead, BufWriter, Write},
-    net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs},
+    net::{Shutdown, SocketAddr, TcpStream},
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering},
-        mpsc, Arc,
+        mpsc, Arc, OnceLock,
     },
     thread,
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
-
 use crate::{
+    address::resolve,
     bitmap::Bitmap,
     boot::{self, LinuxGuest, TestGuestConfig},
     error::{io, Error, Result},
+    interrupted::NoFaults,
     memory::{GuestRam, BATCH_PAGES},
     precopy::{self, Plan},
     protocol::{self, Channel, Control, Frame, Kind},
-    vcpu::{Machine, NoFaults},
+    report::{self, SourceReport},
+    vcpu::Machine,
     vm::{MachineState, Vm},
 };
 
@@ -82,43 +83,6 @@ pub struct Migration {
     pub recover_timeout: Duration,
 }
 
-/// What the source reports after a migration.
-#[derive(Debug, Serialize)]
-pub struct SourceReport {
-    /// The kind of migration.
-    pub kind: Kind,
-    /// Pre-copy rounds (the first full pass included).
-    pub precopy_rounds: u32,
-    /// Pages sent in pre-copy (and, in pre-copy, while paused).
-    pub precopy_pages: u64,
-    /// Pages pre-copy sent that were stale at the switch (hybrid: fetched post-copy).
-    pub discarded_pages: u64,
-    /// Connecting to the destination, in microseconds.
-    pub setup_us: u64,
-    /// From pausing the guest to the destination running it, in microseconds.
-    pub downtime_us: u64,
-    /// From connecting to the destination's "every page loaded", in milliseconds.
-    pub total_ms: u64,
-    /// Bytes sent on both connections.
-    pub bytes_sent: u64,
-    /// Pages of guest RAM.
-    pub pages: u64,
-    /// Zero pages (never sent unless asked for).
-    pub zero_pages: u64,
-    /// Zero pages sent anyway, because the destination asked for them (should be 0).
-    pub zero_pages_sent: u64,
-    /// Pages sent because the destination asked.
-    pub pages_requested: u64,
-    /// Pages sent by the background stream.
-    pub pages_streamed: u64,
-    /// The most times any page was sent.
-    pub max_sends_per_page: u8,
-    /// What the guest had reported when it was paused.
-    pub guest_rounds: u64,
-    /// Reconnections after a connection broke in post-copy.
-    pub recoveries: u32,
-}
-
 /// Runs the test guest, and migrates it if asked.
 pub fn run(options: RunOptions) -> Result<()> {
     let ram = GuestRam::new(options.ram_size)?;
@@ -146,7 +110,7 @@ pub fn run(options: RunOptions) -> Result<()> {
     let report = migrate(machine, &destination, &options.migration)?;
     println!("{}", report.table());
     if let Some(path) = &options.report_json {
-        crate::report::write_json(path, &report)?;
+        report::write_json(path, &report)?;
     }
     Ok(())
 }
@@ -197,14 +161,6 @@ fn wait_for_migrate(machine: &Machine, options: &RunOptions, started: Instant) -
         }
         devices.wait_report(Duration::from_millis(50), |_| false);
     }
-}
-
-/// Resolves `addr` (HOST:PORT) to one socket address.
-pub fn resolve(addr: &str) -> Result<SocketAddr> {
-    addr.to_socket_addrs()
-        .map_err(|e| Error::Config(format!("invalid address {addr:?}: {e}")))?
-        .next()
-        .ok_or_else(|| Error::Config(format!("address {addr:?} resolves to nothing")))
 }
 
 fn connect(addr: SocketAddr, channel: Channel) -> Result<TcpStream> {
@@ -460,7 +416,7 @@ fn serve(
             .spawn(move || {
                 let streamed = stream_pages(&serving, stream, &stop);
                 if streamed.is_err() {
-                    sockets.shut(Side::Stream);
+                    sockets.shut(Channel::Stream);
                 }
                 streamed
             })
@@ -469,7 +425,7 @@ fn serve(
     let served = serve_requests(serving, requests, times);
     stop.store(true, Ordering::SeqCst);
     if served.is_err() {
-        sockets.shut(Side::Requests);
+        sockets.shut(Channel::Requests);
     }
     let streamed = streamer
         .join()
@@ -483,51 +439,42 @@ fn serve(
         }
         (Err(e), Ok(())) => Err(e),
         (Err(served), Err(streamed)) => Err(match sockets.first_to_fail() {
-            Some(Side::Stream) => streamed,
+            Some(Channel::Stream) => streamed,
             _ => served,
         }),
     }
 }
 
-/// The two sides of [`serve`].
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Stream = 1,
-    Requests = 2,
-}
-
 /// Handles on both connections, to shut them from another thread.
 struct Sockets {
     sockets: [TcpStream; 2],
-    /// The [`Side`] that shut them first (0: none yet).
-    first: AtomicU8,
+    /// The side of [`serve`] (the thread on that channel) that shut them first.
+    first: OnceLock<Channel>,
 }
 
 impl Sockets {
+    /// Handles on `stream` and `requests`.
     fn new(stream: &TcpStream, requests: &TcpStream) -> Result<Self> {
         let clone = |s: &TcpStream| s.try_clone().map_err(io("cloning a socket"));
         Ok(Self {
             sockets: [clone(stream)?, clone(requests)?],
-            first: AtomicU8::new(0),
+            first: OnceLock::new(),
         })
     }
 
-    fn shut(&self, by: Side) {
-        let _ = self
-            .first
-            .compare_exchange(0, by as u8, Ordering::SeqCst, Ordering::SeqCst);
+    /// Shuts both connections, the side on channel `by` having failed.
+    fn shut(&self, by: Channel) {
+        // Only the first side to fail is kept: the other failed because of it.
+        let _ = self.first.set(by);
         for socket in &self.sockets {
             // Fails only if it is shut already.
             let _ = socket.shutdown(Shutdown::Both);
         }
     }
 
-    fn first_to_fail(&self) -> Option<Side> {
-        match self.first.load(Ordering::SeqCst) {
-            1 => Some(Side::Stream),
-            2 => Some(Side::Requests),
-            _ => None,
-        }
+    /// The side that failed first, if one did.
+    fn first_to_fail(&self) -> Option<Channel> {
+        self.first.get().copied()
     }
 }
 

@@ -2,15 +2,14 @@
 //! per millisecond by cause, each vCPU fault's wait, and the times without a connection.
 //! `receive --plot FILE.svg` draws it.
 
-use std::{
-    path::Path,
-    sync::{Mutex, MutexGuard},
-    time::Instant,
-};
+use std::{path::Path, sync::Mutex, time::Instant};
 
 use plotters::prelude::*;
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    lock::lock,
+};
 
 /// Why a page was loaded.
 #[derive(Clone, Copy)]
@@ -38,12 +37,6 @@ pub struct Timeline {
     waits: Mutex<Vec<(f64, u64)>>,
     /// Times without a connection to the source (ms to ms).
     outages: Mutex<Vec<(f64, f64)>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Timeline {

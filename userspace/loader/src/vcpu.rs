@@ -22,26 +22,13 @@ use nix::{
 
 use crate::{
     error::{Error, Result},
+    interrupted::Interrupted,
+    lock::lock,
     vm::{VcpuState, Vm},
 };
 
 /// The signal that kicks a vCPU thread out of KVM_RUN.
 const KICK: Signal = Signal::SIGUSR2;
-
-/// What a thread does when a KVM call of its was interrupted by a signal: signal mode's
-/// fault handling on a destination. The default does nothing.
-pub trait Interrupted: Send + Sync {
-    /// Called in the thread after KVM_RUN returned `EINTR`, or KVM_SET_MSRS stopped short;
-    /// returns whether it handled a fault (the call may then succeed if made again).
-    fn interrupted(&self) -> Result<bool> {
-        Ok(false)
-    }
-}
-
-/// No signal-mode faults.
-pub struct NoFaults;
-
-impl Interrupted for NoFaults {}
 
 /// Running vCPUs.
 pub struct Machine {
@@ -88,10 +75,7 @@ impl Machine {
                     .spawn(move || {
                         let result = run(&vm, vcpu, &stop, interrupted.as_ref());
                         if let Err(e) = &result {
-                            failure
-                                .lock()
-                                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                                .get_or_insert_with(|| format!("vcpu{id}: {e}"));
+                            lock(&failure).get_or_insert_with(|| format!("vcpu{id}: {e}"));
                             // After releasing `failure`: waiters look at it with the
                             // report's lock held.
                             vm.devices().wake_waiters();
@@ -119,10 +103,7 @@ impl Machine {
 
     /// Why the guest stopped on its own, if it did.
     pub fn failure(&self) -> Option<String> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        lock(&self.failure).clone()
     }
 
     /// Stops every vCPU and returns their states in id order.

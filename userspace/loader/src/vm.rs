@@ -20,8 +20,8 @@ use crate::{
     boot::Entry,
     devices::{DeviceState, Devices, COM1_IRQ},
     error::{io, kvm, Error, Result},
+    interrupted::Interrupted,
     memory::GuestRam,
-    vcpu::Interrupted,
 };
 
 /// Where KVM may put the TSS it needs on Intel hosts: just below 4 GiB, above any RAM

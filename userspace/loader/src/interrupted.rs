@@ -1,0 +1,20 @@
+//! The vCPU threads' hook for signal mode: what a thread does when a KVM call of its was
+//! interrupted by a signal. On its own, so that the VM (restoring a vCPU's MSRs) and the
+//! vCPU loop (`KVM_RUN`) both call it without depending on each other.
+
+use crate::error::Result;
+
+/// What a thread does when a KVM call of its was interrupted by a signal: signal mode's
+/// fault handling on a destination. The default does nothing.
+pub trait Interrupted: Send + Sync {
+    /// Called in the thread after KVM_RUN returned `EINTR`, or KVM_SET_MSRS stopped short;
+    /// returns whether it handled a fault (the call may then succeed if made again).
+    fn interrupted(&self) -> Result<bool> {
+        Ok(false)
+    }
+}
+
+/// No signal-mode faults: the source, and a destination in queue mode.
+pub struct NoFaults;
+
+impl Interrupted for NoFaults {}
