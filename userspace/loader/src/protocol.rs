@@ -26,14 +26,14 @@
 //! # The order: one state machine per receiver
 //!
 //! Every receiver is in one phase at a time, which says which frames it takes next (the
-//! tables below; the receivers in `destination.rs` and `source.rs` follow them in their
+//! tables below; the receivers in `destination/` and `source.rs` follow them in their
 //! code, not yet through a type). A frame its receiver's phase does not take is a protocol
 //! error ([`Error::Protocol`], "protocol error: ..."): the receiver stops, and the
 //! migration ends with that one line. A connection that closes or breaks instead,
 //! mid-frame included, is [`Error::Disconnected`]: before post-copy that ends the
 //! migration too; in post-copy (from the discard map on) both sides wait for the source
 //! to reconnect (phases marked *reconnection*). The messages quoted are the
-//! ones `destination.rs` and `source.rs` give.
+//! ones `destination/` and `source.rs` give.
 //!
 //! **Hello** (every connection, before any frame). The source sends 16 bytes: [`MAGIC`],
 //! [`VERSION`] (u32 LE), the [`Channel`] (u32 LE). The destination ([`accept_hello`])
@@ -48,9 +48,9 @@
 //! | unknown channel | answers with the reason; `the peer refused the migration: unknown channel N` | the reason |
 //! | a channel already open (not on reconnection) | `the source opened a channel twice` | |
 //!
-//! **The stream**, received by the destination (`destination::receive`, then its "stream"
-//! thread, `Loading::receive_frames`). The source receives nothing on it but the answer to
-//! its hello.
+//! **The stream**, received by the destination (`destination/arrival.rs`, then its
+//! "stream" thread, `Loading::receive_frames` in `destination/intake.rs`). The source
+//! receives nothing on it but the answer to its hello.
 //!
 //! | phase | legal frames, and what they must hold | next phase | anything else |
 //! |---|---|---|---|

@@ -1,0 +1,164 @@
+//! What comes before the guest runs here, on the stream: the guest's size (its RAM is
+//! created and armed, and the source told so), pre-copy's rounds of pages, the machine
+//! state, the zero-page map and the pre-copied pages that are stale again.
+
+use std::{io::BufReader, net::TcpStream};
+
+use muserload::FaultMode;
+
+use super::{intake::load_precopy_batch, PAGE};
+use crate::{
+    bitmap::Bitmap,
+    error::{Error, Result},
+    memory::GuestRam,
+    protocol::{self, Control, Frame, Kind},
+    vm::MachineState,
+};
+
+/// The largest guest this destination accepts.
+const RAM_MAX: u64 = 64 << 30;
+
+/// What the source sent before the guest resumes here.
+pub(super) struct Arrival {
+    /// The stream, read up to the discard map.
+    pub stream: BufReader<TcpStream>,
+    /// The requests channel.
+    pub requests: TcpStream,
+    /// The kind of migration.
+    pub kind: Kind,
+    /// Guest RAM: armed, but for the pages in `loaded`.
+    pub ram: GuestRam,
+    /// Pages pre-copy loaded that the guest has not written since.
+    pub loaded: Bitmap,
+    /// What pre-copy brought.
+    pub precopy: Precopy,
+    /// Everything but RAM.
+    pub machine: MachineState,
+    /// The source's zero pages.
+    pub zero: Bitmap,
+    /// Pages pre-copy loaded that were stale at the switch (armed again).
+    pub discarded: u64,
+}
+
+/// What pre-copy brought.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Precopy {
+    /// Pages received (a page sent twice counts twice).
+    pub pages: u64,
+    /// Bytes their batches took on the wire.
+    pub bytes: u64,
+}
+
+impl Arrival {
+    /// Receives what the source sends before the guest resumes, on the connections it
+    /// just opened; faults on guest RAM are to come in `fault_mode`.
+    pub fn receive(
+        stream: TcpStream,
+        mut requests: TcpStream,
+        fault_mode: FaultMode,
+    ) -> Result<Self> {
+        let mut stream = BufReader::with_capacity(1 << 16, stream);
+        let (ram_size, kind) = receive_size(&mut stream)?;
+        let ram = GuestRam::new(ram_size)?;
+        ram.object().arm(ram.guest(), 0, ram_size, fault_mode)?;
+        // The source pauses the guest only now: setting up RAM is not downtime.
+        protocol::send_control(&mut requests, &Control::Ready)?;
+        let loaded = Bitmap::new(ram.pages());
+        let (machine, precopy) = receive_precopy(&mut stream, &ram, &loaded, fault_mode)?;
+        let zero = receive_zero_map(&mut stream, ram.pages())?;
+        let discarded = receive_discard(&mut stream, &ram, &loaded, fault_mode)?;
+        Ok(Self {
+            stream,
+            requests,
+            kind,
+            ram,
+            loaded,
+            precopy,
+            machine,
+            zero,
+            discarded,
+        })
+    }
+}
+
+/// Receives the guest's size (checked: whole pages, at most [`RAM_MAX`]) and the kind of
+/// migration.
+fn receive_size(stream: &mut BufReader<TcpStream>) -> Result<(u64, Kind)> {
+    let (ram_size, kind) = match protocol::recv_frame(stream, "stream")? {
+        Frame::Control(Control::Memory { ram_size, kind }) => (ram_size, kind),
+        _ => {
+            return Err(Error::Protocol(
+                "the stream did not start with the guest's size".into(),
+            ))
+        }
+    };
+    if ram_size == 0 || ram_size % PAGE != 0 || ram_size > RAM_MAX {
+        return Err(Error::Protocol(format!("a guest of {ram_size} bytes")));
+    }
+    Ok((ram_size, kind))
+}
+
+/// Receives pre-copy's batches, if any, into `ram` (noting them in `loaded`), until the
+/// machine state, which it checks against `ram`.
+fn receive_precopy(
+    stream: &mut BufReader<TcpStream>,
+    ram: &GuestRam,
+    loaded: &Bitmap,
+    fault_mode: FaultMode,
+) -> Result<(MachineState, Precopy)> {
+    let mut precopy = Precopy::default();
+    let mut staging = ram.object().map_staging()?;
+    let machine = loop {
+        match protocol::recv_frame(stream, "stream")? {
+            Frame::Pages(batch) => {
+                precopy.pages += batch.indices.len() as u64;
+                precopy.bytes += batch.wire_size();
+                load_precopy_batch(ram, stream, &mut staging, &batch, loaded, fault_mode)?;
+            }
+            Frame::Control(Control::Machine(machine)) => break *machine,
+            Frame::Control(_) => {
+                return Err(Error::Protocol("stream: expected the machine".into()))
+            }
+        }
+    };
+    if machine.ram_size != ram.size() || machine.vcpus.is_empty() {
+        return Err(Error::Protocol(format!(
+            "a machine of {} bytes and {} vCPUs",
+            machine.ram_size,
+            machine.vcpus.len()
+        )));
+    }
+    Ok((machine, precopy))
+}
+
+/// Receives the zero-page map of a guest of `pages`.
+fn receive_zero_map(stream: &mut BufReader<TcpStream>, pages: u64) -> Result<Bitmap> {
+    match protocol::recv_frame(stream, "stream")? {
+        Frame::Control(Control::ZeroMap { pages: n, words }) if n == pages => {
+            Bitmap::from_words(pages, &words)
+        }
+        _ => None,
+    }
+    .ok_or_else(|| Error::Protocol("stream: no valid zero-page map".into()))
+}
+
+/// Receives the pages pre-copy sent that the guest wrote since, and arms them again in
+/// `ram` (clearing them in `loaded`): they come post-copy. Returns how many there were.
+fn receive_discard(
+    stream: &mut BufReader<TcpStream>,
+    ram: &GuestRam,
+    loaded: &Bitmap,
+    fault_mode: FaultMode,
+) -> Result<u64> {
+    let discard = match protocol::recv_frame(stream, "stream")? {
+        Frame::Control(Control::Discard { words }) => Bitmap::from_words(ram.pages(), &words),
+        _ => None,
+    }
+    .ok_or_else(|| Error::Protocol("stream: no valid discard map".into()))?;
+    for page in discard.ones() {
+        ram.object()
+            .arm(ram.guest(), page * PAGE, PAGE, fault_mode)?;
+        loaded.clear(page);
+    }
+    Ok(discard.count())
+}

@@ -1,0 +1,256 @@
+//! The destination's link to the source: accepting its two connections, sending on the
+//! requests channel, noticing that the connections broke, and taking the source's
+//! reconnection in post-copy (telling it what to send again).
+
+use std::{
+    io::BufReader,
+    net::{Shutdown, TcpListener, TcpStream},
+    sync::{atomic::Ordering, Arc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use super::loading::Loading;
+use crate::{
+    bitmap::Bitmap,
+    error::{io, Error, Result},
+    lock::lock,
+    memory::BATCH_PAGES,
+    protocol::{self, Channel, Control, Frame},
+};
+
+/// The connections to the source; replaced when it reconnects.
+#[derive(Default)]
+pub(super) struct Link {
+    /// The requests channel's sending side; `None` while the connections are broken.
+    requests: Option<TcpStream>,
+    /// Both connections, to shut them when either breaks.
+    sockets: Vec<TcpStream>,
+    /// Which connections the receiving threads read: bumped at each (re)connection.
+    generation: u32,
+    /// When and why the connections broke, while they are broken.
+    broken: Option<Break>,
+    /// Reconnections of the source so far.
+    pub recoveries: u32,
+    /// Time without connections until the last reconnection, in milliseconds.
+    pub disconnected_ms: u64,
+}
+
+/// When and why the connections broke.
+#[derive(Clone)]
+struct Break {
+    /// When.
+    since: Instant,
+    /// Why, as the error that saw it says.
+    why: String,
+}
+
+impl Link {
+    /// Whether the connections are broken (and the source not back yet).
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+}
+
+/// Accepts the source's two connections, in either order; returns them and when the
+/// first came. With a `deadline` (a reconnection), fails with [`Error::Unrecovered`] once
+/// it passes, and a connection that breaks in its hello, or a channel opened again,
+/// replaces what came before: a source may die and come back halfway through.
+pub(super) fn accept_channels(
+    listener: &TcpListener,
+    deadline: Option<Instant>,
+) -> Result<(TcpStream, TcpStream, Instant)> {
+    let (mut stream, mut requests, mut first) = (None, None, None);
+    listener
+        .set_nonblocking(deadline.is_some())
+        .map_err(io("listening"))?;
+    loop {
+        let mut conn = match listener.accept() {
+            Ok((conn, _)) => conn,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(Error::Unrecovered("no reconnection".into()));
+                }
+                thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(e) => return Err(io("accepting the source")(e)),
+        };
+        let first = *first.get_or_insert_with(Instant::now);
+        conn.set_nonblocking(false)
+            .map_err(io("accepting the source"))?;
+        protocol::tune(&conn)?;
+        let slot = match protocol::accept_hello(&mut conn) {
+            Ok(Channel::Stream) => &mut stream,
+            Ok(Channel::Requests) => &mut requests,
+            Err(Error::Disconnected { .. }) if deadline.is_some() => continue,
+            Err(e) => return Err(e),
+        };
+        if slot.replace(conn).is_some() && deadline.is_none() {
+            return Err(Error::Protocol("the source opened a channel twice".into()));
+        }
+        match (stream.take(), requests.take()) {
+            (Some(s), Some(r)) => return Ok((s, r, first)),
+            (s, r) => (stream, requests) = (s, r),
+        }
+    }
+}
+
+/// Accepts the source's reconnection: both channels before `deadline`, the stream opening
+/// with [`Control::Resume`].
+fn accept_reconnection(
+    listener: &TcpListener,
+    deadline: Instant,
+) -> Result<(BufReader<TcpStream>, TcpStream)> {
+    let (stream, requests, _) = accept_channels(listener, Some(deadline))?;
+    let mut stream = BufReader::with_capacity(1 << 16, stream);
+    match protocol::recv_frame(&mut stream, "stream")? {
+        Frame::Control(Control::Resume) => Ok((stream, requests)),
+        _ => Err(Error::Protocol(
+            "a reconnected stream did not start with Resume".into(),
+        )),
+    }
+}
+
+impl Loading {
+    /// Takes the source's first connections and starts a receiving thread on each.
+    pub fn connect(
+        self: &Arc<Self>,
+        stream: BufReader<TcpStream>,
+        requests: TcpStream,
+    ) -> Result<()> {
+        self.attach(stream, requests, &mut lock(&self.link))
+    }
+
+    /// Sends `control` to the source. While the connections are broken it is dropped:
+    /// a reconnection sends again what matters (see [`Loading::recover`]).
+    pub fn send(&self, control: &Control) -> Result<()> {
+        let mut link = lock(&self.link);
+        let Some(requests) = link.requests.as_mut() else {
+            return Ok(());
+        };
+        match protocol::send_control(requests, control) {
+            Err(e @ Error::Disconnected { .. }) => {
+                self.broke(&mut link, &e);
+                Ok(())
+            }
+            result => result.map(drop),
+        }
+    }
+
+    /// A receiving thread of connections `generation` saw them break.
+    pub fn lost(&self, generation: u32, why: &Error) {
+        let mut link = lock(&self.link);
+        if link.generation == generation {
+            self.broke(&mut link, why);
+        }
+    }
+
+    /// Waits for the source to reconnect after the connections broke, at most `timeout`,
+    /// and tells it what to send again: every page not loaded, the requests not answered.
+    /// Fails with [`Error::Unrecovered`] if it does not come back.
+    pub fn recover(self: &Arc<Self>, listener: &TcpListener, timeout: Duration) -> Result<()> {
+        let Some(Break { since, why }) = lock(&self.link).broken.clone() else {
+            return Ok(());
+        };
+        eprintln!(
+            "muserload-loader: the connection to the source broke ({why}); the guest waits \
+             for its missing pages while the source reconnects (for up to {timeout:?})"
+        );
+        let (stream, mut requests) =
+            accept_reconnection(listener, since + timeout).map_err(|e| {
+                let reason = match e {
+                    Error::Unrecovered(_) => format!("it did not reconnect within {timeout:?}"),
+                    e => e.to_string(),
+                };
+                Error::Unrecovered(format!(
+                    "the connection to the source broke ({why}) and {reason}: the guest, \
+                     missing pages only the source had, was stopped"
+                ))
+            })?;
+        // Under the link's lock: a fault resolved meanwhile either is in `requested`
+        // before the list below is made, or sends its request on the new connection.
+        let mut link = lock(&self.link);
+        let (missing, unanswered) = self.missing();
+        let mut bytes = protocol::send_control(
+            &mut requests,
+            &Control::Missing {
+                words: missing.words(),
+            },
+        )?;
+        // The first may have been lost; the source keeps the first it gets.
+        bytes += protocol::send_control(&mut requests, &Control::Resumed)?;
+        if !unanswered.is_empty() {
+            bytes +=
+                protocol::send_control(&mut requests, &Control::Request { pages: unanswered })?;
+        }
+        self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.attach(stream, requests, &mut link)?;
+        link.recoveries += 1;
+        link.disconnected_ms += since.elapsed().as_millis() as u64;
+        self.timeline
+            .outage(self.timeline.now_ms() - since.elapsed().as_secs_f64() * 1000.0);
+        eprintln!(
+            "muserload-loader: the source reconnected after {} ms; {} pages to go",
+            since.elapsed().as_millis(),
+            missing.count()
+        );
+        Ok(())
+    }
+
+    /// The pages the source must send again (neither loaded nor zero), and those of them
+    /// a vCPU asked for.
+    fn missing(&self) -> (Bitmap, Vec<u64>) {
+        let maps = &self.pages;
+        let missing = Bitmap::new(maps.len());
+        let mut unanswered = Vec::new();
+        for page in (0..maps.len()).filter(|&p| !maps.loaded.get(p) && !maps.zero.get(p)) {
+            missing.set(page);
+            if maps.requested.get(page) {
+                unanswered.push(page);
+            }
+        }
+        (missing, unanswered)
+    }
+
+    /// Takes new connections (`link` is `self.link`, locked) and starts a receiving thread
+    /// on each.
+    fn attach(
+        self: &Arc<Self>,
+        stream: BufReader<TcpStream>,
+        requests: TcpStream,
+        link: &mut Link,
+    ) -> Result<()> {
+        let clone = |s: &TcpStream| s.try_clone().map_err(io("cloning a socket"));
+        link.sockets = vec![clone(stream.get_ref())?, clone(&requests)?];
+        let requests_in = BufReader::with_capacity(1 << 16, clone(&requests)?);
+        link.requests = Some(requests);
+        link.generation += 1;
+        link.broken = None;
+        let generation = link.generation;
+        self.spawn("request-replies", move |l| {
+            l.receive_batches(requests_in, 0, Channel::Requests, generation)
+        })?;
+        self.spawn("stream", move |l| {
+            l.receive_batches(stream, BATCH_PAGES, Channel::Stream, generation)
+        })
+    }
+
+    /// Takes the connections down (`link` is `self.link`, locked): every receiving thread
+    /// stops, and the main thread waits for the source to reconnect.
+    fn broke(&self, link: &mut Link, why: &Error) {
+        if link.broken.is_some() {
+            return;
+        }
+        for socket in link.sockets.drain(..) {
+            // Fails only if it is shut already.
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+        link.requests = None;
+        link.broken = Some(Break {
+            since: Instant::now(),
+            why: why.to_string(),
+        });
+        self.outcome.notify();
+    }
+}
