@@ -2,6 +2,8 @@
 
 use std::{io, net::SocketAddr};
 
+use crate::protocol::LinkError;
+
 /// An error of the loader.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -51,24 +53,15 @@ pub enum Error {
         /// Why it failed.
         source: io::Error,
     },
-    /// The connection to the peer broke: closed, reset or timed out. In post-copy both
-    /// sides then wait for the source to reconnect.
-    #[error("{what}: {reason}")]
-    Disconnected {
-        /// What was being sent or received.
-        what: &'static str,
-        /// Why it broke.
-        reason: String,
-    },
+    /// Sending or receiving on a connection of the migration failed.
+    #[error(transparent)]
+    Link(#[from] LinkError),
     /// The connection broke in post-copy and did not come back in time.
     #[error("{0}")]
     Unrecovered(String),
     /// The peer broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
-    /// The peer refused us.
-    #[error("the peer refused the migration: {0}")]
-    Refused(String),
     /// The guest stopped in a way it should not have.
     #[error("the guest stopped: {0}")]
     Guest(String),
@@ -88,18 +81,6 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// `map_err` helper for KVM calls.
 pub(crate) fn kvm(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |source| Error::Kvm { op, source }
-}
-
-/// `map_err` helper for the sockets of a migration: a failure is a [`Error::Disconnected`].
-pub(crate) fn net(what: &'static str) -> impl FnOnce(io::Error) -> Error {
-    move |e| Error::Disconnected {
-        what,
-        reason: if e.kind() == io::ErrorKind::UnexpectedEof {
-            "the peer closed the connection mid-stream".into()
-        } else {
-            e.to_string()
-        },
-    }
 }
 
 /// `map_err` helper for other I/O.

@@ -23,7 +23,7 @@ use crate::{
     interrupted::NoFaults,
     memory::{GuestRam, BATCH_PAGES},
     precopy::{self, Plan},
-    protocol::{self, Channel, Control, Frame, Kind},
+    protocol::{self, Channel, Control, Kind, LinkError},
     report::{self, SourceReport},
     vcpu::Machine,
     vm::{MachineState, Vm},
@@ -234,14 +234,7 @@ fn migrate(machine: Machine, destination: &str, how: &Migration) -> Result<Sourc
     )?;
     protocol::flush(&mut stream, "sending the guest's size")?;
     // The destination sets up its RAM now, not in the downtime.
-    match protocol::recv_frame(&mut requests, "requests channel")? {
-        Frame::Control(Control::Ready) => {}
-        _ => {
-            return Err(Error::Protocol(
-                "expected the destination to be ready".into(),
-            ))
-        }
-    }
+    protocol::expect_ready(&mut requests)?;
     let setup = start.elapsed();
     // Post-copy looks for zero pages while the guest still runs: the pause then checks
     // again only those candidates (most of them untouched, which mincore() alone settles),
@@ -357,7 +350,7 @@ fn migrate(machine: Machine, destination: &str, how: &Migration) -> Result<Sourc
     // Post-copy: the guest runs at the destination, and only this process has the pages it
     // has not loaded yet. A broken connection is not the end: reconnect and go on.
     while let Err(e) = serve(&serving, stream, &mut requests, &mut times) {
-        let Error::Disconnected { .. } = e else {
+        let Error::Link(LinkError::Disconnected { .. }) = e else {
             return Err(e);
         };
         eprintln!(
@@ -489,7 +482,7 @@ fn reconnect(
     loop {
         match resume(addr, serving) {
             Ok(connections) => return Ok(connections),
-            Err(e @ (Error::Connect { .. } | Error::Disconnected { .. })) => {
+            Err(e @ (Error::Connect { .. } | Error::Link(LinkError::Disconnected { .. }))) => {
                 if Instant::now() >= deadline {
                     return Err(Error::Unrecovered(format!(
                         "the destination did not come back within {timeout:?} ({e}); the \
@@ -510,11 +503,7 @@ fn resume(addr: SocketAddr, serving: &Serving) -> Result<(BufWriter<TcpStream>, 
     let bytes = protocol::send_control(&mut stream, &Control::Resume)?;
     protocol::flush(&mut stream, "resuming the stream")?;
     let pages = serving.zero.len();
-    let missing = match protocol::recv_frame(&mut requests, "requests channel")? {
-        Frame::Control(Control::Missing { words }) => Bitmap::from_words(pages, &words),
-        _ => None,
-    }
-    .ok_or_else(|| Error::Protocol("expected the destination's missing pages".into()))?;
+    let missing = protocol::expect_missing(&mut requests, pages)?;
     serving.bytes.fetch_add(bytes, Ordering::Relaxed);
     // Whatever was in flight when the connection broke is missing again.
     for page in 0..pages {
@@ -547,12 +536,9 @@ fn serve_requests(serving: &Serving, requests: &mut TcpStream, times: &mut Times
         .try_clone()
         .map_err(io("cloning the requests socket"))?;
     loop {
-        match protocol::recv_frame(&mut reader, "requests channel")? {
-            Frame::Control(Control::Request { pages }) => {
+        match protocol::expect_serving(&mut reader, serving.zero.len())? {
+            protocol::Serving::Request(pages) => {
                 for chunk in pages.chunks(BATCH_PAGES) {
-                    if let Some(&bad) = chunk.iter().find(|&&p| p >= serving.zero.len()) {
-                        return Err(Error::Protocol(format!("request for page {bad} past RAM")));
-                    }
                     for &page in chunk {
                         serving.sent.set(page);
                         serving.count_send(page);
@@ -568,7 +554,7 @@ fn serve_requests(serving: &Serving, requests: &mut TcpStream, times: &mut Times
                         .store(last + 1, Ordering::Relaxed);
                 }
             }
-            Frame::Control(Control::Resumed) => {
+            protocol::Serving::Resumed => {
                 let downtime = *times.downtime.get_or_insert(times.paused.elapsed());
                 let message = Control::SourceTimes {
                     rounds: times.rounds,
@@ -578,12 +564,7 @@ fn serve_requests(serving: &Serving, requests: &mut TcpStream, times: &mut Times
                 let bytes = protocol::send_control(requests, &message)?;
                 serving.bytes.fetch_add(bytes, Ordering::Relaxed);
             }
-            Frame::Control(Control::Done) => return Ok(()),
-            Frame::Control(_) | Frame::Pages(_) => {
-                return Err(Error::Protocol(
-                    "unexpected message on the requests channel".into(),
-                ))
-            }
+            protocol::Serving::Done => return Ok(()),
         }
     }
 }

@@ -9,14 +9,11 @@ use muserload::FaultMode;
 use super::{intake::load_precopy_batch, PAGE};
 use crate::{
     bitmap::Bitmap,
-    error::{Error, Result},
+    error::Result,
     memory::GuestRam,
-    protocol::{self, Control, Frame, Kind},
+    protocol::{self, Control, Kind, PreCopy},
     vm::MachineState,
 };
-
-/// The largest guest this destination accepts.
-const RAM_MAX: u64 = 64 << 30;
 
 /// What the source sent before the guest resumes here.
 pub(super) struct Arrival {
@@ -58,15 +55,16 @@ impl Arrival {
         fault_mode: FaultMode,
     ) -> Result<Self> {
         let mut stream = BufReader::with_capacity(1 << 16, stream);
-        let (ram_size, kind) = receive_size(&mut stream)?;
+        let (ram_size, kind) = protocol::expect_memory(&mut stream)?;
         let ram = GuestRam::new(ram_size)?;
         ram.object().arm(ram.guest(), 0, ram_size, fault_mode)?;
         // The source pauses the guest only now: setting up RAM is not downtime.
         protocol::send_control(&mut requests, &Control::Ready)?;
         let loaded = Bitmap::new(ram.pages());
         let (machine, precopy) = receive_precopy(&mut stream, &ram, &loaded, fault_mode)?;
-        let zero = receive_zero_map(&mut stream, ram.pages())?;
-        let discarded = receive_discard(&mut stream, &ram, &loaded, fault_mode)?;
+        let zero = protocol::expect_zero_map(&mut stream, ram.pages())?;
+        let discard = protocol::expect_discard(&mut stream, ram.pages())?;
+        let discarded = rearm(&discard, &ram, &loaded, fault_mode)?;
         Ok(Self {
             stream,
             requests,
@@ -81,25 +79,8 @@ impl Arrival {
     }
 }
 
-/// Receives the guest's size (checked: whole pages, at most [`RAM_MAX`]) and the kind of
-/// migration.
-fn receive_size(stream: &mut BufReader<TcpStream>) -> Result<(u64, Kind)> {
-    let (ram_size, kind) = match protocol::recv_frame(stream, "stream")? {
-        Frame::Control(Control::Memory { ram_size, kind }) => (ram_size, kind),
-        _ => {
-            return Err(Error::Protocol(
-                "the stream did not start with the guest's size".into(),
-            ))
-        }
-    };
-    if ram_size == 0 || ram_size % PAGE != 0 || ram_size > RAM_MAX {
-        return Err(Error::Protocol(format!("a guest of {ram_size} bytes")));
-    }
-    Ok((ram_size, kind))
-}
-
 /// Receives pre-copy's batches, if any, into `ram` (noting them in `loaded`), until the
-/// machine state, which it checks against `ram`.
+/// machine state.
 fn receive_precopy(
     stream: &mut BufReader<TcpStream>,
     ram: &GuestRam,
@@ -108,53 +89,21 @@ fn receive_precopy(
 ) -> Result<(MachineState, Precopy)> {
     let mut precopy = Precopy::default();
     let mut staging = ram.object().map_staging()?;
-    let machine = loop {
-        match protocol::recv_frame(stream, "stream")? {
-            Frame::Pages(batch) => {
+    loop {
+        match protocol::expect_precopy(stream, ram.size())? {
+            PreCopy::Batch(batch) => {
                 precopy.pages += batch.indices.len() as u64;
                 precopy.bytes += batch.wire_size();
                 load_precopy_batch(ram, stream, &mut staging, &batch, loaded, fault_mode)?;
             }
-            Frame::Control(Control::Machine(machine)) => break *machine,
-            Frame::Control(_) => {
-                return Err(Error::Protocol("stream: expected the machine".into()))
-            }
+            PreCopy::Machine(machine) => return Ok((*machine, precopy)),
         }
-    };
-    if machine.ram_size != ram.size() || machine.vcpus.is_empty() {
-        return Err(Error::Protocol(format!(
-            "a machine of {} bytes and {} vCPUs",
-            machine.ram_size,
-            machine.vcpus.len()
-        )));
     }
-    Ok((machine, precopy))
 }
 
-/// Receives the zero-page map of a guest of `pages`.
-fn receive_zero_map(stream: &mut BufReader<TcpStream>, pages: u64) -> Result<Bitmap> {
-    match protocol::recv_frame(stream, "stream")? {
-        Frame::Control(Control::ZeroMap { pages: n, words }) if n == pages => {
-            Bitmap::from_words(pages, &words)
-        }
-        _ => None,
-    }
-    .ok_or_else(|| Error::Protocol("stream: no valid zero-page map".into()))
-}
-
-/// Receives the pages pre-copy sent that the guest wrote since, and arms them again in
-/// `ram` (clearing them in `loaded`): they come post-copy. Returns how many there were.
-fn receive_discard(
-    stream: &mut BufReader<TcpStream>,
-    ram: &GuestRam,
-    loaded: &Bitmap,
-    fault_mode: FaultMode,
-) -> Result<u64> {
-    let discard = match protocol::recv_frame(stream, "stream")? {
-        Frame::Control(Control::Discard { words }) => Bitmap::from_words(ram.pages(), &words),
-        _ => None,
-    }
-    .ok_or_else(|| Error::Protocol("stream: no valid discard map".into()))?;
+/// Arms the pages pre-copy sent that the guest wrote since again in `ram` (clearing them
+/// in `loaded`): they come post-copy. Returns how many there were.
+fn rearm(discard: &Bitmap, ram: &GuestRam, loaded: &Bitmap, fault_mode: FaultMode) -> Result<u64> {
     for page in discard.ones() {
         ram.object()
             .arm(ram.guest(), page * PAGE, PAGE, fault_mode)?;

@@ -7,92 +7,109 @@ use std::{io::BufReader, net::TcpStream, sync::atomic::Ordering};
 use muserload::{FaultMode, Staging, Wake, LOADV_MAX};
 use nix::errno::Errno;
 
-use super::{loading::Loading, PAGE};
+use super::{
+    loading::{Loading, SourceTimes},
+    PAGE,
+};
 use crate::{
     bitmap::Bitmap,
     error::{Error, Result},
     lock::lock,
     memory::{GuestRam, BATCH_PAGES},
-    protocol::{self, Channel, Control, Frame, Pages},
+    protocol::{self, Answer, Channel, LinkError, Pages},
     timeline::Cause,
 };
 
+/// The first staging slot of the requests channel's answers (a batch of them).
+const ANSWER_SLOTS: usize = 0;
+/// The first staging slot of the stream's batches (and pre-copy's), after the answers'.
+const STREAM_SLOTS: usize = BATCH_PAGES;
+
 impl Loading {
-    /// Receives batches of pages on one channel into staging slots `first_slot..` and
-    /// moves them into guest memory, until the stream ends (or, on the requests channel,
-    /// the source hangs up after `Done`). A broken connection is not an error: the thread
-    /// ends and the main thread waits for the source to reconnect.
-    pub fn receive_batches(
-        &self,
-        conn: BufReader<TcpStream>,
-        first_slot: usize,
-        channel: Channel,
-        generation: u32,
-    ) -> Result<()> {
-        match self.receive_frames(conn, first_slot, channel) {
-            // After `Done` the source may hang up at any moment.
+    /// Receives the stream of connections `generation`: batches of pages, moved into guest
+    /// memory, until its end. A broken connection is not an error: the thread ends and the
+    /// main thread waits for the source to reconnect.
+    pub fn receive_stream(&self, conn: BufReader<TcpStream>, generation: u32) -> Result<()> {
+        let received = self.take_stream(conn);
+        self.receiver_ended(generation, received)
+    }
+
+    /// Receives the requests channel of connections `generation`: the answers to requests,
+    /// moved into guest memory, and the source's times; until the source hangs up after
+    /// `Done`, or the connection breaks (as for [`Loading::receive_stream`]).
+    pub fn receive_answers(&self, conn: BufReader<TcpStream>, generation: u32) -> Result<()> {
+        let received = self.take_answers(conn);
+        self.receiver_ended(generation, received)
+    }
+
+    /// What the end of a receiving thread of connections `generation` with `received`
+    /// means: nothing once every page is loaded (the source may hang up at any moment
+    /// then), a break of the link if they broke, the failure of the migration otherwise.
+    fn receiver_ended(&self, generation: u32, received: Result<()>) -> Result<()> {
+        match received {
             Err(_) if self.outcome.is_done() => Ok(()),
-            Err(e @ Error::Disconnected { .. }) => {
-                self.lost(generation, &e);
+            Err(Error::Link(e @ LinkError::Disconnected { .. })) => {
+                self.lost(generation, &e.into());
                 Ok(())
             }
             result => result,
         }
     }
 
-    /// Receives frames on `channel` until the stream ends or the connection fails.
-    fn receive_frames(
-        &self,
-        mut conn: BufReader<TcpStream>,
-        first_slot: usize,
-        channel: Channel,
-    ) -> Result<()> {
-        let what = match channel {
-            Channel::Stream => "stream",
-            Channel::Requests => "requests channel",
-        };
+    /// Takes the stream's batches until [`Control::StreamEnd`](crate::protocol::Control).
+    fn take_stream(&self, mut conn: BufReader<TcpStream>) -> Result<()> {
+        let mut staging = self.ram().object().map_staging()?;
+        while let Some(batch) = protocol::expect_stream(&mut conn, self.pages.len())? {
+            let slot = STREAM_SLOTS;
+            let pairs = stage(&batch, &mut conn, &mut staging, slot, Channel::Stream)?;
+            self.counters
+                .streamed
+                .fetch_add(pairs.len() as u64, Ordering::Relaxed);
+            self.take_batch(&batch, &mut staging, &pairs, Cause::Stream)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the requests channel's answers and the source's times, until it fails.
+    fn take_answers(&self, mut conn: BufReader<TcpStream>) -> Result<()> {
         let mut staging = self.ram().object().map_staging()?;
         loop {
-            match (protocol::recv_frame(&mut conn, what)?, channel) {
-                (Frame::Pages(pages), _) => {
-                    let pairs = stage(
-                        &pages,
-                        &mut conn,
-                        &mut staging,
-                        first_slot,
-                        self.pages.len(),
-                        what,
-                    )?;
-                    self.counters
-                        .bytes
-                        .fetch_add(pages.wire_size(), Ordering::Relaxed);
-                    let cause = match channel {
-                        Channel::Stream => {
-                            self.counters
-                                .streamed
-                                .fetch_add(pairs.len() as u64, Ordering::Relaxed);
-                            Cause::Stream
-                        }
-                        Channel::Requests => Cause::Request,
-                    };
-                    self.move_pages(&mut staging, &pairs, cause)?;
-                    self.outcome.notify();
+            match protocol::expect_answer(&mut conn, self.pages.len())? {
+                Answer::Batch(batch) => {
+                    let slot = ANSWER_SLOTS;
+                    let pairs = stage(&batch, &mut conn, &mut staging, slot, Channel::Requests)?;
+                    self.take_batch(&batch, &mut staging, &pairs, Cause::Request)?;
                 }
-                (Frame::Control(Control::StreamEnd), Channel::Stream) => return Ok(()),
-                (
-                    Frame::Control(Control::SourceTimes {
+                Answer::SourceTimes {
+                    rounds,
+                    setup,
+                    downtime,
+                } => {
+                    *lock(&self.source_times) = SourceTimes {
                         rounds,
-                        setup,
-                        downtime,
-                    }),
-                    Channel::Requests,
-                ) => {
-                    let times = &mut *lock(&self.source_times);
-                    (times.rounds, times.setup_us, times.downtime_us) = (rounds, setup, downtime);
+                        setup_us: setup,
+                        downtime_us: downtime,
+                    };
                 }
-                _ => return Err(Error::Protocol(format!("{what}: unexpected message"))),
             }
         }
+    }
+
+    /// Moves `batch`, staged as `pairs`, into guest memory, loaded for `cause`; counts it
+    /// and wakes the waiters.
+    fn take_batch(
+        &self,
+        batch: &Pages,
+        staging: &mut Staging,
+        pairs: &[(u64, usize)],
+        cause: Cause,
+    ) -> Result<()> {
+        self.counters
+            .bytes
+            .fetch_add(batch.wire_size(), Ordering::Relaxed);
+        self.move_pages(staging, pairs, cause)?;
+        self.outcome.notify();
+        Ok(())
     }
 
     /// Moves staging slots into guest pages, `(offset, slot)` pairs; a page loaded
@@ -190,7 +207,7 @@ pub(super) fn load_precopy_batch(
     loaded: &Bitmap,
     mode: FaultMode,
 ) -> Result<()> {
-    let pairs = stage(batch, stream, staging, BATCH_PAGES, loaded.len(), "stream")?;
+    let pairs = stage(batch, stream, staging, STREAM_SLOTS, Channel::Stream)?;
     for &page in batch.indices.iter().filter(|&&p| loaded.get(p)) {
         ram.object().arm(ram.guest(), page * PAGE, PAGE, mode)?;
     }
@@ -202,21 +219,17 @@ pub(super) fn load_precopy_batch(
     Ok(())
 }
 
-/// Checks a batch's page indices against the guest's `pages`, reads its data into staging
-/// slots `first_slot..`, and returns the `(guest offset, slot)` pairs to MOVE.
+/// Reads a batch's data, which came on `channel`, into staging slots `first_slot..`, and
+/// returns the `(guest offset, slot)` pairs to MOVE.
 fn stage(
     batch: &Pages,
     conn: &mut BufReader<TcpStream>,
     staging: &mut Staging,
     first_slot: usize,
-    pages: u64,
-    what: &'static str,
+    channel: Channel,
 ) -> Result<Vec<(u64, usize)>> {
-    if let Some(&bad) = batch.indices.iter().find(|&&p| p >= pages) {
-        return Err(Error::Protocol(format!("{what}: page {bad} past RAM")));
-    }
     let n = batch.indices.len();
-    batch.read_data(conn, staging.slots_mut(first_slot, n)?, what)?;
+    batch.read_data(conn, staging.slots_mut(first_slot, n)?, channel)?;
     Ok(batch
         .indices
         .iter()

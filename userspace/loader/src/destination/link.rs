@@ -15,8 +15,7 @@ use crate::{
     bitmap::Bitmap,
     error::{io, Error, Result},
     lock::lock,
-    memory::BATCH_PAGES,
-    protocol::{self, Channel, Control, Frame},
+    protocol::{self, Channel, Control, LinkError, ProtocolError},
 };
 
 /// The connections to the source; replaced when it reconnects.
@@ -83,11 +82,11 @@ pub(super) fn accept_channels(
         let slot = match protocol::accept_hello(&mut conn) {
             Ok(Channel::Stream) => &mut stream,
             Ok(Channel::Requests) => &mut requests,
-            Err(Error::Disconnected { .. }) if deadline.is_some() => continue,
-            Err(e) => return Err(e),
+            Err(LinkError::Disconnected { .. }) if deadline.is_some() => continue,
+            Err(e) => return Err(e.into()),
         };
         if slot.replace(conn).is_some() && deadline.is_none() {
-            return Err(Error::Protocol("the source opened a channel twice".into()));
+            return Err(LinkError::from(ProtocolError::ChannelTwice).into());
         }
         match (stream.take(), requests.take()) {
             (Some(s), Some(r)) => return Ok((s, r, first)),
@@ -104,12 +103,8 @@ fn accept_reconnection(
 ) -> Result<(BufReader<TcpStream>, TcpStream)> {
     let (stream, requests, _) = accept_channels(listener, Some(deadline))?;
     let mut stream = BufReader::with_capacity(1 << 16, stream);
-    match protocol::recv_frame(&mut stream, "stream")? {
-        Frame::Control(Control::Resume) => Ok((stream, requests)),
-        _ => Err(Error::Protocol(
-            "a reconnected stream did not start with Resume".into(),
-        )),
-    }
+    protocol::expect_resume(&mut stream)?;
+    Ok((stream, requests))
 }
 
 impl Loading {
@@ -130,11 +125,11 @@ impl Loading {
             return Ok(());
         };
         match protocol::send_control(requests, control) {
-            Err(e @ Error::Disconnected { .. }) => {
-                self.broke(&mut link, &e);
+            Err(e @ LinkError::Disconnected { .. }) => {
+                self.broke(&mut link, &e.into());
                 Ok(())
             }
-            result => result.map(drop),
+            result => Ok(result.map(drop)?),
         }
     }
 
@@ -229,11 +224,9 @@ impl Loading {
         link.broken = None;
         let generation = link.generation;
         self.spawn("request-replies", move |l| {
-            l.receive_batches(requests_in, 0, Channel::Requests, generation)
+            l.receive_answers(requests_in, generation)
         })?;
-        self.spawn("stream", move |l| {
-            l.receive_batches(stream, BATCH_PAGES, Channel::Stream, generation)
-        })
+        self.spawn("stream", move |l| l.receive_stream(stream, generation))
     }
 
     /// Takes the connections down (`link` is `self.link`, locked): every receiving thread
