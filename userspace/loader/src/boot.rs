@@ -3,7 +3,11 @@
 //! (an ELF image at the address it was linked for, its parameters at [`PARAMS_ADDR`]) or
 //! Linux (a bzImage and an initramfs, by the kernel's 64-bit boot protocol).
 
-use std::{fs::File, path::Path};
+use std::{
+    fs::File,
+    io,
+    path::{Path, PathBuf},
+};
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
 use linux_loader::{
@@ -16,12 +20,9 @@ use linux_loader::{
     },
 };
 use muserload_test_guest_abi::{Params, PARAMS_ADDR, PARAMS_MAGIC};
-use vm_memory::{ByteValued, Bytes, GuestAddress};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryError};
 
-use crate::{
-    error::{Error, Result},
-    memory::GuestRam,
-};
+use crate::memory::GuestRam;
 
 /// The GDT: null, 64-bit code, data, TSS.
 const GDT_ADDR: u64 = 0x500;
@@ -55,6 +56,74 @@ const CR4_PAE: u64 = 1 << 5;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 
+/// A failure to load a guest into its RAM.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// RAM the test guest cannot run in.
+    #[error(
+        "the test guest needs more than {} MiB and at most {} GiB of RAM",
+        DATA_START >> 20,
+        PD_COUNT
+    )]
+    TestGuestRam,
+    /// An image file that cannot be read.
+    #[error("cannot load {}: {source}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// An image that the loader refused.
+    #[error("cannot load {}: {source}", .path.display())]
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: linux_loader::loader::Error,
+    },
+    /// A test guest image that reaches into its test data.
+    #[error(
+        "cannot load {}: it ends at {end:#x}, past the start of test data at {DATA_START:#x}",
+        .path.display()
+    )]
+    ImageTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Where it ends.
+        end: u64,
+    },
+    /// A bzImage without a setup header.
+    #[error("cannot load {}: no setup header", .path.display())]
+    NoSetupHeader {
+        /// The file.
+        path: PathBuf,
+    },
+    /// An initramfs larger than the RAM below 4 GiB left by the kernel.
+    #[error("cannot load {}: does not fit in guest RAM", .path.display())]
+    InitrdTooLarge {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A kernel command line too long for its place (or with a NUL in it).
+    #[error("the kernel command line is too long")]
+    Cmdline,
+    /// Writing Linux's boot parameters failed.
+    #[error("writing the boot parameters: {0}")]
+    BootParams(#[source] linux_loader::configurator::Error),
+    /// Writing guest memory failed.
+    #[error("writing guest memory at {addr:#x}: {source}")]
+    Write {
+        /// The guest address.
+        addr: u64,
+        /// Why.
+        #[source]
+        source: GuestMemoryError,
+    },
+}
+
 /// What the test guest is asked to do.
 #[derive(Clone, Copy, Debug)]
 pub struct TestGuestConfig {
@@ -76,26 +145,22 @@ pub struct Entry {
 
 /// Loads the test guest image at `path` into `ram`, writes its parameters, the GDT and the
 /// page tables, and returns how the boot vCPU enters it.
-pub fn load_test_guest(ram: &GuestRam, path: &Path, config: TestGuestConfig) -> Result<Entry> {
-    let image_error = |reason: String| Error::Image {
-        path: path.display().to_string(),
-        reason,
-    };
+pub fn load_test_guest(
+    ram: &GuestRam,
+    path: &Path,
+    config: TestGuestConfig,
+) -> Result<Entry, BootError> {
     if ram.size() <= DATA_START || ram.size() > PD_COUNT << 30 {
-        return Err(Error::Config(format!(
-            "the test guest needs more than {} MiB and at most {} GiB of RAM",
-            DATA_START >> 20,
-            PD_COUNT
-        )));
+        return Err(BootError::TestGuestRam);
     }
-    let mut image = File::open(path).map_err(|e| image_error(e.to_string()))?;
+    let mut image = File::open(path).map_err(read_error(path))?;
     let loaded = Elf::load(ram.view(), None, &mut image, Some(GuestAddress(IMAGE_MIN)))
-        .map_err(|e| image_error(e.to_string()))?;
+        .map_err(image_error(path))?;
     if loaded.kernel_end > DATA_START {
-        return Err(image_error(format!(
-            "it ends at {:#x}, past the start of test data at {DATA_START:#x}",
-            loaded.kernel_end
-        )));
+        return Err(BootError::ImageTooLarge {
+            path: path.into(),
+            end: loaded.kernel_end,
+        });
     }
     let params = Params {
         magic: PARAMS_MAGIC,
@@ -143,27 +208,27 @@ unsafe impl ByteValued for ZeroPage {}
 /// Loads Linux into `ram` (the kernel at 1 MiB, the initramfs at the top of RAM below
 /// 4 GiB, the command line and the boot parameters with an E820 map), and returns how the
 /// boot vCPU enters it.
-pub fn load_linux(ram: &GuestRam, guest: LinuxGuest<'_>) -> Result<Entry> {
-    let error = |path: &Path, reason: String| Error::Image {
-        path: path.display().to_string(),
-        reason,
-    };
-    let mut kernel = File::open(guest.kernel).map_err(|e| error(guest.kernel, e.to_string()))?;
+pub fn load_linux(ram: &GuestRam, guest: LinuxGuest<'_>) -> Result<Entry, BootError> {
+    let mut kernel = File::open(guest.kernel).map_err(read_error(guest.kernel))?;
     let loaded = BzImage::load(ram.view(), None, &mut kernel, Some(GuestAddress(IMAGE_MIN)))
-        .map_err(|e| error(guest.kernel, e.to_string()))?;
+        .map_err(image_error(guest.kernel))?;
     let mut hdr = loaded
         .setup_header
-        .ok_or_else(|| error(guest.kernel, "no setup header".into()))?;
-    let initrd = std::fs::read(guest.initrd).map_err(|e| error(guest.initrd, e.to_string()))?;
+        .ok_or_else(|| BootError::NoSetupHeader {
+            path: guest.kernel.into(),
+        })?;
+    let initrd = std::fs::read(guest.initrd).map_err(read_error(guest.initrd))?;
     let top = ram.size().min(1 << 32);
     let initrd_addr = top
         .checked_sub(initrd.len() as u64)
         .map(|a| a & !0xfff)
         .filter(|&a| a >= loaded.kernel_end)
-        .ok_or_else(|| error(guest.initrd, "does not fit in guest RAM".into()))?;
+        .ok_or_else(|| BootError::InitrdTooLarge {
+            path: guest.initrd.into(),
+        })?;
     write(ram, initrd_addr, &initrd)?;
     if guest.cmdline.len() >= CMDLINE_MAX || guest.cmdline.contains('\0') {
-        return Err(Error::Config("the kernel command line is too long".into()));
+        return Err(BootError::Cmdline);
     }
     write(ram, CMDLINE_ADDR, guest.cmdline.as_bytes())?;
     write(ram, CMDLINE_ADDR + guest.cmdline.len() as u64, &[0])?;
@@ -190,7 +255,7 @@ pub fn load_linux(ram: &GuestRam, guest: LinuxGuest<'_>) -> Result<Entry> {
         &BootParams::new(&params, GuestAddress(ZERO_PAGE_ADDR)),
         ram.view(),
     )
-    .map_err(|e| Error::Config(format!("writing the boot parameters: {e}")))?;
+    .map_err(BootError::BootParams)?;
     write_gdt(ram)?;
     write_page_tables(ram)?;
     Ok(Entry {
@@ -215,10 +280,27 @@ fn initial_fpu() -> kvm_fpu {
     }
 }
 
-fn write(ram: &GuestRam, addr: u64, bytes: &[u8]) -> Result<()> {
+/// `map_err` helper for reading the image at `path`.
+fn read_error(path: &Path) -> impl FnOnce(io::Error) -> BootError + '_ {
+    move |source| BootError::Read {
+        path: path.into(),
+        source,
+    }
+}
+
+/// `map_err` helper for loading the image at `path`.
+fn image_error(path: &Path) -> impl FnOnce(linux_loader::loader::Error) -> BootError + '_ {
+    move |source| BootError::Image {
+        path: path.into(),
+        source,
+    }
+}
+
+/// Writes `bytes` into guest memory at `addr`.
+fn write(ram: &GuestRam, addr: u64, bytes: &[u8]) -> Result<(), BootError> {
     ram.view()
         .write_slice(bytes, GuestAddress(addr))
-        .map_err(|e| Error::Config(format!("writing guest memory at {addr:#x}: {e}")))
+        .map_err(|source| BootError::Write { addr, source })
 }
 
 /// A GDT descriptor from its flags (access byte and the granularity nibble), base, limit.
@@ -257,14 +339,14 @@ fn segment(index: u16) -> kvm_segment {
     }
 }
 
-fn write_gdt(ram: &GuestRam) -> Result<()> {
+fn write_gdt(ram: &GuestRam) -> Result<(), BootError> {
     let bytes: Vec<u8> = GDT.iter().flat_map(|entry| entry.to_le_bytes()).collect();
     write(ram, GDT_ADDR, &bytes)?;
     write(ram, IDT_ADDR, &0u64.to_le_bytes())
 }
 
 /// Identity-maps the first `PD_COUNT` GiB with 2 MiB pages.
-fn write_page_tables(ram: &GuestRam) -> Result<()> {
+fn write_page_tables(ram: &GuestRam) -> Result<(), BootError> {
     const PRESENT_WRITABLE: u64 = 0x3;
     const HUGE: u64 = 0x80;
     write(

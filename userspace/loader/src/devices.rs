@@ -12,15 +12,23 @@ use serde::{Deserialize, Serialize};
 use vm_superio::{serial::SerialState, Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::{
-    error::{Error, Result},
-    lock::{lock, unpoisoned},
-};
+use crate::lock::{lock, unpoisoned};
 
 /// COM1's ports.
 const COM1: std::ops::RangeInclusive<u16> = 0x3f8..=0x3ff;
 /// COM1's interrupt line.
 pub const COM1_IRQ: u32 = 4;
+
+/// A failure of the devices.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The serial port's state from the source is not one it can be in.
+    #[error("restoring the serial port: {0}")]
+    Serial(#[source] vm_superio::serial::Error<io::Error>),
+    /// Raising the serial interrupt failed.
+    #[error("raising the serial interrupt: {0}")]
+    Interrupt(#[source] io::Error),
+}
 
 /// Raises the serial interrupt through an eventfd that KVM turns into the IRQ (irqfd).
 pub struct IrqTrigger(pub EventFd);
@@ -91,7 +99,7 @@ impl Devices {
         irq: EventFd,
         console: Box<dyn Write + Send>,
         state: DeviceState,
-    ) -> Result<Self> {
+    ) -> Result<Self, DeviceError> {
         let [baud_divisor_low, baud_divisor_high, interrupt_enable, interrupt_identification, line_control, line_status, modem_control, modem_status, scratch] =
             state.serial.registers;
         let serial_state = SerialState {
@@ -112,7 +120,7 @@ impl Devices {
             vm_superio::serial::NoEvents,
             console,
         )
-        .map_err(|e| Error::Config(format!("restoring the serial port: {e:?}")))?;
+        .map_err(DeviceError::Serial)?;
         Ok(Self {
             serial: Mutex::new(serial),
             report: Mutex::new(state.test),
@@ -125,14 +133,14 @@ impl Devices {
     /// source raised through its irqfd just before pausing may never have reached its
     /// controllers, and a guest whose console driver waits for "transmitter empty" would
     /// then wait forever. A spurious one is harmless: the driver reads IIR first.
-    pub fn resume_interrupts(&self) -> Result<()> {
+    pub fn resume_interrupts(&self) -> Result<(), DeviceError> {
         let serial = lock(&self.serial);
         // IIR bit 0 clear: an interrupt is pending.
         if serial.state().interrupt_identification & 1 == 0 {
-            serial.interrupt_evt().trigger().map_err(|e| Error::Io {
-                what: "raising the serial interrupt",
-                source: e,
-            })?;
+            serial
+                .interrupt_evt()
+                .trigger()
+                .map_err(DeviceError::Interrupt)?;
         }
         Ok(())
     }

@@ -2,14 +2,20 @@
 //! interrupted by a signal. On its own, so that the VM (restoring a vCPU's MSRs) and the
 //! vCPU loop (`KVM_RUN`) both call it without depending on each other.
 
-use crate::error::Result;
+use std::error::Error;
+
+/// Why a fault could not be handled: the failure of whatever serves faults (on a
+/// destination, its loading of pages), which the vCPU stops with.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct FaultError(pub Box<dyn Error + Send + Sync>);
 
 /// What a thread does when a KVM call of its was interrupted by a signal: signal mode's
 /// fault handling on a destination. The default does nothing.
 pub trait Interrupted: Send + Sync {
     /// Called in the thread after KVM_RUN returned `EINTR`, or KVM_SET_MSRS stopped short;
     /// returns whether it handled a fault (the call may then succeed if made again).
-    fn interrupted(&self) -> Result<bool> {
+    fn interrupted(&self) -> Result<bool, FaultError> {
         Ok(false)
     }
 }

@@ -10,6 +10,7 @@
 mod address;
 mod bitmap;
 mod boot;
+mod cli;
 mod destination;
 mod devices;
 mod error;
@@ -24,196 +25,17 @@ mod timeline;
 mod vcpu;
 mod vm;
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
 use crate::{
-    boot::TestGuestConfig,
-    destination::{Mode, ReceiveOptions},
-    protocol::Kind,
-    source::{Guest, Migration, RunOptions},
+    cli::{Cli, Command, Task},
+    error::Error,
 };
 
-/// A KVM VMM whose guest RAM is a muserload object: runs the built-in test guest and
-/// migrates it post-copy.
-#[derive(Parser)]
-#[command(version)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run a guest (the test guest, or Linux); migrate it when told (`--migrate-to`, or
-    /// `migrate HOST:PORT` on stdin).
-    Run {
-        /// The test guest's image (muserload-test-guest, an ELF file).
-        #[arg(long, required_unless_present = "kernel", conflicts_with = "kernel")]
-        test_guest: Option<PathBuf>,
-        /// A Linux kernel (bzImage) to boot instead.
-        #[arg(long, requires = "initrd")]
-        kernel: Option<PathBuf>,
-        /// The Linux guest's initramfs (its init: muserload-guest-workload).
-        #[arg(long, requires = "kernel")]
-        initrd: Option<PathBuf>,
-        /// More of the Linux guest's command line.
-        #[arg(long, requires = "kernel", default_value = "")]
-        cmdline: String,
-        /// Guest RAM in MiB.
-        #[arg(long, default_value_t = 256)]
-        mem_mib: u64,
-        /// MiB the guest rewrites every round.
-        #[arg(long, default_value_t = 32)]
-        working_set_mib: u64,
-        /// MiB the guest checks every round (a full check of its memory takes several).
-        #[arg(long, default_value_t = 8)]
-        sweep_mib: u64,
-        /// Migrate to this destination (HOST:PORT, where `muserload-loader receive` listens).
-        #[arg(long)]
-        migrate_to: Option<String>,
-        /// Seconds to run before migrating.
-        #[arg(long, requires = "migrate_to")]
-        migrate_after: Option<f64>,
-        /// Rounds the guest completes before migrating.
-        #[arg(long, requires = "migrate_to")]
-        migrate_after_rounds: Option<u64>,
-        /// Write the report as JSON here.
-        #[arg(long)]
-        report_json: Option<PathBuf>,
-        /// How to migrate.
-        #[arg(long, value_enum, default_value_t = Kind::PostCopy)]
-        migration: Kind,
-        /// Hybrid: pre-copy rounds after the first full pass, then post-copy.
-        #[arg(long, default_value_t = 0)]
-        precopy_rounds: u32,
-        /// Pre-copy switches over once the pages left could be sent within this time...
-        #[arg(long, default_value_t = 50)]
-        downtime_target_ms: u64,
-        /// ...or, for a guest that dirties memory faster than that, after this many rounds
-        /// after the first full pass, or once it has sent 3 times RAM (Xen's limits).
-        #[arg(long, default_value_t = 30)]
-        max_rounds: u32,
-        /// Seconds to keep reconnecting if a connection breaks in post-copy.
-        #[arg(long, default_value_t = 60.0)]
-        recover_timeout: f64,
-    },
-    /// Receive a migrating guest and run it until it has checked all its memory.
-    Receive {
-        /// Address to listen on (HOST:PORT).
-        #[arg(long)]
-        listen: String,
-        /// How faults on pages not received yet reach the loader.
-        #[arg(long, value_enum, default_value_t = Mode::Queue)]
-        mode: Mode,
-        /// Complete checks of its memory the guest makes here before it is stopped (0: stop
-        /// once every page is loaded).
-        #[arg(long, default_value_t = 1)]
-        check_sweeps: u64,
-        /// Seconds the guest may take for them.
-        #[arg(long, default_value_t = 600.0)]
-        timeout: f64,
-        /// Seconds to wait for the source to reconnect if a connection breaks in post-copy;
-        /// then the guest is stopped.
-        #[arg(long, default_value_t = 60.0)]
-        recover_timeout: f64,
-        /// Write the report as JSON here.
-        #[arg(long)]
-        report_json: Option<PathBuf>,
-        /// Draw the migration's timeline here (SVG): pages loaded per ms by cause, vCPU
-        /// fault waits.
-        #[arg(long)]
-        plot: Option<PathBuf>,
-    },
-}
-
 fn main() -> ExitCode {
-    let result = match Cli::parse().command {
-        Command::Run {
-            test_guest,
-            kernel,
-            initrd,
-            cmdline,
-            mem_mib,
-            working_set_mib,
-            sweep_mib,
-            migrate_to,
-            migrate_after,
-            migrate_after_rounds,
-            report_json,
-            migration,
-            precopy_rounds,
-            downtime_target_ms,
-            max_rounds,
-            recover_timeout,
-        } => (|| {
-            let migrate_after = migrate_after
-                .map(|s| seconds(s, "--migrate-after"))
-                .transpose()?;
-            let recover_timeout = seconds(recover_timeout, "--recover-timeout")?;
-            let guest = match (test_guest, kernel, initrd) {
-                (Some(image), None, None) => Guest::Test {
-                    image,
-                    config: TestGuestConfig {
-                        working_set_pages: working_set_mib << 8,
-                        sweep_pages: sweep_mib << 8,
-                    },
-                },
-                (None, Some(kernel), Some(initrd)) => Guest::Linux {
-                    kernel,
-                    initrd,
-                    // The workload takes half of RAM; the kernel passes the `name=value`
-                    // words it does not know to init as environment variables.
-                    cmdline: format!(
-                        "console=ttyS0 reboot=k panic=-1 no-kvmapf workload_mib={} \
-                         working_set_mib={working_set_mib} sweep_mib={sweep_mib} {cmdline}",
-                        mem_mib / 2
-                    ),
-                },
-                _ => {
-                    return Err(error::Error::Config(
-                        "give --test-guest, or --kernel and --initrd".into(),
-                    ))
-                }
-            };
-            source::run(RunOptions {
-                guest,
-                ram_size: mem_mib << 20,
-                migrate_to,
-                migrate_after,
-                migrate_after_rounds,
-                report_json,
-                migration: Migration {
-                    kind: migration,
-                    rounds: precopy_rounds,
-                    downtime_target: Duration::from_millis(downtime_target_ms),
-                    max_rounds,
-                    recover_timeout,
-                },
-            })
-        })(),
-        Command::Receive {
-            listen,
-            mode,
-            check_sweeps,
-            timeout,
-            recover_timeout,
-            report_json,
-            plot,
-        } => (|| {
-            destination::receive(ReceiveOptions {
-                listen,
-                mode,
-                check_sweeps,
-                timeout: seconds(timeout, "--timeout")?,
-                recover_timeout: seconds(recover_timeout, "--recover-timeout")?,
-                report_json,
-                plot,
-            })
-        })(),
-    };
-    match result {
+    match run(Cli::parse().command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("muserload-loader: error: {e}");
@@ -222,7 +44,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn seconds(value: f64, what: &str) -> error::Result<Duration> {
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| error::Error::Config(format!("{what} {value}: not a number of seconds")))
+/// Does what `command` asks.
+fn run(command: Command) -> Result<(), Error> {
+    match command.task()? {
+        Task::Run(options) => source::run(options)?,
+        Task::Receive(options) => destination::receive(options)?,
+    }
+    Ok(())
 }

@@ -1,10 +1,13 @@
 //! Guest RAM: one muserload object, mapped once for KVM and the loader, with a `vm-memory`
 //! view of the same mapping for the image loaders.
 
-use muserload::{features, GuestMemory, Object, PAGE_SIZE};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use std::io;
 
-use crate::error::{Error, Result};
+use muserload::{features, GuestMemory, Object, PAGE_SIZE};
+use vm_memory::{
+    mmap::MmapRegionError, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap,
+    GuestRegionCollectionError, GuestRegionMmap, MmapRegion,
+};
 
 /// Staging slots of a destination: one batch for fault replies, one for the stream.
 pub const STAGING_SLOTS: usize = 2 * BATCH_PAGES;
@@ -14,6 +17,49 @@ pub const BATCH_PAGES: usize = 64;
 
 /// The 64-bit words of a page.
 pub const PAGE_WORDS: usize = PAGE_SIZE / 8;
+
+/// A failure to set up guest RAM, or to read it.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// A size that is not a whole number of pages.
+    #[error("guest RAM of {size} bytes is not a whole number of pages")]
+    Size {
+        /// The size asked for.
+        size: u64,
+    },
+    /// The muserload object failed.
+    #[error(transparent)]
+    Object(#[from] muserload::Error),
+    /// `vm-memory` refused the mapping as a region.
+    #[error("vm-memory region: {0}")]
+    Region(#[source] MmapRegionError),
+    /// The region does not fit the guest's address space.
+    #[error("vm-memory region overflows")]
+    RegionOverflow,
+    /// `vm-memory` refused the region as guest memory.
+    #[error("vm-memory: {0}")]
+    Memory(#[source] GuestRegionCollectionError),
+    /// A page that is not one of the guest's.
+    #[error("guest page {index}: {source}")]
+    Page {
+        /// The page.
+        index: u64,
+        /// Why.
+        #[source]
+        source: GuestMemoryError,
+    },
+    /// A page copied only in part.
+    #[error("guest page {index}: copied {words} words of {PAGE_WORDS}")]
+    ShortCopy {
+        /// The page.
+        index: u64,
+        /// The words copied.
+        words: usize,
+    },
+    /// `mincore(2)` failed.
+    #[error("mincore on guest RAM: {0}")]
+    Mincore(#[source] io::Error),
+}
 
 /// Guest RAM.
 pub struct GuestRam {
@@ -25,11 +71,9 @@ pub struct GuestRam {
 
 impl GuestRam {
     /// RAM of `size` bytes (a page multiple), zero-filled on first touch.
-    pub fn new(size: u64) -> Result<Self> {
+    pub fn new(size: u64) -> Result<Self, MemoryError> {
         if size == 0 || size % PAGE_SIZE as u64 != 0 {
-            return Err(Error::Config(format!(
-                "guest RAM of {size} bytes is not a whole number of pages"
-            )));
+            return Err(MemoryError::Size { size });
         }
         let wanted = features::QUEUE | features::SIGNAL | features::MOVE | features::LOADV;
         let object = Object::create(size, (STAGING_SLOTS * PAGE_SIZE) as u64, wanted)?;
@@ -46,11 +90,10 @@ impl GuestRam {
                 nix::libc::MAP_SHARED,
             )
         }
-        .map_err(|e| Error::Config(format!("vm-memory region: {e}")))?;
-        let region = GuestRegionMmap::new(region, GuestAddress(0))
-            .ok_or_else(|| Error::Config("vm-memory region overflows".into()))?;
-        let view = GuestMemoryMmap::from_regions(vec![region])
-            .map_err(|e| Error::Config(format!("vm-memory: {e}")))?;
+        .map_err(MemoryError::Region)?;
+        let region =
+            GuestRegionMmap::new(region, GuestAddress(0)).ok_or(MemoryError::RegionOverflow)?;
+        let view = GuestMemoryMmap::from_regions(vec![region]).map_err(MemoryError::Memory)?;
         Ok(Self {
             view,
             guest,
@@ -118,13 +161,13 @@ impl GuestRam {
 
     /// Copies page `index` into `to` (a page of words) while the guest may be writing it.
     /// See [`copy_page`].
-    pub fn copy_page(&self, index: u64, to: &mut [u64]) -> Result<()> {
+    pub fn copy_page(&self, index: u64, to: &mut [u64]) -> Result<(), MemoryError> {
         copy_page(&self.view, index, to)
     }
 
     /// Which pages are present in this process's mapping (`mincore(2)`); the others have
     /// never been touched, so they are zero.
-    pub fn resident(&self) -> Result<Vec<bool>> {
+    pub fn resident(&self) -> Result<Vec<bool>, MemoryError> {
         let mut vec = vec![0u8; self.pages() as usize];
         // SAFETY: The range is our mapping, and `vec` has a byte per page of it.
         let ret = unsafe {
@@ -135,10 +178,7 @@ impl GuestRam {
             )
         };
         if ret != 0 {
-            return Err(Error::Io {
-                what: "mincore on guest RAM",
-                source: std::io::Error::last_os_error(),
-            });
+            return Err(MemoryError::Mincore(io::Error::last_os_error()));
         }
         Ok(vec.into_iter().map(|b| b & 1 != 0).collect())
     }
@@ -150,15 +190,13 @@ impl GuestRam {
 /// `vm-memory`'s `VolatileSlice::copy_to` of `u64`s; its copies of bytes are no such
 /// thing: above 8 bytes they are `copy_nonoverlapping`. A page written during the copy
 /// comes out torn (word by word, each word whole), as any copy of memory in use does.
-pub fn copy_page(memory: &GuestMemoryMmap, index: u64, to: &mut [u64]) -> Result<()> {
+pub fn copy_page(memory: &GuestMemoryMmap, index: u64, to: &mut [u64]) -> Result<(), MemoryError> {
     let page = memory
         .get_slice(GuestAddress(index * PAGE_SIZE as u64), PAGE_SIZE)
-        .map_err(|e| Error::Config(format!("guest page {index}: {e}")))?;
+        .map_err(|source| MemoryError::Page { index, source })?;
     let words = page.copy_to(to);
     if words != PAGE_WORDS {
-        return Err(Error::Config(format!(
-            "guest page {index}: copied {words} words of {PAGE_WORDS}"
-        )));
+        return Err(MemoryError::ShortCopy { index, words });
     }
     Ok(())
 }

@@ -12,11 +12,24 @@ use muserload::PAGE_SIZE;
 
 use crate::{
     bitmap::Bitmap,
-    error::Result,
-    memory::{as_bytes, GuestRam, BATCH_PAGES, PAGE_WORDS},
-    protocol,
-    vm::Vm,
+    memory::{as_bytes, GuestRam, MemoryError, BATCH_PAGES, PAGE_WORDS},
+    protocol::{self, LinkError},
+    vm::{Vm, VmError},
 };
+
+/// A failure of the pre-copy rounds.
+#[derive(Debug, thiserror::Error)]
+pub enum PrecopyError {
+    /// KVM's dirty log failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Reading guest RAM failed.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Sending failed.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+}
 
 /// When to stop the rounds.
 #[derive(Clone, Copy, Debug)]
@@ -55,7 +68,7 @@ pub struct Rounds {
 }
 
 /// Runs the rounds with the guest running; dirty logging must be on.
-pub fn run(vm: &Vm, stream: &mut impl Write, plan: Plan) -> Result<Rounds> {
+pub fn run(vm: &Vm, stream: &mut impl Write, plan: Plan) -> Result<Rounds, PrecopyError> {
     let ram = vm.ram();
     let mut rounds = Rounds {
         valid: Bitmap::new(ram.pages()),
@@ -108,7 +121,7 @@ pub fn send(
     stream: &mut impl Write,
     pages: &[u64],
     rounds: &mut Rounds,
-) -> Result<()> {
+) -> Result<(), PrecopyError> {
     // Words: the guest runs, so its pages are read with volatile reads of words
     // (`GuestRam::copy_page`).
     let mut buf = vec![0u64; BATCH_PAGES * PAGE_WORDS];

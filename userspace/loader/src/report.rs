@@ -1,14 +1,22 @@
 //! The reports printed at the end of a migration, as a table (like QEMU's `info migrate`)
 //! and as JSON.
 
-use std::{fmt::Write as _, path::Path};
+use std::{fmt::Write as _, io, path::Path};
 
 use serde::Serialize;
 
-use crate::{
-    error::{Error, Result},
-    protocol::Kind,
-};
+use crate::protocol::Kind;
+
+/// Writing a report as JSON failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// It did not encode.
+    #[error("encoding the report: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// Its file could not be written.
+    #[error("writing the JSON report: {0}")]
+    Write(#[source] io::Error),
+}
 
 /// What the source reports after a migration.
 #[derive(Debug, Serialize)]
@@ -103,13 +111,9 @@ pub struct DestinationReport {
 }
 
 /// Writes `report` to `path` as JSON.
-pub fn write_json(path: &Path, report: &impl Serialize) -> Result<()> {
-    let json = serde_json::to_string_pretty(report)
-        .map_err(|e| Error::Config(format!("encoding the report: {e}")))?;
-    std::fs::write(path, json + "\n").map_err(|e| Error::Io {
-        what: "writing the JSON report",
-        source: e,
-    })
+pub fn write_json(path: &Path, report: &impl Serialize) -> Result<(), ReportError> {
+    let json = serde_json::to_string_pretty(report).map_err(ReportError::Encode)?;
+    std::fs::write(path, json + "\n").map_err(ReportError::Write)
 }
 
 fn table(title: &str, rows: &[(&str, String)]) -> String {

@@ -4,7 +4,7 @@
 //! the destination says every page is loaded.
 
 use std::{
-    io::{BufRead, BufWriter, Write},
+    io::{self, BufRead, BufWriter, Write},
     net::{Shutdown, SocketAddr, TcpStream},
     path::PathBuf,
     sync::{
@@ -16,18 +16,118 @@ use std::{
 };
 
 use crate::{
-    address::resolve,
+    address::{resolve, AddressError},
     bitmap::Bitmap,
-    boot::{self, LinuxGuest, TestGuestConfig},
-    error::{io, Error, Result},
+    boot::{self, BootError, LinuxGuest, TestGuestConfig},
     interrupted::NoFaults,
-    memory::{GuestRam, BATCH_PAGES},
-    precopy::{self, Plan},
-    protocol::{self, Channel, Control, Kind, LinkError},
-    report::{self, SourceReport},
-    vcpu::Machine,
-    vm::{MachineState, Vm},
+    memory::{GuestRam, MemoryError, BATCH_PAGES},
+    precopy::{self, Plan, PrecopyError},
+    protocol::{self, Channel, Control, Kind, LinkError, ProtocolError},
+    report::{self, ReportError, SourceReport},
+    vcpu::{GuestStopped, Machine, VcpuError},
+    vm::{MachineState, Vm, VmError},
 };
+
+/// Why `muserload-loader run` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Guest RAM could not be set up.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The guest could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// The VM could not be built.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The vCPUs could not be started.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// The guest stopped before it was migrated.
+    #[error(transparent)]
+    Guest(#[from] Arc<GuestStopped>),
+    /// The migration failed.
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// The report could not be written.
+    #[error(transparent)]
+    Report(#[from] ReportError),
+}
+
+/// Why migrating the guest failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The destination's address does not resolve.
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    /// The destination could not be reached.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Sending or receiving failed.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// The VM's dirty log or state failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Reading guest RAM failed.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The pre-copy rounds failed.
+    #[error(transparent)]
+    Precopy(#[from] PrecopyError),
+    /// The guest stopped on its own before it was paused.
+    #[error(transparent)]
+    Guest(#[from] Arc<GuestStopped>),
+    /// The stream's thread could not be started.
+    #[error("spawning the stream thread: {0}")]
+    Spawn(#[source] io::Error),
+    /// A socket could not be cloned for another thread.
+    #[error("cloning {what}: {source}")]
+    Clone {
+        /// Which socket.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The stream's thread panicked.
+    #[error("the stream thread panicked")]
+    StreamPanicked,
+    /// A connection broke in post-copy and the destination did not come back in time.
+    #[error(
+        "the destination did not come back within {timeout:?} ({cause}); the guest, which \
+         runs there, cannot get its missing pages"
+    )]
+    Unrecovered {
+        /// How long the source tried.
+        timeout: Duration,
+        /// Why the last attempt failed.
+        #[source]
+        cause: Box<SendError>,
+    },
+}
+
+impl SendError {
+    /// Whether the destination could not be reached, or the connection to it broke: what
+    /// post-copy recovers from by reconnecting.
+    fn is_disconnection(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. } | Self::Link(LinkError::Disconnected { .. })
+        )
+    }
+}
+
+/// `map_err` helper for cloning `what`, a socket.
+fn clone_error(what: &'static str) -> impl FnOnce(io::Error) -> SendError {
+    move |source| SendError::Clone { what, source }
+}
 
 /// The guest to run.
 pub enum Guest {
@@ -84,7 +184,7 @@ pub struct Migration {
 }
 
 /// Runs the test guest, and migrates it if asked.
-pub fn run(options: RunOptions) -> Result<()> {
+pub fn run(options: RunOptions) -> Result<(), RunError> {
     let ram = GuestRam::new(options.ram_size)?;
     let entry = match &options.guest {
         Guest::Test { image, config } => boot::load_test_guest(&ram, image, *config)?,
@@ -117,7 +217,11 @@ pub fn run(options: RunOptions) -> Result<()> {
 
 /// Waits until it is time to migrate: `--migrate-after`, `--migrate-after-rounds`, or a
 /// `migrate ADDR` line on stdin. Returns the destination.
-fn wait_for_migrate(machine: &Machine, options: &RunOptions, started: Instant) -> Result<String> {
+fn wait_for_migrate(
+    machine: &Machine,
+    options: &RunOptions,
+    started: Instant,
+) -> Result<String, Arc<GuestStopped>> {
     let (tx, rx) = mpsc::channel();
     // Commands on stdin, only when no destination was given: a loader started in the
     // background of a shell that read its terminal would be stopped by SIGTTIN, vCPUs and
@@ -141,7 +245,7 @@ fn wait_for_migrate(machine: &Machine, options: &RunOptions, started: Instant) -
     let devices = machine.vm().devices();
     loop {
         if let Some(failure) = machine.failure() {
-            return Err(Error::Guest(failure));
+            return Err(failure);
         }
         if let Ok(addr) = rx.try_recv() {
             return Ok(addr);
@@ -163,8 +267,10 @@ fn wait_for_migrate(machine: &Machine, options: &RunOptions, started: Instant) -
     }
 }
 
-fn connect(addr: SocketAddr, channel: Channel) -> Result<TcpStream> {
-    let mut stream = TcpStream::connect(addr).map_err(|source| Error::Connect { addr, source })?;
+/// Opens the connection of `channel` to the destination at `addr`.
+fn connect(addr: SocketAddr, channel: Channel) -> Result<TcpStream, SendError> {
+    let mut stream =
+        TcpStream::connect(addr).map_err(|source| SendError::Connect { addr, source })?;
     protocol::tune(&stream)?;
     protocol::send_hello(&mut stream, channel)?;
     protocol::hello_answer(&mut stream)?;
@@ -205,7 +311,7 @@ impl Serving {
     }
 
     /// Sends `pages` in one batch.
-    fn send(&self, w: &mut impl Write, pages: &[u64]) -> Result<()> {
+    fn send(&self, w: &mut impl Write, pages: &[u64]) -> Result<(), LinkError> {
         // SAFETY: The vCPUs are stopped for good and nothing loads into the source's RAM.
         let data: Vec<(u64, &[u8])> = pages
             .iter()
@@ -217,7 +323,12 @@ impl Serving {
     }
 }
 
-fn migrate(machine: Machine, destination: &str, how: &Migration) -> Result<SourceReport> {
+/// Migrates the guest `machine` runs to `destination`, `how` it was asked.
+fn migrate(
+    machine: Machine,
+    destination: &str,
+    how: &Migration,
+) -> Result<SourceReport, SendError> {
     let addr = resolve(destination)?;
     let start = Instant::now();
     let mut stream = BufWriter::with_capacity(1 << 20, connect(addr, Channel::Stream)?);
@@ -322,8 +433,7 @@ fn migrate(machine: Machine, destination: &str, how: &Migration) -> Result<Sourc
     )?;
     protocol::flush(&mut stream, "sending the machine state")?;
     // Nothing more to send for zero pages and for what pre-copy settled.
-    let sent = Bitmap::from_words(zero.len(), &zero.words())
-        .ok_or_else(|| Error::Protocol("zero map".into()))?;
+    let sent = zero.clone();
     valid.ones().for_each(|p| {
         sent.set(p);
     });
@@ -350,9 +460,9 @@ fn migrate(machine: Machine, destination: &str, how: &Migration) -> Result<Sourc
     // Post-copy: the guest runs at the destination, and only this process has the pages it
     // has not loaded yet. A broken connection is not the end: reconnect and go on.
     while let Err(e) = serve(&serving, stream, &mut requests, &mut times) {
-        let Error::Link(LinkError::Disconnected { .. }) = e else {
+        if !e.is_disconnection() {
             return Err(e);
-        };
+        }
         eprintln!(
             "muserload-loader: the connection to the destination broke ({e}); reconnecting \
              for up to {:?}",
@@ -364,7 +474,7 @@ fn migrate(machine: Machine, destination: &str, how: &Migration) -> Result<Sourc
     }
     let downtime = times
         .downtime
-        .ok_or_else(|| Error::Protocol("the destination finished without resuming".into()))?;
+        .ok_or_else(|| LinkError::from(ProtocolError::NeverResumed))?;
     Ok(SourceReport {
         kind: how.kind,
         precopy_rounds: rounds,
@@ -397,7 +507,7 @@ fn serve(
     stream: BufWriter<TcpStream>,
     requests: &mut TcpStream,
     times: &mut Times,
-) -> Result<()> {
+) -> Result<(), SendError> {
     // Whichever side fails shuts both connections, so that the other's blocking call
     // returns too; the first failure is the one to report.
     let sockets = Arc::new(Sockets::new(stream.get_ref(), requests)?);
@@ -413,16 +523,14 @@ fn serve(
                 }
                 streamed
             })
-            .map_err(io("spawning the stream thread"))?
+            .map_err(SendError::Spawn)?
     };
     let served = serve_requests(serving, requests, times);
     stop.store(true, Ordering::SeqCst);
     if served.is_err() {
         sockets.shut(Channel::Requests);
     }
-    let streamed = streamer
-        .join()
-        .map_err(|_| Error::Protocol("the stream thread panicked".into()))?;
+    let streamed = streamer.join().map_err(|_| SendError::StreamPanicked)?;
     match (served, streamed) {
         (Ok(()), Ok(())) => Ok(()),
         // Once the destination has every page, a stream cut short is no loss.
@@ -432,7 +540,7 @@ fn serve(
         }
         (Err(e), Ok(())) => Err(e),
         (Err(served), Err(streamed)) => Err(match sockets.first_to_fail() {
-            Some(Channel::Stream) => streamed,
+            Some(Channel::Stream) => streamed.into(),
             _ => served,
         }),
     }
@@ -447,8 +555,8 @@ struct Sockets {
 
 impl Sockets {
     /// Handles on `stream` and `requests`.
-    fn new(stream: &TcpStream, requests: &TcpStream) -> Result<Self> {
-        let clone = |s: &TcpStream| s.try_clone().map_err(io("cloning a socket"));
+    fn new(stream: &TcpStream, requests: &TcpStream) -> Result<Self, SendError> {
+        let clone = |s: &TcpStream| s.try_clone().map_err(clone_error("a socket"));
         Ok(Self {
             sockets: [clone(stream)?, clone(requests)?],
             first: OnceLock::new(),
@@ -477,17 +585,17 @@ fn reconnect(
     addr: SocketAddr,
     serving: &Serving,
     timeout: Duration,
-) -> Result<(BufWriter<TcpStream>, TcpStream)> {
+) -> Result<(BufWriter<TcpStream>, TcpStream), SendError> {
     let deadline = Instant::now() + timeout;
     loop {
         match resume(addr, serving) {
             Ok(connections) => return Ok(connections),
-            Err(e @ (Error::Connect { .. } | Error::Link(LinkError::Disconnected { .. }))) => {
+            Err(e) if e.is_disconnection() => {
                 if Instant::now() >= deadline {
-                    return Err(Error::Unrecovered(format!(
-                        "the destination did not come back within {timeout:?} ({e}); the \
-                         guest, which runs there, cannot get its missing pages"
-                    )));
+                    return Err(SendError::Unrecovered {
+                        timeout,
+                        cause: Box::new(e),
+                    });
                 }
                 thread::sleep(Duration::from_millis(200));
             }
@@ -497,7 +605,10 @@ fn reconnect(
 }
 
 /// Opens both connections again and asks the destination which pages it misses.
-fn resume(addr: SocketAddr, serving: &Serving) -> Result<(BufWriter<TcpStream>, TcpStream)> {
+fn resume(
+    addr: SocketAddr,
+    serving: &Serving,
+) -> Result<(BufWriter<TcpStream>, TcpStream), SendError> {
     let mut stream = BufWriter::with_capacity(1 << 20, connect(addr, Channel::Stream)?);
     let mut requests = connect(addr, Channel::Requests)?;
     let bytes = protocol::send_control(&mut stream, &Control::Resume)?;
@@ -519,7 +630,7 @@ fn resume(addr: SocketAddr, serving: &Serving) -> Result<(BufWriter<TcpStream>, 
 
 /// The `candidate` pages that are zero: never touched (not resident), or resident and
 /// holding only zeros.
-fn zero_pages(ram: &GuestRam, candidate: impl Fn(u64) -> bool) -> Result<Bitmap> {
+fn zero_pages(ram: &GuestRam, candidate: impl Fn(u64) -> bool) -> Result<Bitmap, MemoryError> {
     let map = Bitmap::new(ram.pages());
     for (page, resident) in ram.resident()?.into_iter().enumerate() {
         let page = page as u64;
@@ -531,10 +642,14 @@ fn zero_pages(ram: &GuestRam, candidate: impl Fn(u64) -> bool) -> Result<Bitmap>
 }
 
 /// Answers the destination's requests until it says it is done; notes the downtime.
-fn serve_requests(serving: &Serving, requests: &mut TcpStream, times: &mut Times) -> Result<()> {
+fn serve_requests(
+    serving: &Serving,
+    requests: &mut TcpStream,
+    times: &mut Times,
+) -> Result<(), SendError> {
     let mut reader = requests
         .try_clone()
-        .map_err(io("cloning the requests socket"))?;
+        .map_err(clone_error("the requests socket"))?;
     loop {
         match protocol::expect_serving(&mut reader, serving.zero.len())? {
             protocol::Serving::Request(pages) => {
@@ -575,7 +690,7 @@ fn stream_pages(
     serving: &Serving,
     mut stream: BufWriter<TcpStream>,
     stop: &AtomicBool,
-) -> Result<()> {
+) -> Result<(), LinkError> {
     let mut cursor = 0;
     let mut batch = Vec::with_capacity(BATCH_PAGES);
     while !stop.load(Ordering::SeqCst) {

@@ -4,12 +4,14 @@
 
 use std::{path::Path, sync::Mutex, time::Instant};
 
-use plotters::prelude::*;
+use plotters::{drawing::DrawingAreaErrorKind, prelude::*};
 
-use crate::{
-    error::{Error, Result},
-    lock::lock,
-};
+use crate::lock::lock;
+
+/// Drawing the timeline failed.
+#[derive(Debug, thiserror::Error)]
+#[error("drawing the plot: {0}")]
+pub struct PlotError(#[from] DrawingAreaErrorKind<std::io::Error>);
 
 /// Why a page was loaded.
 #[derive(Clone, Copy)]
@@ -84,7 +86,7 @@ impl Timeline {
 
     /// Draws the timeline as an SVG: pages loaded by cause above, fault waits below, the
     /// outages shaded in both.
-    pub fn plot(&self, path: &Path, title: &str) -> Result<()> {
+    pub fn plot(&self, path: &Path, title: &str) -> Result<(), PlotError> {
         let loads = lock(&self.loads).clone();
         let waits = lock(&self.waits).clone();
         let outages = lock(&self.outages).clone();
@@ -110,8 +112,8 @@ impl Timeline {
             .max(0.1);
 
         let root = SVGBackend::new(path, (1200, 700)).into_drawing_area();
-        root.fill(&WHITE).map_err(draw_error)?;
-        let root = root.titled(title, ("sans-serif", 20)).map_err(draw_error)?;
+        root.fill(&WHITE)?;
+        let root = root.titled(title, ("sans-serif", 20))?;
         let (top, bottom) = root.split_vertically(400);
 
         let mut chart = ChartBuilder::on(&top)
@@ -120,14 +122,12 @@ impl Timeline {
             .y_label_area_size(60)
             // Logarithmic: a vectored ZERO load settles tens of thousands of pages in one
             // millisecond, a request one page.
-            .build_cartesian_2d(0.0..end_ms, (1u32..most * 2).log_scale())
-            .map_err(draw_error)?;
+            .build_cartesian_2d(0.0..end_ms, (1u32..most * 2).log_scale())?;
         chart
             .configure_mesh()
             .x_desc("ms since the guest resumed")
             .y_desc(format!("pages loaded per {bucket} ms"))
-            .draw()
-            .map_err(draw_error)?;
+            .draw()?;
         shade(&mut chart, &outages, 1, most * 2)?;
         for (cause, (name, color)) in CAUSES.iter().enumerate() {
             chart
@@ -139,8 +139,7 @@ impl Timeline {
                         .map(|(i, b)| {
                             Circle::new(((i * bucket) as f64, b[cause]), 2, color.filled())
                         }),
-                )
-                .map_err(draw_error)?
+                )?
                 .label(*name)
                 .legend(move |(x, y)| Circle::new((x + 10, y), 3, color.filled()));
         }
@@ -148,30 +147,25 @@ impl Timeline {
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
-            .draw()
-            .map_err(draw_error)?;
+            .draw()?;
 
         let mut chart = ChartBuilder::on(&bottom)
             .margin(10)
             .x_label_area_size(35)
             .y_label_area_size(60)
-            .build_cartesian_2d(0.0..end_ms, 0.0..longest_ms * 1.1)
-            .map_err(draw_error)?;
+            .build_cartesian_2d(0.0..end_ms, 0.0..longest_ms * 1.1)?;
         chart
             .configure_mesh()
             .x_desc("ms since the guest resumed (shaded: no connection to the source)")
             .y_desc("vCPU fault wait (ms)")
-            .draw()
-            .map_err(draw_error)?;
+            .draw()?;
         shade(&mut chart, &outages, 0.0, longest_ms * 1.1)?;
-        chart
-            .draw_series(
-                waits
-                    .iter()
-                    .map(|&(at, wait)| Circle::new((at, wait as f64 / 1000.0), 2, CAUSES[0].1)),
-            )
-            .map_err(draw_error)?;
-        root.present().map_err(draw_error)
+        chart.draw_series(
+            waits
+                .iter()
+                .map(|&(at, wait)| Circle::new((at, wait as f64 / 1000.0), 2, CAUSES[0].1)),
+        )?;
+        root.present().map_err(PlotError::from)
     }
 }
 
@@ -185,7 +179,7 @@ fn shade<'a, Y: Clone + 'static>(
     outages: &[(f64, f64)],
     bottom: Y,
     top: Y,
-) -> Result<()> {
+) -> Result<(), PlotError> {
     chart
         .draw_series(outages.iter().map(|&(from, to)| {
             Rectangle::new(
@@ -194,9 +188,5 @@ fn shade<'a, Y: Clone + 'static>(
             )
         }))
         .map(drop)
-        .map_err(draw_error)
-}
-
-fn draw_error(e: impl std::fmt::Display) -> Error {
-    Error::Config(format!("drawing the plot: {e}"))
+        .map_err(PlotError::from)
 }

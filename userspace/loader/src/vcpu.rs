@@ -2,6 +2,7 @@
 //! their state captured (the source's switch to post-copy).
 
 use std::{
+    fmt, io,
     os::unix::thread::JoinHandleExt,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -21,11 +22,112 @@ use nix::{
 };
 
 use crate::{
-    error::{Error, Result},
-    interrupted::Interrupted,
+    interrupted::{FaultError, Interrupted},
     lock::lock,
-    vm::{VcpuState, Vm},
+    vm::{VcpuState, Vm, VmError},
 };
+
+/// Why a vCPU stopped running the guest, or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// The kick's signal handler could not be installed.
+    #[error("sigaction: {0}")]
+    Sigaction(#[source] Errno),
+    /// The vCPU's thread could not be started.
+    #[error("spawning a vCPU thread: {0}")]
+    Spawn(#[source] io::Error),
+    /// `KVM_RUN` failed.
+    #[error("KVM {op} failed: {source}")]
+    Kvm {
+        /// The ioctl.
+        op: &'static str,
+        /// Its errno.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// The guest made the vCPU exit for good.
+    #[error(transparent)]
+    Exit(#[from] Exit),
+    /// Its state could not be captured.
+    #[error(transparent)]
+    State(#[from] VmError),
+    /// A fault (signal mode) could not be handled.
+    #[error(transparent)]
+    Fault(#[from] FaultError),
+    /// Its thread panicked.
+    #[error("a vCPU thread panicked")]
+    Panicked,
+}
+
+/// How the guest made a vCPU exit for good.
+#[derive(Debug, thiserror::Error)]
+pub enum Exit {
+    /// A triple fault, and where the vCPU was if KVM said.
+    #[error("shutdown (triple fault){}", .0.map_or(String::new(), |at| format!(" at {at}")))]
+    TripleFault(Option<FaultSite>),
+    /// HLT with nothing to wake it (the test guest never halts).
+    #[error("halted")]
+    Halted,
+    /// VM entry failed.
+    #[error("VM entry failed (reason {reason:#x}, cpu {cpu})")]
+    EntryFailed {
+        /// The hardware's reason.
+        reason: u64,
+        /// The host CPU.
+        cpu: u32,
+    },
+    /// KVM's internal error: its suberror (1 emulation failure, 2 simultaneous exceptions,
+    /// 3 an exit while delivering an event, 4 an unexpected exit reason) and data (for 3
+    /// and 4: the exit reason and, where KVM gives them, the event being delivered and the
+    /// faulting guest physical address), and where the vCPU was.
+    #[error(
+        "KVM internal error (suberror {suberror}, data [{}]) at rip {rip:#x}",
+        .data.iter().map(|word| format!("{word:#x}")).collect::<Vec<_>>().join(", ")
+    )]
+    Internal {
+        /// The suberror.
+        suberror: u32,
+        /// Its data.
+        data: Vec<u64>,
+        /// Where the vCPU was.
+        rip: u64,
+    },
+    /// An exit this loader does not handle, as KVM's bindings print it.
+    #[error("unexpected exit {0}")]
+    Unexpected(String),
+}
+
+/// Where a vCPU was when it triple-faulted: its registers, and the last page fault's
+/// address.
+#[derive(Clone, Copy, Debug)]
+pub struct FaultSite {
+    rip: u64,
+    rsp: u64,
+    cr2: u64,
+    cr3: u64,
+}
+
+/// "rip ..., rsp ..., cr2 ..., cr3 ...".
+impl fmt::Display for FaultSite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rip {:#x}, rsp {:#x}, cr2 {:#x}, cr3 {:#x}",
+            self.rip, self.rsp, self.cr2, self.cr3
+        )
+    }
+}
+
+/// The guest stopped on its own: one of its vCPUs failed.
+#[derive(Debug, thiserror::Error)]
+#[error("the guest stopped: vcpu{id}: {source}")]
+pub struct GuestStopped {
+    /// The vCPU.
+    pub id: usize,
+    /// Why.
+    #[source]
+    pub source: VcpuError,
+}
 
 /// The signal that kicks a vCPU thread out of KVM_RUN.
 const KICK: Signal = Signal::SIGUSR2;
@@ -33,10 +135,10 @@ const KICK: Signal = Signal::SIGUSR2;
 /// Running vCPUs.
 pub struct Machine {
     vm: Arc<Vm>,
-    threads: Vec<JoinHandle<Result<VcpuState>>>,
+    threads: Vec<JoinHandle<Result<VcpuState, Arc<GuestStopped>>>>,
     stop: Arc<AtomicBool>,
-    /// Why the guest stopped on its own, if it did.
-    failure: Arc<Mutex<Option<String>>>,
+    /// Why the guest stopped on its own, if it did: the first vCPU that failed.
+    failure: Arc<Mutex<Option<Arc<GuestStopped>>>>,
 }
 
 impl Machine {
@@ -45,7 +147,7 @@ impl Machine {
         vm: Arc<Vm>,
         vcpus: Vec<VcpuFd>,
         interrupted: Arc<dyn Interrupted>,
-    ) -> Result<Self> {
+    ) -> Result<Self, VcpuError> {
         extern "C" fn kicked(_: nix::libc::c_int) {}
         // No SA_RESTART: the kick is meant to make KVM_RUN return.
         let action = SigAction::new(
@@ -54,10 +156,7 @@ impl Machine {
             SigSet::empty(),
         );
         // SAFETY: The handler does nothing, which is async-signal-safe.
-        unsafe { sigaction(KICK, &action) }.map_err(|errno| Error::Io {
-            what: "sigaction",
-            source: errno.into(),
-        })?;
+        unsafe { sigaction(KICK, &action) }.map_err(VcpuError::Sigaction)?;
         let stop = Arc::new(AtomicBool::new(false));
         let failure = Arc::new(Mutex::new(None));
         let threads = vcpus
@@ -73,21 +172,18 @@ impl Machine {
                 thread::Builder::new()
                     .name(format!("vcpu{id}"))
                     .spawn(move || {
-                        let result = run(&vm, vcpu, &stop, interrupted.as_ref());
-                        if let Err(e) = &result {
-                            lock(&failure).get_or_insert_with(|| format!("vcpu{id}: {e}"));
+                        run(&vm, vcpu, &stop, interrupted.as_ref()).map_err(|source| {
+                            let stopped = Arc::new(GuestStopped { id, source });
+                            lock(&failure).get_or_insert_with(|| stopped.clone());
                             // After releasing `failure`: waiters look at it with the
                             // report's lock held.
                             vm.devices().wake_waiters();
-                        }
-                        result
+                            stopped
+                        })
                     })
-                    .map_err(|e| Error::Io {
-                        what: "spawning a vCPU thread",
-                        source: e,
-                    })
+                    .map_err(VcpuError::Spawn)
             })
-            .collect::<Result<_>>()?;
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             vm,
             threads,
@@ -102,12 +198,13 @@ impl Machine {
     }
 
     /// Why the guest stopped on its own, if it did.
-    pub fn failure(&self) -> Option<String> {
+    pub fn failure(&self) -> Option<Arc<GuestStopped>> {
         lock(&self.failure).clone()
     }
 
-    /// Stops every vCPU and returns their states in id order.
-    pub fn stop(self) -> Result<Vec<VcpuState>> {
+    /// Stops every vCPU and returns their states in id order; fails if one had stopped on
+    /// its own.
+    pub fn stop(self) -> Result<Vec<VcpuState>, Arc<GuestStopped>> {
         self.stop.store(true, Ordering::SeqCst);
         // A kick that lands just before a thread enters KVM_RUN is lost: kick until each
         // thread has left.
@@ -120,11 +217,14 @@ impl Machine {
             thread::sleep(Duration::from_millis(1));
         }
         let mut states = Vec::with_capacity(self.threads.len());
-        for t in self.threads {
-            states.push(
-                t.join()
-                    .map_err(|_| Error::Guest("a vCPU thread panicked".into()))??,
-            );
+        for (id, t) in self.threads.into_iter().enumerate() {
+            let panicked = |_| {
+                Arc::new(GuestStopped {
+                    id,
+                    source: VcpuError::Panicked,
+                })
+            };
+            states.push(t.join().map_err(panicked)??);
         }
         Ok(states)
     }
@@ -136,7 +236,7 @@ fn run(
     mut vcpu: VcpuFd,
     stop: &AtomicBool,
     interrupted: &dyn Interrupted,
-) -> Result<VcpuState> {
+) -> Result<VcpuState, VcpuError> {
     loop {
         if stop.load(Ordering::SeqCst) {
             // Let KVM finish the instruction of the last I/O exit, so that the state is
@@ -144,7 +244,7 @@ fn run(
             vcpu.set_kvm_immediate_exit(1);
             let _ = vcpu.run();
             vcpu.set_kvm_immediate_exit(0);
-            return vm.vcpu_state(&vcpu);
+            return Ok(vm.vcpu_state(&vcpu)?);
         }
         match vcpu.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
@@ -153,55 +253,47 @@ fn run(
             Ok(VcpuExit::IoIn(port, data)) => {
                 vm.devices().io_in(port, data);
             }
-            Ok(VcpuExit::Shutdown) => return Err(Error::Guest(triple_fault(&vcpu))),
-            Ok(VcpuExit::Hlt) => return Err(Error::Guest("halted".into())),
+            Ok(VcpuExit::Shutdown) => return Err(Exit::TripleFault(fault_site(&vcpu)).into()),
+            Ok(VcpuExit::Hlt) => return Err(Exit::Halted.into()),
             Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                return Err(Error::Guest(format!(
-                    "VM entry failed (reason {reason:#x}, cpu {cpu})"
-                )))
+                return Err(Exit::EntryFailed { reason, cpu }.into())
             }
-            Ok(VcpuExit::InternalError) => return Err(Error::Guest(internal_error(&mut vcpu))),
-            Ok(exit) => return Err(Error::Guest(format!("unexpected exit {exit:?}"))),
+            Ok(VcpuExit::InternalError) => return Err(internal_error(&mut vcpu).into()),
+            Ok(exit) => return Err(Exit::Unexpected(format!("{exit:?}")).into()),
             Err(e) if e.errno() == Errno::EINTR as i32 || e.errno() == Errno::EAGAIN as i32 => {
                 interrupted.interrupted()?;
             }
-            Err(e) => {
-                return Err(Error::Kvm {
+            Err(source) => {
+                return Err(VcpuError::Kvm {
                     op: "KVM_RUN",
-                    source: e,
+                    source,
                 })
             }
         }
     }
 }
 
-/// What KVM's internal error says: its suberror (1 emulation failure, 2 simultaneous
-/// exceptions, 3 an exit while delivering an event, 4 an unexpected exit reason) and data
-/// (for 3 and 4: the exit reason and, where KVM gives them, the event being delivered and
-/// the faulting guest physical address), and where the vCPU was.
-fn internal_error(vcpu: &mut VcpuFd) -> String {
+/// What KVM's internal error says, and where the vCPU was.
+fn internal_error(vcpu: &mut VcpuFd) -> Exit {
     let rip = vcpu.get_regs().map(|regs| regs.rip).unwrap_or_default();
     let run = vcpu.get_kvm_run();
     // SAFETY: After a KVM_EXIT_INTERNAL_ERROR exit, `internal` is the union's valid member.
     let internal = unsafe { run.__bindgen_anon_1.internal };
-    let data: Vec<String> = internal.data[..(internal.ndata as usize).min(internal.data.len())]
-        .iter()
-        .map(|word| format!("{word:#x}"))
-        .collect();
-    format!(
-        "KVM internal error (suberror {}, data [{}]) at rip {rip:#x}",
-        internal.suberror,
-        data.join(", ")
-    )
+    let data = internal.data[..(internal.ndata as usize).min(internal.data.len())].to_vec();
+    Exit::Internal {
+        suberror: internal.suberror,
+        data,
+        rip,
+    }
 }
 
-/// What a triple fault looks like: where the vCPU was, and the last page fault's address.
-fn triple_fault(vcpu: &VcpuFd) -> String {
-    match (vcpu.get_regs(), vcpu.get_sregs()) {
-        (Ok(regs), Ok(sregs)) => format!(
-            "shutdown (triple fault) at rip {:#x}, rsp {:#x}, cr2 {:#x}, cr3 {:#x}",
-            regs.rip, regs.rsp, sregs.cr2, sregs.cr3
-        ),
-        _ => "shutdown (triple fault)".into(),
-    }
+/// Where a vCPU that triple-faulted was, if KVM says.
+fn fault_site(vcpu: &VcpuFd) -> Option<FaultSite> {
+    let (regs, sregs) = (vcpu.get_regs().ok()?, vcpu.get_sregs().ok()?);
+    Some(FaultSite {
+        rip: regs.rip,
+        rsp: regs.rsp,
+        cr2: sregs.cr2,
+        cr3: sregs.cr3,
+    })
 }

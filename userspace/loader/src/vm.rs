@@ -2,7 +2,7 @@
 //! RAM from a muserload object, the devices, and the vCPUs; and their state, captured on
 //! the source and restored on the destination.
 
-use std::io::Write;
+use std::io::{self, Write};
 
 use kvm_bindings::{
     kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
@@ -13,16 +13,67 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::{eventfd::EventFd, fam};
 
 use crate::{
     bitmap::Bitmap,
     boot::Entry,
-    devices::{DeviceState, Devices, COM1_IRQ},
-    error::{io, kvm, Error, Result},
-    interrupted::Interrupted,
+    devices::{DeviceError, DeviceState, Devices, COM1_IRQ},
+    interrupted::{FaultError, Interrupted},
     memory::GuestRam,
 };
+
+/// A failure to build the VM, or to capture or restore its state or a vCPU's.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// A KVM ioctl failed.
+    #[error("KVM {op} failed: {source}")]
+    Kvm {
+        /// What was asked of KVM.
+        op: &'static str,
+        /// Its errno.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// The serial interrupt's eventfd could not be made.
+    #[error("eventfd: {0}")]
+    Eventfd(#[source] io::Error),
+    /// The host's XSAVE state is larger than this loader migrates.
+    #[error("the host's XSAVE state is {size} bytes; this loader migrates at most 4096")]
+    Xsave {
+        /// Its size in bytes.
+        size: i32,
+    },
+    /// KVM's dirty log is not a bitmap of the guest's pages.
+    #[error("KVM's dirty log has the wrong size")]
+    DirtyLog,
+    /// The devices failed.
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
+    /// A vCPU state from the source with more CPUID entries than KVM takes.
+    #[error("protocol error: too many CPUID entries ({0})")]
+    Cpuid(#[source] fam::Error),
+    /// A vCPU state from the source with more MSRs than KVM takes at once.
+    #[error("protocol error: too many MSRs ({0})")]
+    StateMsrs(#[source] fam::Error),
+    /// More MSRs than KVM reads at once (KVM listed them itself).
+    #[error("too many MSRs ({0})")]
+    Msrs(#[source] fam::Error),
+    /// KVM refused an MSR of the vCPU's state.
+    #[error("KVM_SET_MSRS refused MSR {index:#x}")]
+    MsrRefused {
+        /// The MSR.
+        index: u32,
+    },
+    /// A fault on a page KVM touched while the state was restored could not be handled.
+    #[error(transparent)]
+    Fault(#[from] FaultError),
+}
+
+/// `map_err` helper for KVM calls.
+fn kvm(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { op, source }
+}
 
 /// Where KVM may put the TSS it needs on Intel hosts: just below 4 GiB, above any RAM
 /// the test guest has.
@@ -88,7 +139,7 @@ pub struct Vm {
 
 impl Vm {
     /// A VM whose RAM is `ram`, with new devices writing their console to `console`.
-    pub fn new(ram: GuestRam, console: Box<dyn Write + Send>) -> Result<Self> {
+    pub fn new(ram: GuestRam, console: Box<dyn Write + Send>) -> Result<Self, VmError> {
         Self::build(ram, |irq| Ok(Devices::new(irq, console)))
     }
 
@@ -97,11 +148,14 @@ impl Vm {
         ram: GuestRam,
         console: Box<dyn Write + Send>,
         devices: DeviceState,
-    ) -> Result<Self> {
+    ) -> Result<Self, VmError> {
         Self::build(ram, |irq| Devices::restore(irq, console, devices))
     }
 
-    fn build(ram: GuestRam, devices: impl FnOnce(EventFd) -> Result<Devices>) -> Result<Self> {
+    fn build(
+        ram: GuestRam,
+        devices: impl FnOnce(EventFd) -> Result<Devices, DeviceError>,
+    ) -> Result<Self, VmError> {
         let system = Kvm::new().map_err(kvm("open /dev/kvm"))?;
         let fd = system.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
         fd.set_tss_address(TSS_ADDR)
@@ -122,7 +176,7 @@ impl Vm {
         // SAFETY: The region is `ram`'s mapping, which lives as long as the VM: both are
         // fields of `Self`, and `ram` is dropped after `fd` (declared after it).
         unsafe { fd.set_user_memory_region(region) }.map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
-        let irq = EventFd::new(nix::libc::EFD_NONBLOCK).map_err(io("eventfd"))?;
+        let irq = EventFd::new(nix::libc::EFD_NONBLOCK).map_err(VmError::Eventfd)?;
         fd.register_irqfd(&irq, COM1_IRQ)
             .map_err(kvm("KVM_IRQFD"))?;
         let msr_indices = system
@@ -134,9 +188,7 @@ impl Vm {
         // loader does not do.
         let xsave_size = fd.check_extension_int(Cap::Xsave2);
         if xsave_size > std::mem::size_of::<kvm_xsave>() as i32 {
-            return Err(Error::Config(format!(
-                "the host's XSAVE state is {xsave_size} bytes; this loader migrates at most 4096"
-            )));
+            return Err(VmError::Xsave { size: xsave_size });
         }
         Ok(Self {
             devices: devices(irq)?,
@@ -149,7 +201,7 @@ impl Vm {
 
     /// Turns KVM's dirty page logging of guest RAM on (for good: the source's guest never
     /// runs again after the migration).
-    pub fn enable_dirty_logging(&self) -> Result<()> {
+    pub fn enable_dirty_logging(&self) -> Result<(), VmError> {
         let region = kvm_userspace_memory_region {
             slot: 0,
             flags: KVM_MEM_LOG_DIRTY_PAGES,
@@ -164,13 +216,12 @@ impl Vm {
 
     /// The pages the guest wrote since the last call (or since logging started), which
     /// KVM then forgets.
-    pub fn dirty_pages(&self) -> Result<Bitmap> {
+    pub fn dirty_pages(&self) -> Result<Bitmap, VmError> {
         let words = self
             .fd
             .get_dirty_log(0, self.ram.size() as usize)
             .map_err(kvm("KVM_GET_DIRTY_LOG"))?;
-        Bitmap::from_words(self.ram.pages(), &words)
-            .ok_or_else(|| Error::Config("KVM's dirty log has the wrong size".into()))
+        Bitmap::from_words(self.ram.pages(), &words).ok_or(VmError::DirtyLog)
     }
 
     /// Guest RAM.
@@ -184,7 +235,7 @@ impl Vm {
     }
 
     /// Creates vCPU `id` ready to enter the guest at `entry`.
-    pub fn boot_vcpu(&self, id: u8, entry: &Entry) -> Result<VcpuFd> {
+    pub fn boot_vcpu(&self, id: u8, entry: &Entry) -> Result<VcpuFd, VmError> {
         let vcpu = self
             .fd
             .create_vcpu(id.into())
@@ -217,13 +268,12 @@ impl Vm {
         id: u8,
         state: &VcpuState,
         faults: &dyn Interrupted,
-    ) -> Result<VcpuFd> {
+    ) -> Result<VcpuFd, VmError> {
         let vcpu = self
             .fd
             .create_vcpu(id.into())
             .map_err(kvm("KVM_CREATE_VCPU"))?;
-        let cpuid = CpuId::from_entries(&state.cpuid)
-            .map_err(|_| Error::Protocol("too many CPUID entries".into()))?;
+        let cpuid = CpuId::from_entries(&state.cpuid).map_err(VmError::Cpuid)?;
         vcpu.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
         vcpu.set_mp_state(state.mp_state)
             .map_err(kvm("KVM_SET_MP_STATE"))?;
@@ -247,16 +297,14 @@ impl Vm {
         let mut rest = state.msrs.as_slice();
         while !rest.is_empty() {
             let chunk = &rest[..rest.len().min(KVM_MAX_MSR_ENTRIES)];
-            let msrs =
-                Msrs::from_entries(chunk).map_err(|_| Error::Protocol("too many MSRs".into()))?;
+            let msrs = Msrs::from_entries(chunk).map_err(VmError::StateMsrs)?;
             let set = vcpu.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
             // KVM maps the page some MSRs name (kvmclock, steal time): one not loaded yet
             // makes it stop there in signal mode, after signalling this thread.
             if set < chunk.len() && !faults.interrupted()? {
-                return Err(Error::Config(format!(
-                    "KVM_SET_MSRS refused MSR {:#x}",
-                    chunk[set].index
-                )));
+                return Err(VmError::MsrRefused {
+                    index: chunk[set].index,
+                });
             }
             rest = &rest[set..];
         }
@@ -266,7 +314,7 @@ impl Vm {
     }
 
     /// `vcpu`'s state. Call from its thread, after KVM_RUN completed any pending I/O.
-    pub fn vcpu_state(&self, vcpu: &VcpuFd) -> Result<VcpuState> {
+    pub fn vcpu_state(&self, vcpu: &VcpuFd) -> Result<VcpuState, VmError> {
         Ok(VcpuState {
             cpuid: vcpu
                 .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
@@ -287,7 +335,7 @@ impl Vm {
 
     /// Every MSR KVM lists that this vCPU can read (KVM_GET_MSRS stops at the first one
     /// it cannot: skip that one and go on).
-    fn read_msrs(&self, vcpu: &VcpuFd) -> Result<Vec<kvm_msr_entry>> {
+    fn read_msrs(&self, vcpu: &VcpuFd) -> Result<Vec<kvm_msr_entry>, VmError> {
         let mut out = Vec::with_capacity(self.msr_indices.len());
         let mut rest = self.msr_indices.as_slice();
         while !rest.is_empty() {
@@ -299,8 +347,7 @@ impl Vm {
                     ..Default::default()
                 })
                 .collect();
-            let mut msrs =
-                Msrs::from_entries(&entries).map_err(|_| Error::Config("too many MSRs".into()))?;
+            let mut msrs = Msrs::from_entries(&entries).map_err(VmError::Msrs)?;
             let read = vcpu.get_msrs(&mut msrs).map_err(kvm("KVM_GET_MSRS"))?;
             out.extend_from_slice(&msrs.as_slice()[..read]);
             rest = &rest[(read + 1).min(rest.len())..];
@@ -309,8 +356,8 @@ impl Vm {
     }
 
     /// The VM-wide state. Call with the vCPUs stopped.
-    pub fn state(&self) -> Result<VmState> {
-        let chip = |id| -> Result<kvm_irqchip> {
+    pub fn state(&self) -> Result<VmState, VmError> {
+        let chip = |id| -> Result<kvm_irqchip, VmError> {
             let mut chip = kvm_irqchip {
                 chip_id: id,
                 ..Default::default()
@@ -330,7 +377,7 @@ impl Vm {
     }
 
     /// Restores the VM-wide state, before the vCPUs run.
-    pub fn set_state(&self, state: &VmState) -> Result<()> {
+    pub fn set_state(&self, state: &VmState) -> Result<(), VmError> {
         for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
             self.fd.set_irqchip(chip).map_err(kvm("KVM_SET_IRQCHIP"))?;
         }

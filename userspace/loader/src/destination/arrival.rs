@@ -6,10 +6,9 @@ use std::{io::BufReader, net::TcpStream};
 
 use muserload::FaultMode;
 
-use super::{intake::load_precopy_batch, PAGE};
+use super::{error::ReceiveError, intake::load_precopy_batch, PAGE};
 use crate::{
     bitmap::Bitmap,
-    error::Result,
     memory::GuestRam,
     protocol::{self, Control, Kind, PreCopy},
     vm::MachineState,
@@ -53,7 +52,7 @@ impl Arrival {
         stream: TcpStream,
         mut requests: TcpStream,
         fault_mode: FaultMode,
-    ) -> Result<Self> {
+    ) -> Result<Self, ReceiveError> {
         let mut stream = BufReader::with_capacity(1 << 16, stream);
         let (ram_size, kind) = protocol::expect_memory(&mut stream)?;
         let ram = GuestRam::new(ram_size)?;
@@ -86,7 +85,7 @@ fn receive_precopy(
     ram: &GuestRam,
     loaded: &Bitmap,
     fault_mode: FaultMode,
-) -> Result<(MachineState, Precopy)> {
+) -> Result<(MachineState, Precopy), ReceiveError> {
     let mut precopy = Precopy::default();
     let mut staging = ram.object().map_staging()?;
     loop {
@@ -103,7 +102,12 @@ fn receive_precopy(
 
 /// Arms the pages pre-copy sent that the guest wrote since again in `ram` (clearing them
 /// in `loaded`): they come post-copy. Returns how many there were.
-fn rearm(discard: &Bitmap, ram: &GuestRam, loaded: &Bitmap, fault_mode: FaultMode) -> Result<u64> {
+fn rearm(
+    discard: &Bitmap,
+    ram: &GuestRam,
+    loaded: &Bitmap,
+    fault_mode: FaultMode,
+) -> Result<u64, ReceiveError> {
     for page in discard.ones() {
         ram.object()
             .arm(ram.guest(), page * PAGE, PAGE, fault_mode)?;

@@ -12,12 +12,12 @@ use muserload::{Event, Events, FaultMode, Wake};
 use nix::{errno::Errno, sys::signal::Signal};
 
 use super::{
+    error::LoadError,
     loading::{Loading, RECHECK},
     Mode, PAGE,
 };
 use crate::{
-    error::{Error, Result},
-    interrupted::{Interrupted, NoFaults},
+    interrupted::{FaultError, Interrupted, NoFaults},
     memory::BATCH_PAGES,
     protocol::Control,
     timeline::Cause,
@@ -40,7 +40,10 @@ pub(super) fn fault_mode(mode: Mode) -> FaultMode {
 /// Starts serving faults for `loading` in `mode`: the resolver thread (queue mode's
 /// faults, and in signal mode the kernel's accesses that wait) and, in signal mode, the
 /// signal's handler. Returns what the vCPU threads do when the signal interrupts them.
-pub(super) fn serve_faults(loading: &Arc<Loading>, mode: Mode) -> Result<Arc<dyn Interrupted>> {
+pub(super) fn serve_faults(
+    loading: &Arc<Loading>,
+    mode: Mode,
+) -> Result<Arc<dyn Interrupted>, LoadError> {
     let events = loading.ram().object().events(false)?;
     loading.spawn("resolver", move |l| l.resolve_events(&events))?;
     Ok(match mode {
@@ -55,7 +58,7 @@ pub(super) fn serve_faults(loading: &Arc<Loading>, mode: Mode) -> Result<Arc<dyn
 impl Loading {
     /// Handles faults on `pages`: zero pages are loaded at once, the others requested
     /// (each once).
-    fn resolve(&self, pages: impl IntoIterator<Item = u64>) -> Result<()> {
+    fn resolve(&self, pages: impl IntoIterator<Item = u64>) -> Result<(), LoadError> {
         let mut wanted = Vec::new();
         for page in pages {
             self.counters.faults.fetch_add(1, Ordering::Relaxed);
@@ -82,11 +85,11 @@ impl Loading {
         if wanted.is_empty() {
             return Ok(());
         }
-        self.send(&Control::Request { pages: wanted })
+        Ok(self.send(&Control::Request { pages: wanted })?)
     }
 
     /// Queue mode: reads fault events and resolves them, until the object is aborted.
-    fn resolve_events(&self, events: &Events) -> Result<()> {
+    fn resolve_events(&self, events: &Events) -> Result<(), LoadError> {
         let mut batch = [Event::default(); BATCH_PAGES];
         loop {
             let n = events.read(&mut batch)?;
@@ -98,12 +101,12 @@ impl Loading {
     }
 
     /// Signal mode: waits until `page` is loaded.
-    fn wait_loaded(&self, page: u64) -> Result<()> {
+    fn wait_loaded(&self, page: u64) -> Result<(), LoadError> {
         let loaded = || self.pages.loaded.get(page);
         while !loaded() {
             self.outcome.check()?;
             if self.outcome.is_abandoned() {
-                return Err(Error::Unrecovered(format!("page {page} will not come")));
+                return Err(LoadError::Abandoned { page });
             }
             self.outcome.wait(RECHECK, loaded);
         }
@@ -125,8 +128,10 @@ fn note_fault(address: u64) {
 /// Signal mode's faults, handled in the vCPU threads.
 struct SignalFaults(Arc<Loading>);
 
-impl Interrupted for SignalFaults {
-    fn interrupted(&self) -> Result<bool> {
+impl SignalFaults {
+    /// Handles the fault the handler noted in this thread, if any: asks for its page and
+    /// waits until it is loaded. Returns whether there was one.
+    fn handle(&self) -> Result<bool, LoadError> {
         let address = FAULT_ADDRESS.with(|a| a.replace(0));
         if address == 0 {
             return Ok(false);
@@ -136,9 +141,15 @@ impl Interrupted for SignalFaults {
             .checked_sub(base)
             .map(|offset| offset / PAGE)
             .filter(|&page| page < self.0.pages.len())
-            .ok_or_else(|| Error::Guest(format!("fault signal for {address:#x}, not guest RAM")))?;
+            .ok_or(LoadError::StrayFault { address })?;
         self.0.resolve([page])?;
         self.0.wait_loaded(page)?;
         Ok(true)
+    }
+}
+
+impl Interrupted for SignalFaults {
+    fn interrupted(&self) -> Result<bool, FaultError> {
+        self.handle().map_err(|e| FaultError(Box::new(e)))
     }
 }

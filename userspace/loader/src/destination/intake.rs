@@ -8,12 +8,12 @@ use muserload::{FaultMode, Staging, Wake, LOADV_MAX};
 use nix::errno::Errno;
 
 use super::{
+    error::LoadError,
     loading::{Loading, SourceTimes},
     PAGE,
 };
 use crate::{
     bitmap::Bitmap,
-    error::{Error, Result},
     lock::lock,
     memory::{GuestRam, BATCH_PAGES},
     protocol::{self, Answer, Channel, LinkError, Pages},
@@ -29,7 +29,11 @@ impl Loading {
     /// Receives the stream of connections `generation`: batches of pages, moved into guest
     /// memory, until its end. A broken connection is not an error: the thread ends and the
     /// main thread waits for the source to reconnect.
-    pub fn receive_stream(&self, conn: BufReader<TcpStream>, generation: u32) -> Result<()> {
+    pub fn receive_stream(
+        &self,
+        conn: BufReader<TcpStream>,
+        generation: u32,
+    ) -> Result<(), LoadError> {
         let received = self.take_stream(conn);
         self.receiver_ended(generation, received)
     }
@@ -37,7 +41,11 @@ impl Loading {
     /// Receives the requests channel of connections `generation`: the answers to requests,
     /// moved into guest memory, and the source's times; until the source hangs up after
     /// `Done`, or the connection breaks (as for [`Loading::receive_stream`]).
-    pub fn receive_answers(&self, conn: BufReader<TcpStream>, generation: u32) -> Result<()> {
+    pub fn receive_answers(
+        &self,
+        conn: BufReader<TcpStream>,
+        generation: u32,
+    ) -> Result<(), LoadError> {
         let received = self.take_answers(conn);
         self.receiver_ended(generation, received)
     }
@@ -45,11 +53,15 @@ impl Loading {
     /// What the end of a receiving thread of connections `generation` with `received`
     /// means: nothing once every page is loaded (the source may hang up at any moment
     /// then), a break of the link if they broke, the failure of the migration otherwise.
-    fn receiver_ended(&self, generation: u32, received: Result<()>) -> Result<()> {
+    fn receiver_ended(
+        &self,
+        generation: u32,
+        received: Result<(), LoadError>,
+    ) -> Result<(), LoadError> {
         match received {
             Err(_) if self.outcome.is_done() => Ok(()),
-            Err(Error::Link(e @ LinkError::Disconnected { .. })) => {
-                self.lost(generation, &e.into());
+            Err(LoadError::Link(e @ LinkError::Disconnected { .. })) => {
+                self.lost(generation, e);
                 Ok(())
             }
             result => result,
@@ -57,7 +69,7 @@ impl Loading {
     }
 
     /// Takes the stream's batches until [`Control::StreamEnd`](crate::protocol::Control).
-    fn take_stream(&self, mut conn: BufReader<TcpStream>) -> Result<()> {
+    fn take_stream(&self, mut conn: BufReader<TcpStream>) -> Result<(), LoadError> {
         let mut staging = self.ram().object().map_staging()?;
         while let Some(batch) = protocol::expect_stream(&mut conn, self.pages.len())? {
             let slot = STREAM_SLOTS;
@@ -71,7 +83,7 @@ impl Loading {
     }
 
     /// Takes the requests channel's answers and the source's times, until it fails.
-    fn take_answers(&self, mut conn: BufReader<TcpStream>) -> Result<()> {
+    fn take_answers(&self, mut conn: BufReader<TcpStream>) -> Result<(), LoadError> {
         let mut staging = self.ram().object().map_staging()?;
         loop {
             match protocol::expect_answer(&mut conn, self.pages.len())? {
@@ -103,7 +115,7 @@ impl Loading {
         staging: &mut Staging,
         pairs: &[(u64, usize)],
         cause: Cause,
-    ) -> Result<()> {
+    ) -> Result<(), LoadError> {
         self.counters
             .bytes
             .fetch_add(batch.wire_size(), Ordering::Relaxed);
@@ -119,7 +131,7 @@ impl Loading {
         staging: &mut Staging,
         pairs: &[(u64, usize)],
         cause: Cause,
-    ) -> Result<()> {
+    ) -> Result<(), LoadError> {
         let (object, guest) = (self.ram().object(), self.ram().guest());
         let mut rest = pairs;
         while !rest.is_empty() {
@@ -147,7 +159,7 @@ impl Loading {
 
     /// Loads every zero page, in vectored calls (lazily: the module allocates a page only
     /// when the guest touches it).
-    pub fn load_zero_pages(&self) -> Result<()> {
+    pub fn load_zero_pages(&self) -> Result<(), LoadError> {
         let zero = &self.pages.zero;
         let mut ranges: Vec<(u64, u64)> = Vec::new();
         for page in (0..zero.len()).filter(|&p| zero.get(p)) {
@@ -206,7 +218,7 @@ pub(super) fn load_precopy_batch(
     batch: &Pages,
     loaded: &Bitmap,
     mode: FaultMode,
-) -> Result<()> {
+) -> Result<(), LoadError> {
     let pairs = stage(batch, stream, staging, STREAM_SLOTS, Channel::Stream)?;
     for &page in batch.indices.iter().filter(|&&p| loaded.get(p)) {
         ram.object().arm(ram.guest(), page * PAGE, PAGE, mode)?;
@@ -227,7 +239,7 @@ fn stage(
     staging: &mut Staging,
     first_slot: usize,
     channel: Channel,
-) -> Result<Vec<(u64, usize)>> {
+) -> Result<Vec<(u64, usize)>, LoadError> {
     let n = batch.indices.len();
     batch.read_data(conn, staging.slots_mut(first_slot, n)?, channel)?;
     Ok(batch

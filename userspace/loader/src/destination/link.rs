@@ -10,10 +10,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::loading::Loading;
+use super::{
+    error::{AcceptError, LoadError, ReceiveError},
+    loading::Loading,
+};
 use crate::{
     bitmap::Bitmap,
-    error::{io, Error, Result},
     lock::lock,
     protocol::{self, Channel, Control, LinkError, ProtocolError},
 };
@@ -40,8 +42,24 @@ pub(super) struct Link {
 struct Break {
     /// When.
     since: Instant,
-    /// Why, as the error that saw it says.
-    why: String,
+    /// Why: the error of the thread that saw it.
+    why: Arc<LinkError>,
+}
+
+/// How long the source may take to reconnect.
+#[derive(Clone, Copy)]
+struct Patience {
+    /// From when the connections broke.
+    since: Instant,
+    /// This long.
+    timeout: Duration,
+}
+
+impl Patience {
+    /// Whether the source took too long.
+    fn run_out(&self) -> bool {
+        self.since.elapsed() >= self.timeout
+    }
 }
 
 impl Link {
@@ -51,41 +69,49 @@ impl Link {
     }
 }
 
-/// Accepts the source's two connections, in either order; returns them and when the
-/// first came. With a `deadline` (a reconnection), fails with [`Error::Unrecovered`] once
-/// it passes, and a connection that breaks in its hello, or a channel opened again,
-/// replaces what came before: a source may die and come back halfway through.
-pub(super) fn accept_channels(
+/// Accepts the source's two connections of a migration; returns them and when the first
+/// came.
+pub(super) fn accept_source(
     listener: &TcpListener,
-    deadline: Option<Instant>,
-) -> Result<(TcpStream, TcpStream, Instant)> {
+) -> Result<(TcpStream, TcpStream, Instant), AcceptError> {
+    accept_channels(listener, None)
+}
+
+/// Accepts the source's two connections, in either order; returns them and when the
+/// first came. On a reconnection (with the source's `patience`), fails with
+/// [`AcceptError::TimedOut`] once it runs out, and a connection that breaks in its hello,
+/// or a channel opened again, replaces what came before: a source may die and come back
+/// halfway through.
+fn accept_channels(
+    listener: &TcpListener,
+    patience: Option<Patience>,
+) -> Result<(TcpStream, TcpStream, Instant), AcceptError> {
     let (mut stream, mut requests, mut first) = (None, None, None);
     listener
-        .set_nonblocking(deadline.is_some())
-        .map_err(io("listening"))?;
+        .set_nonblocking(patience.is_some())
+        .map_err(AcceptError::Listen)?;
     loop {
         let mut conn = match listener.accept() {
             Ok((conn, _)) => conn,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Err(Error::Unrecovered("no reconnection".into()));
+                if let Some(patience) = patience.filter(Patience::run_out) {
+                    return Err(AcceptError::TimedOut(patience.timeout));
                 }
                 thread::sleep(Duration::from_millis(20));
                 continue;
             }
-            Err(e) => return Err(io("accepting the source")(e)),
+            Err(e) => return Err(AcceptError::Accept(e)),
         };
         let first = *first.get_or_insert_with(Instant::now);
-        conn.set_nonblocking(false)
-            .map_err(io("accepting the source"))?;
+        conn.set_nonblocking(false).map_err(AcceptError::Accept)?;
         protocol::tune(&conn)?;
         let slot = match protocol::accept_hello(&mut conn) {
             Ok(Channel::Stream) => &mut stream,
             Ok(Channel::Requests) => &mut requests,
-            Err(LinkError::Disconnected { .. }) if deadline.is_some() => continue,
+            Err(LinkError::Disconnected { .. }) if patience.is_some() => continue,
             Err(e) => return Err(e.into()),
         };
-        if slot.replace(conn).is_some() && deadline.is_none() {
+        if slot.replace(conn).is_some() && patience.is_none() {
             return Err(LinkError::from(ProtocolError::ChannelTwice).into());
         }
         match (stream.take(), requests.take()) {
@@ -95,13 +121,13 @@ pub(super) fn accept_channels(
     }
 }
 
-/// Accepts the source's reconnection: both channels before `deadline`, the stream opening
-/// with [`Control::Resume`].
+/// Accepts the source's reconnection: both channels before its `patience` runs out, the
+/// stream opening with [`Control::Resume`].
 fn accept_reconnection(
     listener: &TcpListener,
-    deadline: Instant,
-) -> Result<(BufReader<TcpStream>, TcpStream)> {
-    let (stream, requests, _) = accept_channels(listener, Some(deadline))?;
+    patience: Patience,
+) -> Result<(BufReader<TcpStream>, TcpStream), AcceptError> {
+    let (stream, requests, _) = accept_channels(listener, Some(patience))?;
     let mut stream = BufReader::with_capacity(1 << 16, stream);
     protocol::expect_resume(&mut stream)?;
     Ok((stream, requests))
@@ -113,28 +139,28 @@ impl Loading {
         self: &Arc<Self>,
         stream: BufReader<TcpStream>,
         requests: TcpStream,
-    ) -> Result<()> {
+    ) -> Result<(), LoadError> {
         self.attach(stream, requests, &mut lock(&self.link))
     }
 
     /// Sends `control` to the source. While the connections are broken it is dropped:
     /// a reconnection sends again what matters (see [`Loading::recover`]).
-    pub fn send(&self, control: &Control) -> Result<()> {
+    pub fn send(&self, control: &Control) -> Result<(), LinkError> {
         let mut link = lock(&self.link);
         let Some(requests) = link.requests.as_mut() else {
             return Ok(());
         };
         match protocol::send_control(requests, control) {
             Err(e @ LinkError::Disconnected { .. }) => {
-                self.broke(&mut link, &e.into());
+                self.broke(&mut link, e);
                 Ok(())
             }
-            result => Ok(result.map(drop)?),
+            result => result.map(drop),
         }
     }
 
     /// A receiving thread of connections `generation` saw them break.
-    pub fn lost(&self, generation: u32, why: &Error) {
+    pub fn lost(&self, generation: u32, why: LinkError) {
         let mut link = lock(&self.link);
         if link.generation == generation {
             self.broke(&mut link, why);
@@ -143,8 +169,12 @@ impl Loading {
 
     /// Waits for the source to reconnect after the connections broke, at most `timeout`,
     /// and tells it what to send again: every page not loaded, the requests not answered.
-    /// Fails with [`Error::Unrecovered`] if it does not come back.
-    pub fn recover(self: &Arc<Self>, listener: &TcpListener, timeout: Duration) -> Result<()> {
+    /// Fails with [`ReceiveError::Unrecovered`] if it does not come back.
+    pub fn recover(
+        self: &Arc<Self>,
+        listener: &TcpListener,
+        timeout: Duration,
+    ) -> Result<(), ReceiveError> {
         let Some(Break { since, why }) = lock(&self.link).broken.clone() else {
             return Ok(());
         };
@@ -152,16 +182,13 @@ impl Loading {
             "muserload-loader: the connection to the source broke ({why}); the guest waits \
              for its missing pages while the source reconnects (for up to {timeout:?})"
         );
+        let patience = Patience { since, timeout };
         let (stream, mut requests) =
-            accept_reconnection(listener, since + timeout).map_err(|e| {
-                let reason = match e {
-                    Error::Unrecovered(_) => format!("it did not reconnect within {timeout:?}"),
-                    e => e.to_string(),
-                };
-                Error::Unrecovered(format!(
-                    "the connection to the source broke ({why}) and {reason}: the guest, \
-                     missing pages only the source had, was stopped"
-                ))
+            accept_reconnection(listener, patience).map_err(|failure| {
+                ReceiveError::Unrecovered {
+                    cause: why.clone(),
+                    failure,
+                }
             })?;
         // Under the link's lock: a fault resolved meanwhile either is in `requested`
         // before the list below is made, or sends its request on the new connection.
@@ -215,8 +242,8 @@ impl Loading {
         stream: BufReader<TcpStream>,
         requests: TcpStream,
         link: &mut Link,
-    ) -> Result<()> {
-        let clone = |s: &TcpStream| s.try_clone().map_err(io("cloning a socket"));
+    ) -> Result<(), LoadError> {
+        let clone = |s: &TcpStream| s.try_clone().map_err(LoadError::Clone);
         link.sockets = vec![clone(stream.get_ref())?, clone(&requests)?];
         let requests_in = BufReader::with_capacity(1 << 16, clone(&requests)?);
         link.requests = Some(requests);
@@ -231,7 +258,7 @@ impl Loading {
 
     /// Takes the connections down (`link` is `self.link`, locked): every receiving thread
     /// stops, and the main thread waits for the source to reconnect.
-    fn broke(&self, link: &mut Link, why: &Error) {
+    fn broke(&self, link: &mut Link, why: LinkError) {
         if link.broken.is_some() {
             return;
         }
@@ -242,7 +269,7 @@ impl Loading {
         link.requests = None;
         link.broken = Some(Break {
             since: Instant::now(),
-            why: why.to_string(),
+            why: Arc::new(why),
         });
         self.outcome.notify();
     }

@@ -13,10 +13,12 @@ use std::{
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::link::Link;
+use super::{
+    error::{LoadError, ReceiveError},
+    link::Link,
+};
 use crate::{
     bitmap::Bitmap,
-    error::{io, Error, Result},
     lock::{lock, unpoisoned},
     memory::GuestRam,
     timeline::Timeline,
@@ -89,7 +91,7 @@ pub(super) struct SourceTimes {
 /// the wake-ups of those who wait for it.
 pub(super) struct Outcome {
     /// The first failure of a loading thread, until a waiter takes it to report it.
-    failure: Mutex<Option<Error>>,
+    failure: Mutex<Option<LoadError>>,
     /// Notified, with `failure` locked, whenever pages are loaded, the connections break
     /// or a loading thread fails.
     changed: Condvar,
@@ -123,8 +125,8 @@ impl Loading {
     pub fn spawn(
         self: &Arc<Self>,
         name: &str,
-        work: impl FnOnce(&Self) -> Result<()> + Send + 'static,
-    ) -> Result<()> {
+        work: impl FnOnce(&Self) -> Result<(), LoadError> + Send + 'static,
+    ) -> Result<(), LoadError> {
         let this = self.clone();
         thread::Builder::new()
             .name(name.into())
@@ -134,7 +136,7 @@ impl Loading {
                 }
             })
             .map(drop)
-            .map_err(io("spawning a thread"))
+            .map_err(LoadError::Spawn)
     }
 
     /// Records that `page` is loaded (by us or, after `EEXIST`, by another thread), and
@@ -152,7 +154,7 @@ impl Loading {
         machine: &Machine,
         listener: &std::net::TcpListener,
         recover_timeout: Duration,
-    ) -> Result<()> {
+    ) -> Result<(), ReceiveError> {
         let total = self.pages.zero.len();
         let bar = ProgressBar::new(total);
         if let Ok(style) =
@@ -173,7 +175,7 @@ impl Loading {
             }
             self.outcome.check()?;
             if let Some(failure) = machine.failure() {
-                return Err(Error::Guest(failure));
+                return Err(failure.into());
             }
             // Not holding the outcome's lock while taking the link's above (see
             // `Loading::link`): a notification in between delays the next look by
@@ -244,7 +246,7 @@ impl Outcome {
 
     /// A loading thread failed with `e` (only the first failure is kept: the others
     /// follow from it); wakes the waiters.
-    fn fail(&self, e: Error) {
+    fn fail(&self, e: LoadError) {
         lock(&self.failure).get_or_insert(e);
         self.changed.notify_all();
     }
@@ -256,7 +258,7 @@ impl Outcome {
     }
 
     /// Fails with a loading thread's failure, if there is one; whoever gets it reports it.
-    pub fn check(&self) -> Result<()> {
+    pub fn check(&self) -> Result<(), LoadError> {
         lock(&self.failure).take().map_or(Ok(()), Err)
     }
 

@@ -9,6 +9,7 @@
 //! with its recovery in post-copy (`link`).
 
 mod arrival;
+mod error;
 mod faults;
 mod intake;
 mod link;
@@ -19,10 +20,10 @@ use std::{net::TcpListener, path::PathBuf, time::Duration};
 
 use muserload::PAGE_SIZE;
 
+pub use self::error::ReceiveError;
 use self::{arrival::Arrival, resumed::Resumed, resumed::Stopped};
 use crate::{
     address::resolve,
-    error::{io, Error, Result},
     report::{self, DestinationReport},
 };
 
@@ -58,9 +59,9 @@ pub struct ReceiveOptions {
 }
 
 /// Receives a guest and runs it until it has checked its memory.
-pub fn receive(options: ReceiveOptions) -> Result<()> {
+pub fn receive(options: ReceiveOptions) -> Result<(), ReceiveError> {
     let listener = listen(&options.listen)?;
-    let (stream, requests, accepted) = link::accept_channels(&listener, None)?;
+    let (stream, requests, accepted) = link::accept_source(&listener)?;
     let arrival = Arrival::receive(stream, requests, faults::fault_mode(options.mode))?;
     let guest = Resumed::start(arrival, options.mode)?;
     let times = guest.load_all(&listener, options.recover_timeout, accepted)?;
@@ -71,16 +72,21 @@ pub fn receive(options: ReceiveOptions) -> Result<()> {
 }
 
 /// Listens on `addr`, and says where (the port may have been 0).
-fn listen(addr: &str) -> Result<TcpListener> {
+fn listen(addr: &str) -> Result<TcpListener, ReceiveError> {
     let addr = resolve(addr)?;
-    let listener = TcpListener::bind(addr).map_err(|source| Error::Listen { addr, source })?;
-    let local = listener.local_addr().map_err(io("listening"))?;
+    let listener =
+        TcpListener::bind(addr).map_err(|source| ReceiveError::Listen { addr, source })?;
+    let local = listener.local_addr().map_err(ReceiveError::LocalAddr)?;
     eprintln!("muserload-loader: listening on {local}");
     Ok(listener)
 }
 
 /// Prints `report`, writes it as JSON and draws the timeline if asked.
-fn publish(report: &DestinationReport, stopped: &Stopped, options: &ReceiveOptions) -> Result<()> {
+fn publish(
+    report: &DestinationReport,
+    stopped: &Stopped,
+    options: &ReceiveOptions,
+) -> Result<(), ReceiveError> {
     println!("{}", report.table());
     if let Some(path) = &options.report_json {
         report::write_json(path, report)?;

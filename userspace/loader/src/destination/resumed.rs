@@ -8,10 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{arrival::Arrival, faults, loading::Loading, Mode};
+use super::{arrival::Arrival, error::ReceiveError, faults, loading::Loading, Mode};
 use crate::{
     devices::TestReport,
-    error::{Error, Result},
     lock::lock,
     protocol::{Control, Kind},
     report::DestinationReport,
@@ -67,7 +66,7 @@ pub(super) struct Stopped {
 impl Resumed {
     /// Builds the VM from `arrival`, starts the loading threads (faults served in `mode`)
     /// and resumes the vCPUs; tells the source the guest runs here.
-    pub fn start(arrival: Arrival, mode: Mode) -> Result<Self> {
+    pub fn start(arrival: Arrival, mode: Mode) -> Result<Self, ReceiveError> {
         let summary = ArrivalSummary {
             kind: arrival.kind,
             mode,
@@ -97,14 +96,11 @@ impl Resumed {
         let interrupted = faults::serve_faults(&loading, mode)?;
         loading.spawn("zero-loader", Loading::load_zero_pages)?;
         loading.connect(arrival.stream, arrival.requests)?;
-        let vcpus = vcpus
-            .iter()
-            .enumerate()
-            .map(|(id, state)| {
-                let id = u8::try_from(id).map_err(|_| Error::Protocol("too many vCPUs".into()))?;
-                vm.restore_vcpu(id, state, interrupted.as_ref())
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // The protocol allows no more vCPUs than there are ids.
+        let vcpus = (0..=u8::MAX)
+            .zip(&vcpus)
+            .map(|(id, state)| vm.restore_vcpu(id, state, interrupted.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
 
         let before = vm.devices().report();
         vm.devices().resume_interrupts()?;
@@ -129,7 +125,7 @@ impl Resumed {
         listener: &TcpListener,
         recover_timeout: Duration,
         accepted: Instant,
-    ) -> Result<LoadTimes> {
+    ) -> Result<LoadTimes, ReceiveError> {
         let waited = self
             .loading
             .wait_all_loaded(&self.machine, listener, recover_timeout);
@@ -151,7 +147,7 @@ impl Resumed {
 
     /// Lets the guest make `sweeps` complete checks of its memory here, within `timeout`,
     /// then stops it.
-    pub fn check(self, sweeps: u64, timeout: Duration) -> Result<Stopped> {
+    pub fn check(self, sweeps: u64, timeout: Duration) -> Result<Stopped, ReceiveError> {
         // A sweep under way at the switch began before it: the first complete one here is
         // the second to end. 0: stop once every page is loaded.
         let target = match sweeps {
@@ -163,7 +159,7 @@ impl Resumed {
             r.sweeps >= target || r.mismatches > 0 || machine.failure().is_some()
         });
         if let Some(failure) = machine.failure() {
-            return Err(Error::Guest(failure));
+            return Err(failure.into());
         }
         self.machine.stop()?;
         Ok(Stopped {
@@ -181,7 +177,7 @@ impl Resumed {
 
 impl Stopped {
     /// The report of the migration, given how long the loading took.
-    pub fn report(&self, times: &LoadTimes) -> Result<DestinationReport> {
+    pub fn report(&self, times: &LoadTimes) -> Result<DestinationReport, ReceiveError> {
         let arrival = &self.summary;
         let stats = self.vm.ram().object().stats()?;
         let source = *lock(&self.loading.source_times);
@@ -224,18 +220,18 @@ impl Stopped {
     }
 
     /// Whether the guest passed: no page with wrong content, and every check made in time.
-    pub fn verdict(&self) -> Result<()> {
+    pub fn verdict(&self) -> Result<(), ReceiveError> {
         if self.after.mismatches > 0 {
-            return Err(Error::Mismatch {
+            return Err(ReceiveError::Mismatch {
                 count: self.after.mismatches,
                 first: self.after.first_mismatch.unwrap_or(0),
             });
         }
         if self.after.sweeps < self.target {
-            return Err(Error::Guest(format!(
-                "it did not check all its memory {} time(s) within {:?}",
-                self.wanted, self.timeout
-            )));
+            return Err(ReceiveError::Unchecked {
+                sweeps: self.wanted,
+                timeout: self.timeout,
+            });
         }
         Ok(())
     }

@@ -134,6 +134,17 @@ pub enum ProtocolError {
         /// Its vCPUs.
         vcpus: usize,
     },
+    /// The destination said every page is loaded, but never that the guest runs there.
+    #[error("the destination finished without resuming")]
+    NeverResumed,
+    /// A machine state with more vCPUs than vCPU ids go.
+    #[error("a machine of {vcpus} vCPUs, more than {max}")]
+    TooManyVcpus {
+        /// Its vCPUs.
+        vcpus: usize,
+        /// The most there may be.
+        max: usize,
+    },
     /// A bitmap of pages that is not one of the guest's.
     #[error("{}: no valid {map} map", .phase.channel())]
     InvalidMap {

@@ -18,6 +18,8 @@ use crate::{bitmap::Bitmap, vm::MachineState};
 const RAM_MAX: u64 = 64 << 30;
 /// A page's size, as guest sizes count it.
 const PAGE: u64 = PAGE_SIZE as u64;
+/// The most vCPUs a machine has: a vCPU's id is a byte.
+const MAX_VCPUS: usize = u8::MAX as usize + 1;
 
 /// A receiver's phase: which frames it takes next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,7 +145,7 @@ pub fn expect_memory(r: &mut impl Read) -> Result<(u64, Kind), LinkError> {
 }
 
 /// [`Phase::PreCopy`] of a guest of `ram_size` bytes: a batch (its pages checked against
-/// the guest's), or the machine state (of that size, with at least one vCPU).
+/// the guest's), or the machine state (of that size, with 1 to [`MAX_VCPUS`] vCPUs).
 pub fn expect_precopy(r: &mut impl Read, ram_size: u64) -> Result<PreCopy, LinkError> {
     let frame = receive(r, Phase::PreCopy, |frame| match frame {
         Frame::Pages(batch) => Ok(PreCopy::Batch(batch)),
@@ -157,6 +159,13 @@ pub fn expect_precopy(r: &mut impl Read, ram_size: u64) -> Result<PreCopy, LinkE
                 return Err(ProtocolError::Machine {
                     ram_size: machine.ram_size,
                     vcpus: machine.vcpus.len(),
+                }
+                .into());
+            }
+            if machine.vcpus.len() > MAX_VCPUS {
+                return Err(ProtocolError::TooManyVcpus {
+                    vcpus: machine.vcpus.len(),
+                    max: MAX_VCPUS,
                 }
                 .into());
             }

@@ -59,7 +59,7 @@
 //! |---|---|---|---|
 //! | *Memory* ([`expect_memory`]) | [`Control::Memory`]: 1 page to 64 GiB, whole pages | *PreCopy* | `stream: expected the guest's size (Memory), got FRAME`; `a guest of N bytes` |
 //! | *PreCopy* ([`expect_precopy`]) | a batch (indices below the guest's pages; CRC), loaded at once (armed again first if it came before) | *PreCopy* | `stream: expected a pre-copy batch or the machine state (Machine), got FRAME`; `stream: page N past RAM`; `stream: checksum mismatch in a batch of N pages` |
-//! | | [`Control::Machine`]: the size [`Control::Memory`] gave, at least one vCPU | *ZeroMap* | `a machine of N bytes and M vCPUs` |
+//! | | [`Control::Machine`]: the size [`Control::Memory`] gave, 1 to 256 vCPUs | *ZeroMap* | `a machine of N bytes and M vCPUs`; `a machine of M vCPUs, more than 256` |
 //! | *ZeroMap* ([`expect_zero_map`]) | [`Control::ZeroMap`]: `pages` the guest's, a valid bitmap ([`Bitmap::from_words`]) | *Discard* | `stream: expected the zero-page map (ZeroMap), got FRAME`; `stream: no valid zero-page map` |
 //! | *Discard* ([`expect_discard`]) | [`Control::Discard`]: a valid bitmap (all clear but in hybrid) | *PostCopy* | `stream: expected the stale pre-copied pages (Discard), got FRAME`; `stream: no valid discard map` |
 //! | *PostCopy* ([`expect_stream`]) | a batch (as in pre-copy; a page loaded already is counted as a duplicate; none in pre-copy, which sent every page before `Machine`) | *PostCopy* | `stream: expected a batch of pages or the stream's end (StreamEnd), got FRAME` |
