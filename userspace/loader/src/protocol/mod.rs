@@ -26,7 +26,7 @@
 //! # The order: one state machine per receiver
 //!
 //! Every receiver is in one [`Phase`] at a time, which says which frames it takes next (the
-//! tables below). The receivers in `destination/` and `source.rs` take each frame through
+//! tables below). The receivers in `destination/` and `source/` take each frame through
 //! the phase's `expect_*` function (`expect.rs`), which receives it, checks what it must
 //! hold, and refuses any other frame. A frame its receiver's phase does not take is a
 //! protocol error ([`LinkError::Protocol`], "protocol error: ...", naming the channel, what
@@ -67,8 +67,9 @@
 //! | *Ended* | nothing: the destination reads the stream no more | | |
 //! | *Resume* ([`expect_resume`]; *reconnection*, after the hello) | [`Control::Resume`] | *PostCopy* | `stream: expected a reconnection's start (Resume), got FRAME`, and the destination gives up on the source (`the connection to the source broke (...) and ...: the guest ... was stopped`) |
 //!
-//! **The requests channel, destination to source**, received by the source (`source.rs`:
-//! `migrate`, `serve_requests`, and `resume` after a reconnection).
+//! **The requests channel, destination to source**, received by the source (`migrate` in
+//! `source/migrate.rs`, `serve_requests` in `source/serve.rs`, and `resume` in
+//! `source/link.rs` after a reconnection).
 //!
 //! | phase | legal frames | next phase | anything else |
 //! |---|---|---|---|
