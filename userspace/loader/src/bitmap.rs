@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One bit per page.
 pub struct Bitmap {
+    /// Bit `i` of word `i / 64` is page `i`'s.
     words: Vec<AtomicU64>,
+    /// The pages.
     len: u64,
 }
 

@@ -28,18 +28,23 @@ use crate::memory::GuestRam;
 const GDT_ADDR: u64 = 0x500;
 /// An empty IDT: the test guest runs with interrupts off.
 const IDT_ADDR: u64 = 0x520;
-/// PML4, then one PDPT, then the page directories (2 MiB pages).
+/// The PML4, then one PDPT, then the page directories (2 MiB pages).
 const PML4_ADDR: u64 = 0x9000;
+/// The PDPT.
 const PDPT_ADDR: u64 = 0xa000;
+/// The first page directory.
 const PD_ADDR: u64 = 0xb000;
 /// Page directories mapping the first 4 GiB, the most the test guest uses.
 const PD_COUNT: u64 = 4;
 /// The stack grows down from here.
 const STACK_TOP: u64 = 0x8_0000;
-/// Linux's boot parameters ("zero page"), its command line and its first stack.
+/// Linux's boot parameters ("zero page").
 const ZERO_PAGE_ADDR: u64 = 0x7000;
+/// Linux's command line...
 const CMDLINE_ADDR: u64 = 0x2_0000;
+/// ...and the room it has, its NUL included.
 const CMDLINE_MAX: usize = 0x1_0000;
+/// Linux's first stack.
 const LINUX_STACK: u64 = 0x8ff0;
 /// Low memory ends where the EBDA would start.
 const LOW_RAM_END: u64 = 0x9_fc00;
@@ -48,12 +53,19 @@ const IMAGE_MIN: u64 = 0x10_0000;
 /// Test data starts at 2 MiB, above the image.
 pub const DATA_START: u64 = 0x20_0000;
 
+/// CR0: protected mode.
 const CR0_PE: u64 = 1;
+/// CR0: extension type (always 1 on modern CPUs).
 const CR0_ET: u64 = 1 << 4;
+/// CR0: native FPU error reporting.
 const CR0_NE: u64 = 1 << 5;
+/// CR0: paging.
 const CR0_PG: u64 = 1 << 31;
+/// CR4: physical address extension, which long mode needs.
 const CR4_PAE: u64 = 1 << 5;
+/// EFER: long mode enabled...
 const EFER_LME: u64 = 1 << 8;
+/// ...and active.
 const EFER_LMA: u64 = 1 << 10;
 
 /// A failure to load a guest into its RAM.
@@ -272,6 +284,7 @@ pub fn load_linux(ram: &GuestRam, guest: LinuxGuest<'_>) -> Result<Entry, BootEr
     })
 }
 
+/// The FPU as after `FNINIT`, with SSE's exceptions masked (MXCSR's reset value).
 fn initial_fpu() -> kvm_fpu {
     kvm_fpu {
         fcw: 0x37f,
@@ -312,6 +325,7 @@ const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
         | ((limit as u64) & 0x0000_ffff)
 }
 
+/// The GDT's entries, at [`GDT_ADDR`]: what [`segment`] makes the segment registers of.
 const GDT: [u64; 4] = [
     0,
     gdt_entry(0xa09b, 0, 0xfffff), // code: 64-bit, present, execute/read
@@ -339,6 +353,7 @@ fn segment(index: u16) -> kvm_segment {
     }
 }
 
+/// Writes the GDT, and the empty IDT after it.
 fn write_gdt(ram: &GuestRam) -> Result<(), BootError> {
     let bytes: Vec<u8> = GDT.iter().flat_map(|entry| entry.to_le_bytes()).collect();
     write(ram, GDT_ADDR, &bytes)?;
@@ -347,7 +362,9 @@ fn write_gdt(ram: &GuestRam) -> Result<(), BootError> {
 
 /// Identity-maps the first `PD_COUNT` GiB with 2 MiB pages.
 fn write_page_tables(ram: &GuestRam) -> Result<(), BootError> {
+    /// An entry's present and writable bits.
     const PRESENT_WRITABLE: u64 = 0x3;
+    /// A page directory entry's page size bit: a 2 MiB page.
     const HUGE: u64 = 0x80;
     write(
         ram,

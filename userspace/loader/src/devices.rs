@@ -59,14 +59,18 @@ pub struct TestReport {
 /// The serial port's registers, as `vm_superio::serial::SerialState` (which has no serde).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct SerialSnapshot {
+    /// The registers, in `SerialState`'s order.
     registers: [u8; 9],
+    /// Input not read yet.
     in_buffer: Vec<u8>,
 }
 
 /// Everything the devices hold, for migration.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeviceState {
+    /// The serial port.
     serial: SerialSnapshot,
+    /// The test guest's report.
     test: TestReport,
 }
 
@@ -79,8 +83,11 @@ impl DeviceState {
 
 /// The devices of one VM.
 pub struct Devices {
+    /// COM1.
     serial: Mutex<Serial<IrqTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>>,
+    /// The test guest's report.
     report: Mutex<TestReport>,
+    /// Notified when the report changes, or the VM stopped.
     changed: Condvar,
 }
 

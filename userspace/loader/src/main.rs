@@ -34,6 +34,7 @@ use crate::{
     error::Error,
 };
 
+/// Runs the command; an error is one line on stderr and exit status 1.
 fn main() -> ExitCode {
     match run(Cli::parse().command) {
         Ok(()) => ExitCode::SUCCESS,

@@ -64,8 +64,11 @@ pub enum MemoryError {
 /// Guest RAM.
 pub struct GuestRam {
     // Fields drop in this order: the view of the mapping, the mapping, the object.
+    /// The mapping as `vm-memory` guest memory.
     view: GuestMemoryMmap,
+    /// The mapping.
     guest: GuestMemory,
+    /// The object.
     object: Object,
 }
 

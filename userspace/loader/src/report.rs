@@ -116,6 +116,7 @@ pub fn write_json(path: &Path, report: &impl Serialize) -> Result<(), ReportErro
     std::fs::write(path, json + "\n").map_err(ReportError::Write)
 }
 
+/// `rows` under `title`, their values aligned.
 fn table(title: &str, rows: &[(&str, String)]) -> String {
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut out = format!("{title}\n");
@@ -125,6 +126,7 @@ fn table(title: &str, rows: &[(&str, String)]) -> String {
     out
 }
 
+/// The kind of migration, in words.
 fn kind(kind: Kind) -> &'static str {
     match kind {
         Kind::PostCopy => "post-copy",
@@ -133,10 +135,12 @@ fn kind(kind: Kind) -> &'static str {
     }
 }
 
+/// Microseconds as milliseconds.
 fn ms(us: u64) -> String {
     format!("{:.1} ms", us as f64 / 1000.0)
 }
 
+/// Bytes as MiB, and exactly.
 fn mib(bytes: u64) -> String {
     format!(
         "{:.1} MiB ({bytes} bytes)",

@@ -24,6 +24,7 @@ pub enum Cause {
     Zero,
 }
 
+/// Each [`Cause`]'s label and color in the plot, in its order.
 const CAUSES: [(&str, RGBColor); 3] = [
     ("requested", RGBColor(214, 39, 40)),
     ("streamed", RGBColor(31, 119, 180)),
@@ -32,6 +33,7 @@ const CAUSES: [(&str, RGBColor); 3] = [
 
 /// What happened when, in milliseconds since the start.
 pub struct Timeline {
+    /// Its start: the guest's resumption.
     start: Instant,
     /// Pages loaded in each millisecond, by cause.
     loads: Mutex<Vec<[u32; 3]>>,

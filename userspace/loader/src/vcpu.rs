@@ -101,9 +101,13 @@ pub enum Exit {
 /// address.
 #[derive(Clone, Copy, Debug)]
 pub struct FaultSite {
+    /// The instruction pointer.
     rip: u64,
+    /// The stack pointer.
     rsp: u64,
+    /// The last page fault's address.
     cr2: u64,
+    /// The page tables.
     cr3: u64,
 }
 
@@ -134,8 +138,11 @@ const KICK: Signal = Signal::SIGUSR2;
 
 /// Running vCPUs.
 pub struct Machine {
+    /// The VM.
     vm: Arc<Vm>,
+    /// A thread per vCPU, in id order: its state once stopped, or why it stopped first.
     threads: Vec<JoinHandle<Result<VcpuState, Arc<GuestStopped>>>>,
+    /// Tells the threads to stop (with a kick, for those in KVM_RUN).
     stop: Arc<AtomicBool>,
     /// Why the guest stopped on its own, if it did: the first vCPU that failed.
     failure: Arc<Mutex<Option<Arc<GuestStopped>>>>,

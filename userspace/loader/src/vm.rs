@@ -93,25 +93,40 @@ fn host_is_amd() -> bool {
 /// One vCPU's state.
 #[derive(Serialize, Deserialize)]
 pub struct VcpuState {
+    /// Its CPUID (KVM_GET_CPUID2).
     cpuid: Vec<kvm_cpuid_entry2>,
+    /// Running, halted, waiting for INIT... (KVM_GET_MP_STATE).
     mp_state: kvm_mp_state,
+    /// General registers.
     regs: kvm_regs,
+    /// Segment and control registers.
     sregs: kvm_sregs,
+    /// FPU, SSE and AVX state.
     xsave: kvm_xsave,
+    /// Extended control registers.
     xcrs: kvm_xcrs,
+    /// Debug registers.
     debugregs: kvm_debugregs,
+    /// The local APIC.
     lapic: kvm_lapic_state,
+    /// Every MSR KVM lists that the vCPU could read.
     msrs: Vec<kvm_msr_entry>,
+    /// Pending exceptions, interrupts and NMIs.
     events: kvm_vcpu_events,
 }
 
 /// The VM-wide state: interrupt controllers, timer, clock.
 #[derive(Serialize, Deserialize)]
 pub struct VmState {
+    /// The master PIC.
     pic_master: kvm_irqchip,
+    /// The slave PIC.
     pic_slave: kvm_irqchip,
+    /// The I/O APIC.
     ioapic: kvm_irqchip,
+    /// The timer.
     pit: kvm_pit_state2,
+    /// kvmclock's clock.
     clock: kvm_clock_data,
 }
 
@@ -130,10 +145,15 @@ pub struct MachineState {
 
 /// A VM and what its vCPUs share.
 pub struct Vm {
+    /// /dev/kvm.
     kvm: Kvm,
+    /// The VM.
     fd: VmFd,
+    /// Guest RAM; declared after `fd`, so that it is dropped after the VM that maps it.
     ram: GuestRam,
+    /// The devices.
     devices: Devices,
+    /// The MSRs KVM lists, which a vCPU's state holds.
     msr_indices: Vec<u32>,
 }
 
@@ -152,6 +172,8 @@ impl Vm {
         Self::build(ram, |irq| Devices::restore(irq, console, devices))
     }
 
+    /// A VM whose RAM is `ram`, with the devices `devices` makes around the serial
+    /// interrupt's eventfd.
     fn build(
         ram: GuestRam,
         devices: impl FnOnce(EventFd) -> Result<Devices, DeviceError>,
