@@ -96,12 +96,13 @@ TEST_F(kvm, queue_mode)
 	ASSERT_EQ(0, ml_resolver_start(&r, ml));
 	ml_fill(expect, DATA_GPA / PAGE);
 	EXPECT_EQ(expect[0], run_to_out(self->vcpu, self->run));
-	EXPECT_EQ(1, r.served);
 	ASSERT_EQ(0, ml_stats(ml, &st));
 	EXPECT_EQ(1, st.faults_queue_kernel);
 	EXPECT_EQ(0, st.faults_queue_user);
 	EXPECT_EQ(1, st.fault_waits);
+	/* The resolver counts a page after the load that woke the vCPU: join it first. */
 	ml_resolver_stop(&r);
+	EXPECT_EQ(1, r.served);
 }
 
 static struct ml *sig_ml;

@@ -233,6 +233,7 @@ struct ml_resolver {
 	struct ml *ml;
 	int events;
 	pthread_t thread;
+	/* Pages loaded; read it after ml_resolver_stop(): it is counted after the load. */
 	unsigned long served;
 };
 
