@@ -87,6 +87,8 @@ mod tests {
             tag,
             before,
             after,
+            who: 0,
+            index: 0,
         }
     }
 

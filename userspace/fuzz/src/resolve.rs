@@ -233,6 +233,7 @@ struct Serving {
 
 impl Serving {
     fn run(mut self) {
+        crate::shared::set_context(crate::shared::context::RESOLVER);
         while !self.stopping.load(SeqCst) {
             let step = match self.rng.below(3) {
                 0 => {

@@ -135,6 +135,7 @@ pub fn run(
 
     // Arm runs of pages in queue or signal mode; leave some empty.
     let signals = [libc::SIGUSR1, libc::SIGUSR2];
+    shared::set_context(shared::context::ROUND);
     target::set(shared, fd, guest, pages);
     let mut initially_armed = vec![false; pages];
     let mut p = 0;
@@ -378,9 +379,49 @@ fn check(
         }
     }
     let none = Vec::new();
+    // Every entry of a page, whatever its kind, for the report of a check that fails.
+    let history = |page: usize| {
+        let mut out = format!("page {page}: its whole log:");
+        for e in entries
+            .iter()
+            .filter(|e| e.page <= page && page < e.page + e.count.max(1))
+        {
+            out += &format!("\n  {}", e.describe());
+        }
+        out
+    };
     for (page, &armed_at_start) in initially_armed.iter().enumerate() {
-        let loads = loads.get(&page).unwrap_or(&none);
-        let arms = arms.get(&page).unwrap_or(&none);
+        let failures = shared.failures.load(SeqCst);
+        check_page(
+            shared,
+            round,
+            view,
+            page,
+            armed_at_start,
+            loads.get(&page).unwrap_or(&none),
+            arms.get(&page).unwrap_or(&none),
+            fail,
+        );
+        if shared.failures.load(SeqCst) != failures {
+            fail(format_args!("{}", history(page)));
+        }
+    }
+    check_counters_and_discards(shared, round, view, rng, fail);
+}
+
+/// The shadow model's verdict on page `page` (see [`check`]).
+#[allow(clippy::too_many_arguments)]
+fn check_page(
+    shared: &Shared,
+    round: &Round,
+    view: usize,
+    page: usize,
+    armed_at_start: bool,
+    loads: &[Entry],
+    arms: &[Entry],
+    fail: &dyn Fn(std::fmt::Arguments<'_>),
+) {
+    {
         let history = PageHistory {
             loads,
             arms,
@@ -403,7 +444,7 @@ fn check(
             Ok(p) => p,
             Err(e) => {
                 fail(format_args!("page {page}: probe: errno {e}"));
-                continue;
+                return;
             }
         };
         let addr = round.guest + page * PAGE;
@@ -436,6 +477,16 @@ fn check(
             }
         }
     }
+}
+
+/// The counters once every page is loaded, then discards (see [`check`]).
+fn check_counters_and_discards(
+    shared: &Shared,
+    round: &Round,
+    view: usize,
+    rng: &mut Rng,
+    fail: &dyn Fn(std::fmt::Arguments<'_>),
+) {
     match abi::stats(round.fd) {
         Ok(s) if s.unloaded == 0 && s.waiters == 0 => {}
         Ok(s) => fail(format_args!(

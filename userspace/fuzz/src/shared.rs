@@ -8,6 +8,7 @@
 //! once every writer has exited.
 
 use std::{
+    cell::Cell,
     ptr::NonNull,
     sync::atomic::{
         AtomicBool, AtomicU64, AtomicU8,
@@ -67,11 +68,46 @@ impl Kind {
     }
 }
 
+/// What the thread that writes a record is doing: its worker operation (`Op` + 1), or one
+/// of the contexts below, with [`HANDLER`] set in its signal handler. Goes into the
+/// records it writes, so that a failed check can tell who made each call.
+pub mod context {
+    /// The round's own setup (its first arms).
+    pub const ROUND: u8 = 0x40;
+    /// The round's resolver thread.
+    pub const RESOLVER: u8 = 0x41;
+    /// Set while the thread runs its fault signal handler.
+    pub const HANDLER: u8 = 0x80;
+}
+
+thread_local! {
+    static CONTEXT: Cell<u8> = const { Cell::new(0) };
+}
+
+/// Sets this thread's context (see [`context`]); returns the one before. Async-signal-safe.
+pub fn set_context(c: u8) -> u8 {
+    CONTEXT.with(|cell| cell.replace(c))
+}
+
+/// Who writes a record: its thread id (bits 0-31), context (32-39), the record's place in
+/// its call and the call's size (40-47, 48-55), and the call's errno once it returned
+/// (56-63). Async-signal-safe.
+fn who(place: usize, of: usize) -> u64 {
+    // SAFETY: gettid() has no preconditions.
+    let tid = unsafe { libc::gettid() } as u32;
+    u64::from(tid)
+        | u64::from(CONTEXT.with(Cell::get)) << 32
+        | (place.min(255) as u64) << 40
+        | (of.min(255) as u64) << 48
+}
+
 /// One log entry, written by one thread; `what` last (0 until then).
 #[repr(C)]
 pub struct Record {
     /// `Kind` | first page << 8 | page count << 36.
     what: AtomicU64,
+    /// See [`who`].
+    who: AtomicU64,
     tag: AtomicU64,
     /// The sequence number taken just before the call, and just after it returned.
     before: AtomicU64,
@@ -93,6 +129,50 @@ pub struct Entry {
     pub before: u64,
     /// See `before`.
     pub after: u64,
+    /// Who wrote it (see [`who`]).
+    pub who: u64,
+    /// Its place in the log.
+    pub index: usize,
+}
+
+impl Entry {
+    /// The entry for a failure report: kind, pages, tag, sequence numbers, and who.
+    pub fn describe(&self) -> String {
+        let after = if self.after == u64::MAX {
+            "never".to_string()
+        } else {
+            self.after.to_string()
+        };
+        let ctx = (self.who >> 32) as u8;
+        let base = ctx & !context::HANDLER;
+        let what = match base {
+            0 => "?".to_string(),
+            context::ROUND => "round".to_string(),
+            context::RESOLVER => "resolver".to_string(),
+            op => crate::worker::OPS
+                .get(usize::from(op) - 1)
+                .map_or(format!("op {op}"), |(o, _)| format!("{o:?}")),
+        };
+        let handler = if ctx & context::HANDLER != 0 {
+            " (signal handler)"
+        } else {
+            ""
+        };
+        format!(
+            "#{} {:?} page {}+{} tag {:#x} seq {}..{} tid {} in {what}{handler}, piece {}/{} errno {}",
+            self.index,
+            self.kind,
+            self.page,
+            self.count,
+            self.tag,
+            self.before,
+            after,
+            self.who as u32,
+            (self.who >> 40) as u8,
+            (self.who >> 48) as u8,
+            (self.who >> 56) as u8,
+        )
+    }
 }
 
 /// The shared state of a run.
@@ -199,7 +279,24 @@ impl Shared {
         tag: u64,
         before: u64,
     ) {
+        self.write_piece(index, kind, page, count, tag, before, 0, 1);
+    }
+
+    /// Writes record `index`, piece `place` of `of` in its call.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_piece(
+        &self,
+        index: usize,
+        kind: Kind,
+        page: usize,
+        count: usize,
+        tag: u64,
+        before: u64,
+        place: usize,
+        of: usize,
+    ) {
         let r = &self.records[index];
+        r.who.store(who(place, of), Relaxed);
         r.tag.store(tag, Relaxed);
         r.before.store(before, Relaxed);
         r.after.store(u64::MAX, Relaxed);
@@ -211,7 +308,14 @@ impl Shared {
 
     /// Completes record `index`: its call returned at `after` with `kind`.
     pub fn complete(&self, index: usize, kind: Kind, after: u64) {
+        self.complete_errno(index, kind, after, 0);
+    }
+
+    /// Completes record `index`: its call returned at `after` with `kind` and `errno`.
+    pub fn complete_errno(&self, index: usize, kind: Kind, after: u64, errno: i32) {
         let r = &self.records[index];
+        let who = r.who.load(Relaxed) & !(0xff << 56);
+        r.who.store(who | ((errno as u64) & 0xff) << 56, Relaxed);
         r.after.store(after, Relaxed);
         let what = r.what.load(Relaxed);
         r.what.store((what & !0xff) | kind as u64, SeqCst);
@@ -224,9 +328,12 @@ impl Shared {
         let n = (self.next.load(SeqCst) as usize).min(RECORDS);
         self.records[..n]
             .iter()
-            .filter_map(|r| {
+            .enumerate()
+            .filter_map(|(index, r)| {
                 let what = r.what.load(SeqCst);
                 Some(Entry {
+                    who: r.who.load(SeqCst),
+                    index,
                     kind: Kind::from_raw(what & 0xff)?,
                     page: ((what >> 8) & ((1 << 28) - 1)) as usize,
                     count: (what >> 36) as usize,

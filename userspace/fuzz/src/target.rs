@@ -110,7 +110,16 @@ pub fn logged(
     let first = shared.reserve(pieces.len())?;
     let before = shared.seq();
     for (i, p) in pieces.iter().enumerate() {
-        shared.write(first + i, Kind::LoadAttempt, p.page, 1, p.tag, before);
+        shared.write_piece(
+            first + i,
+            Kind::LoadAttempt,
+            p.page,
+            1,
+            p.tag,
+            before,
+            i,
+            pieces.len(),
+        );
     }
     let (loaded, result) = call();
     let after = shared.seq();
@@ -121,7 +130,7 @@ pub fn logged(
         } else {
             Kind::NotLoaded
         };
-        shared.complete(first + i, kind, after);
+        shared.complete_errno(first + i, kind, after, result.err().unwrap_or(0));
     }
     Some(Outcome { pages, result })
 }
@@ -176,6 +185,8 @@ extern "C" fn on_fault_signal(
     // SAFETY: The kernel passes a valid siginfo to an SA_SIGINFO handler.
     let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
     let shared = SHARED.load(Relaxed);
+    let context = crate::shared::set_context(0);
+    crate::shared::set_context(context | crate::shared::context::HANDLER);
     if code == MUSERLOAD_SI_CODE as i32 && !shared.is_null() {
         // SAFETY: `SHARED` points at the run's shared state, which is never unmapped.
         let shared = unsafe { &*shared };
@@ -199,6 +210,7 @@ extern "C" fn on_fault_signal(
             );
         }
     }
+    crate::shared::set_context(context);
     // SAFETY: As above.
     unsafe { *libc::__errno_location() = saved_errno };
 }

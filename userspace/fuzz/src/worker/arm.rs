@@ -54,7 +54,7 @@ impl Worker<'_> {
         match result {
             Ok(()) => self.shared.complete(record, Kind::Armed, after),
             Err(e) => {
-                self.shared.complete(record, Kind::NotArmed, after);
+                self.shared.complete_errno(record, Kind::NotArmed, after, e);
                 if !self.allowed(e, &[]) {
                     self.fail(format_args!("ARM of {n} pages: errno {e}"));
                 }

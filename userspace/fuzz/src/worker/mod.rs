@@ -216,6 +216,7 @@ impl<'a> Worker<'a> {
 
     /// Does `op`.
     fn step(&mut self, op: Op) {
+        crate::shared::set_context(op as u8 + 1);
         match op {
             Op::Copy => self.copy(),
             Op::Zero => self.zero(),
