@@ -171,6 +171,10 @@ fn run(options: &Options) -> Result<bool, Error> {
         shared.enomem.load(SeqCst)
     );
     println!(
+        "# {} log records reserved and never written: their writers died first",
+        shared.unwritten.load(SeqCst)
+    );
+    println!(
         "# {ops} operations in {secs:.1} s ({:.0} ops/s), {rounds} rounds ({injected} with fault injection), {failures} failures, seed {:#x}",
         ops as f64 / secs,
         options.seed
