@@ -1,20 +1,23 @@
 //! The virtual machine: KVM's VM with an in-kernel interrupt controller and timer, guest
 //! RAM from a muserload object, the devices, and the vCPUs; and their state, captured on
-//! the source and restored on the destination.
+//! the source and restored on the destination (the clocks in `clock`).
+
+mod clock;
 
 use std::io::{self, Write};
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
-    kvm_msr_entry, kvm_pit_config, kvm_pit_state2, kvm_regs, kvm_sregs,
-    kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs,
-    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES,
-    KVM_MAX_MSR_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
+    kvm_pit_config, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_userspace_memory_region,
+    kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_MAX_MSR_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
 use vmm_sys_util::{eventfd::EventFd, fam};
 
+pub use self::clock::{Kvmclock, ResumedClock};
 use crate::{
     bitmap::Bitmap,
     boot::Entry,
@@ -80,6 +83,8 @@ fn kvm(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 const TSS_ADDR: usize = 0xfffb_d000;
 /// The busy bit of a TSS descriptor's type.
 const TSS_BUSY: u8 = 0x2;
+/// The TSC's MSR, which migrates as the vCPU's TSC offset instead, with kvmclock (`clock`).
+const MSR_IA32_TSC: u32 = 0x10;
 
 /// Whether the host CPU is AMD's (or Hygon's): KVM runs guests with SVM there.
 fn host_is_amd() -> bool {
@@ -113,9 +118,11 @@ pub struct VcpuState {
     msrs: Vec<kvm_msr_entry>,
     /// Pending exceptions, interrupts and NMIs.
     events: kvm_vcpu_events,
+    /// Its TSC offset (`KVM_VCPU_TSC_OFFSET`): its TSC is the host's plus this.
+    tsc_offset: u64,
 }
 
-/// The VM-wide state: interrupt controllers, timer, clock.
+/// The VM-wide state: interrupt controllers and timer.
 #[derive(Serialize, Deserialize)]
 pub struct VmState {
     /// The master PIC.
@@ -126,8 +133,6 @@ pub struct VmState {
     ioapic: kvm_irqchip,
     /// The timer.
     pit: kvm_pit_state2,
-    /// kvmclock's clock.
-    clock: kvm_clock_data,
 }
 
 /// Everything but RAM: what the source sends while the guest is paused.
@@ -139,6 +144,8 @@ pub struct MachineState {
     pub vcpus: Vec<VcpuState>,
     /// The VM's state.
     pub vm: VmState,
+    /// kvmclock, read right after the vCPUs stopped.
+    pub clock: Kvmclock,
     /// The devices' state.
     pub devices: DeviceState,
 }
@@ -153,7 +160,7 @@ pub struct Vm {
     ram: GuestRam,
     /// The devices.
     devices: Devices,
-    /// The MSRs KVM lists, which a vCPU's state holds.
+    /// The MSRs KVM lists but the TSC's, which a vCPU's state holds.
     msr_indices: Vec<u32>,
 }
 
@@ -205,7 +212,10 @@ impl Vm {
             .get_msr_index_list()
             .map_err(kvm("KVM_GET_MSR_INDEX_LIST"))?
             .as_slice()
-            .to_vec();
+            .iter()
+            .copied()
+            .filter(|&index| index != MSR_IA32_TSC)
+            .collect();
         // `kvm_xsave` holds 4 KiB; larger state (AMX) needs KVM_GET_XSAVE2, which this
         // loader does not do.
         let xsave_size = fd.check_extension_int(Cap::Xsave2);
@@ -283,12 +293,14 @@ impl Vm {
         Ok(vcpu)
     }
 
-    /// Creates vCPU `id` in the state `state` (from [`Vm::vcpu_state`] on the source);
-    /// `faults` handles signal mode's faults on the pages KVM touches meanwhile.
+    /// Creates vCPU `id` in the state `state` (from [`Vm::vcpu_state`] on the source), its
+    /// TSC set by `clock`; `faults` handles signal mode's faults on the pages KVM touches
+    /// meanwhile.
     pub fn restore_vcpu(
         &self,
         id: u8,
         state: &VcpuState,
+        clock: &ResumedClock,
         faults: &dyn Interrupted,
     ) -> Result<VcpuFd, VmError> {
         let vcpu = self
@@ -297,6 +309,9 @@ impl Vm {
             .map_err(kvm("KVM_CREATE_VCPU"))?;
         let cpuid = CpuId::from_entries(&state.cpuid).map_err(VmError::Cpuid)?;
         vcpu.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
+        // The TSC first: the LAPIC's TSC-deadline timer (an MSR) is armed against it.
+        let tsc_khz = vcpu.get_tsc_khz().map_err(kvm("KVM_GET_TSC_KHZ"))?;
+        clock::set_tsc_offset(&vcpu, clock.tsc_offset(state.tsc_offset, tsc_khz))?;
         vcpu.set_mp_state(state.mp_state)
             .map_err(kvm("KVM_SET_MP_STATE"))?;
         vcpu.set_regs(&state.regs).map_err(kvm("KVM_SET_REGS"))?;
@@ -352,6 +367,7 @@ impl Vm {
             lapic: vcpu.get_lapic().map_err(kvm("KVM_GET_LAPIC"))?,
             msrs: self.read_msrs(vcpu)?,
             events: vcpu.get_vcpu_events().map_err(kvm("KVM_GET_VCPU_EVENTS"))?,
+            tsc_offset: clock::tsc_offset(vcpu)?,
         })
     }
 
@@ -394,7 +410,6 @@ impl Vm {
             pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
             ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
             pit: self.fd.get_pit2().map_err(kvm("KVM_GET_PIT2"))?,
-            clock: self.fd.get_clock().map_err(kvm("KVM_GET_CLOCK"))?,
         })
     }
 
@@ -403,12 +418,18 @@ impl Vm {
         for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
             self.fd.set_irqchip(chip).map_err(kvm("KVM_SET_IRQCHIP"))?;
         }
-        self.fd.set_pit2(&state.pit).map_err(kvm("KVM_SET_PIT2"))?;
-        // Only the clock's value migrates: the flags say which other fields KVM filled.
-        let clock = kvm_clock_data {
-            clock: state.clock.clock,
-            ..Default::default()
-        };
-        self.fd.set_clock(&clock).map_err(kvm("KVM_SET_CLOCK"))
+        self.fd.set_pit2(&state.pit).map_err(kvm("KVM_SET_PIT2"))
+    }
+
+    /// kvmclock now, with the host's clocks. Call right after the vCPUs stop: the guest's
+    /// clocks go on at the destination from this instant ([`Vm::resume_clock`]).
+    pub fn clock(&self) -> Result<Kvmclock, VmError> {
+        Kvmclock::read(&self.fd)
+    }
+
+    /// Sets kvmclock to `clock` (the source's) advanced by the wall-clock time passed
+    /// since; returns what the vCPUs' TSCs are restored by ([`Vm::restore_vcpu`]).
+    pub fn resume_clock(&self, clock: &Kvmclock) -> Result<ResumedClock, VmError> {
+        clock.resume(&self.fd)
     }
 }

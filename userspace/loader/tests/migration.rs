@@ -185,7 +185,7 @@ fn a_bad_address_is_one_clear_error() {
 }
 
 /// The migration protocol's version, as the loader speaks it (`protocol::VERSION`).
-const PROTOCOL_VERSION: u32 = 2;
+const PROTOCOL_VERSION: u32 = 3;
 
 fn hello(version: u32, channel: u32) -> Vec<u8> {
     let mut hello = b"MUSERLD\0".to_vec();

@@ -76,6 +76,7 @@ impl Resumed {
         let MachineState {
             vcpus,
             vm: vm_state,
+            clock,
             devices,
             ..
         } = arrival.machine;
@@ -85,6 +86,9 @@ impl Resumed {
             devices,
         )?);
         vm.set_state(&vm_state)?;
+        // Before the vCPUs, whose TSCs follow it. The guest's clocks then count the wall-clock
+        // time from the source's pause on: when exactly the vCPUs resume does not matter.
+        let clock = vm.resume_clock(&clock)?;
 
         // Faults are served from here on: restoring a vCPU already touches guest pages (KVM
         // maps the kvmclock and steal-time pages when their MSRs are set).
@@ -99,7 +103,7 @@ impl Resumed {
         // The protocol allows no more vCPUs than there are ids.
         let vcpus = (0..=u8::MAX)
             .zip(&vcpus)
-            .map(|(id, state)| vm.restore_vcpu(id, state, interrupted.as_ref()))
+            .map(|(id, state)| vm.restore_vcpu(id, state, &clock, interrupted.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
 
         let before = vm.devices().report();

@@ -279,7 +279,7 @@ mod tests {
         }
     }
 
-    /// Version 2's bytes: a change here needs a new [`VERSION`].
+    /// Version 3's bytes: a change here needs a new [`VERSION`].
     #[test]
     fn control_frames_on_the_wire() {
         assert_eq!(frame_of(&Control::Ready), [1, 1, 0, 0, 0, 1]);

@@ -160,7 +160,7 @@ mod tests {
         for (channel, n) in [(Channel::Stream, 1u32), (Channel::Requests, 2)] {
             let mut sent = Vec::new();
             send_hello(&mut sent, channel).expect("hello");
-            assert_eq!(sent, hello(b"MUSERLD\0", 2, n));
+            assert_eq!(sent, hello(b"MUSERLD\0", 3, n));
         }
     }
 
@@ -189,8 +189,8 @@ mod tests {
 
     #[test]
     fn hello_of_other_version_is_refused_and_told_why() {
-        let mut conn = Duplex::new(hello(&MAGIC, 3, 1));
-        let why = "the source speaks protocol version 3, this destination 2";
+        let mut conn = Duplex::new(hello(&MAGIC, 4, 1));
+        let why = "the source speaks protocol version 4, this destination 3";
         let refused = accept_hello(&mut conn);
         assert!(matches!(refused, Err(LinkError::Refused(_))));
         assert_eq!(
@@ -228,7 +228,7 @@ mod tests {
         assert_eq!(
             err(accept_hello(&mut conn)),
             "the peer refused the migration: the source speaks protocol version 1, this \
-             destination 2"
+             destination 3"
         );
     }
 
@@ -257,7 +257,7 @@ mod tests {
         assert_eq!(
             read(answer(7, "")),
             "the peer refused the migration: the destination speaks protocol version 7, this \
-             source 2"
+             source 3"
         );
         // Cut short in the head, or in the reason.
         assert_eq!(

@@ -46,7 +46,7 @@
 //! |---|---|---|
 //! | fewer than 16 bytes | `receiving the hello: the peer closed the connection mid-stream` (a disconnection, not a protocol error; no answer; on reconnection the destination waits for another connection instead) | `receiving the answer to the hello: ...` |
 //! | other magic | `the peer does not speak the muserload migration protocol` (no answer) | the same, for an answer without our magic |
-//! | other version | answers with the reason; `the peer refused the migration: the source speaks protocol version N, this destination 2` | the reason, as `the peer refused the migration: ...`; an answer of another version without a reason: `... the destination speaks protocol version N, this source 2` |
+//! | other version | answers with the reason; `the peer refused the migration: the source speaks protocol version N, this destination 3` | the reason, as `the peer refused the migration: ...`; an answer of another version without a reason: `... the destination speaks protocol version N, this source 3` |
 //! | unknown channel | answers with the reason; `the peer refused the migration: unknown channel N` | the reason |
 //! | a channel already open (not on reconnection) | `the source opened a channel twice` | |
 //!
@@ -154,7 +154,7 @@ use crate::vm::MachineState;
 /// Opens every connection.
 pub const MAGIC: [u8; 8] = *b"MUSERLD\0";
 /// The protocol version this loader speaks.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Which connection a hello opens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

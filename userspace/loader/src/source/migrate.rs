@@ -24,7 +24,7 @@ use crate::{
     protocol::{self, Control, Kind, LinkError, ProtocolError},
     report::SourceReport,
     vcpu::Machine,
-    vm::{MachineState, VcpuState, Vm},
+    vm::{Kvmclock, MachineState, VcpuState, Vm},
 };
 
 /// What the source did while the guest still ran.
@@ -33,6 +33,14 @@ struct BeforePause {
     zero_candidates: Option<Bitmap>,
     /// Pre-copy and hybrid: the rounds.
     precopied: Option<Rounds>,
+}
+
+/// The guest as it stopped: its vCPUs' states, and kvmclock read right after.
+struct Stopped {
+    /// The vCPUs' states.
+    vcpus: Vec<VcpuState>,
+    /// kvmclock.
+    clock: Kvmclock,
 }
 
 /// What the switch sent, and what post-copy is left with.
@@ -66,7 +74,11 @@ pub(super) fn migrate(
     let before = before_pause(&vm, &mut stream, how)?;
     let paused = Instant::now();
     let vcpus = machine.stop()?;
-    let switched = switch_over(&vm, &mut stream, vcpus, before, how.kind)?;
+    // At once: whatever the switch then takes, the guest's clocks go on at the destination
+    // from this instant, and its vCPUs' TSCs from the same.
+    let clock = vm.clock()?;
+    let stopped = Stopped { vcpus, clock };
+    let switched = switch_over(&vm, &mut stream, stopped, before, how.kind)?;
     let (rounds, precopy_pages, precopy_bytes) = switched.precopy;
     let bytes = announced + switched.bytes + precopy_bytes;
     let serving = Arc::new(Serving::new(vm, switched.zero, switched.sent, bytes));
@@ -155,12 +167,12 @@ fn before_pause(
     })
 }
 
-/// The switch, with the guest paused (its vCPUs' states `vcpus`): pre-copy's last pages,
-/// then the machine state, the zero-page map and the stale pre-copied pages.
+/// The switch, with the guest `stopped`: pre-copy's last pages, then the machine state,
+/// the zero-page map and the stale pre-copied pages.
 fn switch_over(
     vm: &Vm,
     stream: &mut BufWriter<TcpStream>,
-    vcpus: Vec<VcpuState>,
+    stopped: Stopped,
     before: BeforePause,
     kind: Kind,
 ) -> Result<Switched, SendError> {
@@ -189,8 +201,9 @@ fn switch_over(
     }
     let state = MachineState {
         ram_size: ram.size(),
-        vcpus,
+        vcpus: stopped.vcpus,
         vm: vm.state()?,
+        clock: stopped.clock,
         devices: vm.devices().state(),
     };
     let guest_rounds = state.devices.test_report().rounds;
