@@ -1,13 +1,19 @@
 //! `/init` of the loader's Linux test guest: runs the same memory workload as the
 //! freestanding test guest (`muserload_test_guest_abi::run`) in anonymous memory under
 //! Linux, reports on the same I/O ports (so the loader's checks are the same for both
-//! guests), and prints a heartbeat on the console after each complete check.
+//! guests), and prints a heartbeat on the console after each complete check. Its first
+//! line and each heartbeat end with the guest's wall-clock time (`clock SECONDS.NANOS`),
+//! which the loader's tests hold against the host's.
 //!
 //! Its parameters come from the kernel command line, which hands `name=value` words it does
 //! not know to init as environment variables: `workload_mib` (data, default 64),
 //! `working_set_mib` (default 8) and `sweep_mib` (default 8).
 
-use std::{arch::asm, num::NonZeroUsize};
+use std::{
+    arch::asm,
+    num::NonZeroUsize,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use muserload_test_guest_abi::{
     run, Params, Reporter, PAGE_SIZE, PARAMS_MAGIC, PORTS, PORT_MISMATCH, PORT_SWEEP,
@@ -22,6 +28,15 @@ fn mib(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The guest's wall-clock time, as its lines end: `clock SECONDS.NANOSECONDS` since the
+/// epoch (0 before it).
+fn clock() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("clock {}.{:09}", now.as_secs(), now.subsec_nanos())
 }
 
 /// Reports with `out`, after `ioperm` gave this process the ports; prints a heartbeat.
@@ -40,8 +55,9 @@ impl Reporter for Console {
                 println!("workload: MISMATCH in data page {value}");
             }
             PORT_SWEEP if self.heartbeat => println!(
-                "workload: heartbeat: checked all memory {value} time(s), {} mismatch(es)",
-                self.mismatches
+                "workload: heartbeat: checked all memory {value} time(s), {} mismatch(es), {}",
+                self.mismatches,
+                clock()
             ),
             _ => {}
         }
@@ -84,8 +100,10 @@ fn main() {
         }
     };
     println!(
-        "workload: {data_mib} MiB, working set {} pages, checking {} pages a round",
-        params.working_set_pages, params.sweep_pages
+        "workload: {data_mib} MiB, working set {} pages, checking {} pages a round, {}",
+        params.working_set_pages,
+        params.sweep_pages,
+        clock()
     );
     // SAFETY: The mapping is ours alone and holds `data_pages` pages.
     unsafe {
