@@ -13,18 +13,22 @@ use std::{
 };
 
 use common::{
-    check_reports, json, linux_guest_args, loader, migrate_retrying_nested_deaths, scratch,
-    test_guest, test_guest_args, u, Destination,
+    assert_clocks_kept, check_reports, json, linux_guest_args, loader,
+    migrate_retrying_nested_deaths, scratch, test_guest, test_guest_args, u, Destination, Migrated,
 };
 use serde_json::Value;
 
 /// Migrates a guest (`kind`: post-copy, pre-copy or hybrid; `mode`: queue or signal) and
-/// checks both reports; returns them.
+/// checks both reports and the guest's clocks; returns the reports.
 fn migrate(name: &str, kind: &str, mode: &str, guest: &[String]) -> (Value, Value) {
     let dir = scratch(name);
     let (src_json, dst_json) = (dir.join("source.json"), dir.join("destination.json"));
     let plot = dir.join("timeline.svg");
-    let (destination, ()) = migrate_retrying_nested_deaths(guest, kind, &src_json, || {
+    let Migrated {
+        destination,
+        source_console,
+        between: (),
+    } = migrate_retrying_nested_deaths(guest, kind, &src_json, || {
         let destination = Destination::start(&[
             "--mode",
             mode,
@@ -39,6 +43,11 @@ fn migrate(name: &str, kind: &str, mode: &str, guest: &[String]) -> (Value, Valu
     assert!(destination.ok, "the destination failed");
     let (src, dst) = (json(&src_json), json(&dst_json));
     check_reports(&src, &dst);
+    assert_clocks_kept(
+        &source_console,
+        &destination.console,
+        Duration::from_micros(u(&dst, "downtime_us")),
+    );
     let svg = std::fs::read_to_string(&plot).expect("the timeline");
     for label in ["requested", "streamed", "zero (local)", "vCPU fault wait"] {
         assert!(svg.contains(label), "{label} missing in the timeline");

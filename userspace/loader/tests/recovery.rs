@@ -18,8 +18,8 @@ use std::{
 };
 
 use common::{
-    check_reports, json, linux_guest_args, migrate_retrying_nested_deaths, scratch, start_source,
-    test_guest_args, u, Destination,
+    assert_clocks_kept, check_reports, json, linux_guest_args, migrate_retrying_nested_deaths,
+    scratch, start_source, test_guest_args, u, Destination,
 };
 
 /// Bytes from the source after which the proxy cuts: the machine state and the maps are
@@ -129,24 +129,24 @@ impl ProxyState {
 }
 
 /// Post-copy of `guest` through a proxy that cuts the connections and is down for two
-/// seconds: the source reconnects, the migration completes and the guest finds every page
-/// right.
+/// seconds: the source reconnects, the migration completes, the guest finds every page
+/// right and its clocks kept.
 fn cut_and_recover(name: &str, guest: &[String], mode: &str) {
     let dir = scratch(name);
     let (src_json, dst_json) = (dir.join("source.json"), dir.join("destination.json"));
     let outage = Duration::from_secs(2);
-    let (destination, proxy) =
-        migrate_retrying_nested_deaths(guest, "post-copy", &src_json, || {
-            let destination = Destination::start(&[
-                "--mode",
-                mode,
-                "--report-json",
-                dst_json.to_str().expect("path"),
-            ]);
-            let proxy = Proxy::start(&destination.addr, outage);
-            let to = proxy.addr.clone();
-            (destination, proxy, to)
-        });
+    let migrated = migrate_retrying_nested_deaths(guest, "post-copy", &src_json, || {
+        let destination = Destination::start(&[
+            "--mode",
+            mode,
+            "--report-json",
+            dst_json.to_str().expect("path"),
+        ]);
+        let proxy = Proxy::start(&destination.addr, outage);
+        let to = proxy.addr.clone();
+        (destination, proxy, to)
+    });
+    let (destination, proxy) = (&migrated.destination, &migrated.between);
     assert!(proxy.cut_at().is_some(), "the proxy never cut");
     assert!(destination.ok, "the destination failed");
     assert!(
@@ -163,6 +163,14 @@ fn cut_and_recover(name: &str, guest: &[String], mode: &str) {
     assert!(u(&dst, "disconnected_ms") >= outage.as_millis() as u64 - 100);
     // Whatever was in flight came again: every page that is not zero was loaded.
     assert!(u(&src, "pages_requested") + u(&src, "pages_streamed") >= u(&dst, "normal_pages"));
+    // The guest may stand still, and its console lag, while it waits for pages: through
+    // the downtime and the outage.
+    let lag = u(&dst, "downtime_us") + u(&dst, "disconnected_ms") * 1000;
+    assert_clocks_kept(
+        &migrated.source_console,
+        &destination.console,
+        Duration::from_micros(lag),
+    );
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! What the loader's integration tests share: the loader and the guests (in /bin in the
 //! test VM, or where MUSERLOAD_LOADER, MUSERLOAD_TEST_GUEST, MUSERLOAD_LINUX_KERNEL and
-//! MUSERLOAD_LINUX_INITRD say), loaders running in the background, and their reports.
+//! MUSERLOAD_LINUX_INITRD say), loaders running in the background, and their reports; what
+//! the guests' consoles say of their clocks is in `clock`.
+
+mod clock;
 
 use std::{
     collections::BTreeMap,
@@ -9,7 +12,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use muserload::{
@@ -18,6 +21,8 @@ use muserload::{
 };
 use nix::libc;
 use serde_json::Value;
+
+pub use self::clock::assert_clocks_kept;
 
 fn var(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or(default.into())
@@ -389,8 +394,8 @@ pub struct Destination {
     child: Child,
     /// Where it listens.
     pub addr: String,
-    stderr: Option<thread::JoinHandle<String>>,
-    console: Option<thread::JoinHandle<String>>,
+    stderr: Option<thread::JoinHandle<Vec<Line>>>,
+    console: Option<thread::JoinHandle<Vec<Line>>>,
 }
 
 /// How a destination ended.
@@ -401,7 +406,20 @@ pub struct Ended {
     pub stalled: bool,
     pub stderr: String,
     /// Its guest's serial console.
-    pub console: String,
+    pub console: Vec<Line>,
+}
+
+/// A line a loader printed, and the host's wall-clock time when the test read it.
+pub struct Line {
+    /// When the test read it.
+    pub at: SystemTime,
+    /// The line, its end included.
+    pub text: String,
+}
+
+/// What `lines` say, end to end.
+fn text(lines: &[Line]) -> String {
+    lines.iter().map(|line| line.text.as_str()).collect()
 }
 
 impl Drop for Destination {
@@ -413,20 +431,21 @@ impl Drop for Destination {
 }
 
 /// Echoes what `from` says (to this test's output, which libtest shows when it fails) and
-/// returns all of it once it ends.
-fn echo(from: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+/// returns all of it once it ends, a line at a time, each with when it came.
+fn echo(from: impl Read + Send + 'static) -> thread::JoinHandle<Vec<Line>> {
     thread::spawn(move || {
         let mut from = BufReader::new(from);
-        let (mut line, mut text) = (Vec::new(), String::new());
+        let (mut line, mut lines) = (Vec::new(), Vec::new());
         // Bytes, not lines of UTF-8: a guest may print anything, and a reader that stopped
         // would fail the loader's next write.
         while from.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
-            let line_text = String::from_utf8_lossy(&line);
-            eprint!("{line_text}");
-            text += &line_text;
+            let at = SystemTime::now();
+            let text = String::from_utf8_lossy(&line).into_owned();
+            eprint!("{text}");
+            lines.push(Line { at, text });
             line.clear();
         }
-        text
+        lines
     })
 }
 
@@ -479,15 +498,15 @@ impl Destination {
     }
 
     fn collect(&mut self, waited: Waited) -> Ended {
-        let text = |t: Option<thread::JoinHandle<String>>| {
+        let lines = |t: Option<thread::JoinHandle<Vec<Line>>>| {
             t.map(|t| t.join().expect("output reader"))
                 .unwrap_or_default()
         };
         Ended {
             ok: waited == Waited::Exited { ok: true },
             stalled: waited == Waited::Stalled,
-            stderr: text(self.stderr.take()),
-            console: text(self.console.take()),
+            stderr: text(&lines(self.stderr.take())),
+            console: lines(self.console.take()),
         }
     }
 }
@@ -535,10 +554,24 @@ fn nested_guest_died(stderr: &str) -> bool {
 /// exception handler or panic, the Linux guest's workload finding a mismatch, or its
 /// kernel an oops. A death or stall after that may be muserload's doing, and is never run
 /// again.
-fn guest_saw_a_fault(console: &str) -> bool {
-    ["exception", "panic", "MISMATCH", "Oops", "BUG:"]
-        .iter()
-        .any(|sign| console.contains(sign))
+fn guest_saw_a_fault(console: &[Line]) -> bool {
+    console.iter().any(|line| {
+        ["exception", "panic", "MISMATCH", "Oops", "BUG:"]
+            .iter()
+            .any(|sign| line.text.contains(sign))
+    })
+}
+
+/// A migration that went through: how its destination ended, its source's guest's serial
+/// console, and what `begin()` started with the destination (see
+/// [`migrate_retrying_nested_deaths`]).
+pub struct Migrated<T> {
+    /// How the destination ended.
+    pub destination: Ended,
+    /// The source's guest's serial console.
+    pub source_console: Vec<Line>,
+    /// What sat between the loaders.
+    pub between: T,
 }
 
 /// Runs a migration of `guest` (`kind`): `begin()` starts a destination and whatever sits
@@ -547,23 +580,25 @@ fn guest_saw_a_fault(console: &str) -> bool {
 /// died or stalled ([`Waited::Stalled`]), or whose destination's did without its guest
 /// having seen anything wrong first (see [`guest_saw_a_fault`]), is run again from a new
 /// `begin()`, up to [`ATTEMPTS`] times in all, saying so; any other failure of the source
-/// fails the test. Returns how the last destination ended, and what `begin()` started with
-/// it.
+/// fails the test. Returns the last attempt.
 pub fn migrate_retrying_nested_deaths<T>(
     guest: &[String],
     kind: &str,
     report: &Path,
     mut begin: impl FnMut() -> (Destination, T, String),
-) -> (Ended, T) {
+) -> Migrated<T> {
     for attempt in 1..=ATTEMPTS {
         let (destination, between, to) = begin();
         let mut source = source_command(guest, kind, &to, report)
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("running the source");
+        let console = echo(source.stdout.take().expect("piped stdout"));
         let stderr = echo(source.stderr.take().expect("piped stderr"));
         let waited = wait_or_kill(&mut source, "the source");
-        let source_stderr = stderr.join().expect("stderr reader");
+        let source_console = console.join().expect("console reader");
+        let source_stderr = text(&stderr.join().expect("stderr reader"));
         let source_ok = waited == Waited::Exited { ok: true };
         let ended = if source_ok {
             destination.end()
@@ -579,7 +614,11 @@ pub fn migrate_retrying_nested_deaths<T>(
             "the destination's"
         } else {
             assert!(source_ok, "the source failed");
-            return (ended, between);
+            return Migrated {
+                destination: ended,
+                source_console,
+                between,
+            };
         };
         assert!(
             attempt < ATTEMPTS,
