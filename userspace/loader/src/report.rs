@@ -53,6 +53,14 @@ pub struct SourceReport {
     pub guest_rounds: u64,
     /// Reconnections after a connection broke in post-copy.
     pub recoveries: u32,
+    /// Pages the pause checked for zeros: pre-copy's never sent, hybrid's not settled by
+    /// its rounds, post-copy's found zero before the pause.
+    pub pause_zero_checked: u64,
+    /// Pages the pause read to check them (a page read twice counts twice).
+    pub pause_pages_read: u64,
+    /// Pages of guest RAM made resident in the source's mapping after the pause: pages
+    /// the guest never touched that the migration read, faulting them in.
+    pub pages_faulted_in: u64,
 }
 
 /// What the destination reports.
@@ -169,6 +177,14 @@ impl SourceReport {
                 ("most sends of a page", self.max_sends_per_page.to_string()),
                 ("guest rounds before pause", self.guest_rounds.to_string()),
                 ("reconnections", self.recoveries.to_string()),
+                (
+                    "pause's zero check",
+                    format!(
+                        "{} pages, {} read",
+                        self.pause_zero_checked, self.pause_pages_read
+                    ),
+                ),
+                ("pages faulted in", self.pages_faulted_in.to_string()),
             ],
         )
     }

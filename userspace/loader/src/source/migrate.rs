@@ -14,6 +14,7 @@ use super::{
     error::SendError,
     link,
     serve::{self, Serving, Times},
+    zero::{self, ZeroScan},
     Migration,
 };
 use crate::{
@@ -57,6 +58,18 @@ struct Switched {
     guest_rounds: u64,
     /// Pre-copy's rounds, pages and bytes, its last pages (sent while paused) included.
     precopy: (u32, u64, u64),
+    /// Which pages were resident in the source's mapping when the guest was paused.
+    resident: Vec<bool>,
+    /// What the pause did to find the zero pages.
+    pause: PauseWork,
+}
+
+/// What the pause did to find the zero pages, for the report.
+struct PauseWork {
+    /// Pages it checked for zeros.
+    checked: u64,
+    /// Pages it read to check them (a page read twice counts twice).
+    read: u64,
 }
 
 /// Migrates the guest `machine` runs to `destination`, `how` it was asked.
@@ -81,7 +94,12 @@ pub(super) fn migrate(
     let switched = switch_over(&vm, &mut stream, stopped, before, how.kind)?;
     let (rounds, precopy_pages, precopy_bytes) = switched.precopy;
     let bytes = announced + switched.bytes + precopy_bytes;
-    let serving = Arc::new(Serving::new(vm, switched.zero, switched.sent, bytes));
+    let serving = Arc::new(Serving::new(
+        vm.clone(),
+        switched.zero,
+        switched.sent,
+        bytes,
+    ));
     let mut times = Times {
         paused,
         setup,
@@ -93,6 +111,7 @@ pub(super) fn migrate(
         .downtime
         .ok_or_else(|| LinkError::from(ProtocolError::NeverResumed))?;
     let sent = serving.sent();
+    let faulted_in = faulted_in(vm.ram(), &switched.resident)?;
     Ok(SourceReport {
         kind: how.kind,
         precopy_rounds: rounds,
@@ -110,6 +129,9 @@ pub(super) fn migrate(
         max_sends_per_page: sent.max_sends,
         guest_rounds: switched.guest_rounds,
         recoveries,
+        pause_zero_checked: switched.pause.checked,
+        pause_pages_read: switched.pause.read,
+        pages_faulted_in: faulted_in,
     })
 }
 
@@ -144,7 +166,7 @@ fn before_pause(
     // again only those candidates (most of them untouched, which mincore() alone settles),
     // so that the downtime does not grow with RAM. Nothing relies on a dirty log here.
     let zero_candidates = match how.kind {
-        Kind::PostCopy => Some(zero_pages(vm.ram(), |_| true)?),
+        Kind::PostCopy => Some(zero_pages(vm.ram(), |_| true)?.zero),
         Kind::PreCopy | Kind::Hybrid => None,
     };
     let precopied = match how.kind {
@@ -181,6 +203,10 @@ fn switch_over(
         zero_candidates,
         mut precopied,
     } = before;
+    // Which pages the guest touched, as the pause begins: the report counts those that
+    // the migration faults in after it.
+    let resident = ram.resident()?;
+    let (mut checked, mut read) = (None, 0);
     // What the guest wrote since the last round is stale at the destination.
     if let Some(rounds) = &mut precopied {
         vm.dirty_pages()?.ones().for_each(|p| rounds.valid.clear(p));
@@ -191,8 +217,13 @@ fn switch_over(
                 .ones()
                 .filter(|&p| !rounds.valid.get(p))
                 .collect();
-            let fresh: Vec<u64> = (0..ram.pages())
-                .filter(|&p| !rounds.sent.get(p) && !ram.is_zero(p))
+            let never_sent: Vec<u64> = (0..ram.pages()).filter(|&p| !rounds.sent.get(p)).collect();
+            // Each of them is read.
+            checked = Some(never_sent.len() as u64);
+            read += never_sent.len() as u64;
+            let fresh: Vec<u64> = never_sent
+                .into_iter()
+                .filter(|&p| !ram.is_zero(p))
                 .collect();
             precopy::send(ram, stream, &[stale, fresh].concat(), rounds)?;
         }
@@ -212,11 +243,19 @@ fn switch_over(
     let valid = precopied
         .as_ref()
         .map_or_else(|| Bitmap::new(ram.pages()), |r| r.valid.clone());
-    let zero = match zero_candidates {
+    let ZeroScan {
+        zero,
+        checked: zero_checked,
+        read: zero_read,
+    } = match zero_candidates {
         // A page found not zero before the pause is sent even if the guest has zeroed it
         // since: a page of zeros too many at worst.
         Some(candidates) => zero_pages(ram, |page| candidates.get(page))?,
         None => zero_pages(ram, |page| !valid.get(page))?,
+    };
+    let pause = PauseWork {
+        checked: checked.unwrap_or(zero_checked),
+        read: read + zero_read,
     };
     bytes += protocol::send_control(
         stream,
@@ -256,6 +295,8 @@ fn switch_over(
         precopy: precopied
             .as_ref()
             .map_or((0, 0, 0), |r| (r.rounds, r.pages, r.bytes)),
+        resident,
+        pause,
     })
 }
 
@@ -290,13 +331,19 @@ fn serve_until_done(
 
 /// The `candidate` pages that are zero: never touched (not resident), or resident and
 /// holding only zeros.
-fn zero_pages(ram: &GuestRam, candidate: impl Fn(u64) -> bool) -> Result<Bitmap, MemoryError> {
-    let map = Bitmap::new(ram.pages());
-    for (page, resident) in ram.resident()?.into_iter().enumerate() {
-        let page = page as u64;
-        if candidate(page) && (!resident || ram.is_zero(page)) {
-            map.set(page);
-        }
-    }
-    Ok(map)
+fn zero_pages(ram: &GuestRam, candidate: impl Fn(u64) -> bool) -> Result<ZeroScan, MemoryError> {
+    Ok(zero::scan(&ram.resident()?, candidate, |page| {
+        ram.is_zero(page)
+    }))
+}
+
+/// How many pages are resident in `ram`'s mapping that were not by `before`: pages the
+/// guest never touched that reading faulted in (the guest no longer runs here).
+fn faulted_in(ram: &GuestRam, before: &[bool]) -> Result<u64, MemoryError> {
+    Ok(ram
+        .resident()?
+        .iter()
+        .zip(before)
+        .filter(|&(&now, &then)| now && !then)
+        .count() as u64)
 }

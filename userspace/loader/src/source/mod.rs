@@ -5,12 +5,13 @@
 //!
 //! [`run`] boots the guest and waits until it is time to migrate; `migrate` takes the
 //! migration's steps, `serve` serves post-copy, `link` opens the connections to the
-//! destination and opens them again when they break.
+//! destination and opens them again when they break, `zero` tells zero pages apart.
 
 mod error;
 mod link;
 mod migrate;
 mod serve;
+mod zero;
 
 use std::{
     io::BufRead,
