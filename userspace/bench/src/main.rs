@@ -267,7 +267,7 @@ fn plot(json: &str, svg: &str) -> Result<()> {
 /// `--migrations RESULTS.json OUT.svg`: `make bench-migrate`'s table and picture.
 fn migrations(json: &str, svg: &str) -> Result<()> {
     let results: Vec<migrations::Migration> = read_json(json)?;
-    migrations::print_table(&results);
+    migrations::print_tables(&results);
     migrations::plot(&results, svg)
 }
 

@@ -1,22 +1,28 @@
-//! `make bench-migrate`'s table and picture: downtime and total time of migrations of the
-//! loader's test guest by RAM size, idle and write-heavy, post-copy, pre-copy and hybrid.
-//! The guest runs them (vm/guest/run-bench-migrate) and writes one JSON record per
-//! migration with both loaders' reports.
+//! `make bench-migrate`'s tables and picture: downtime and total time of migrations of the
+//! loader's test guest by RAM size, idle and write-heavy, post-copy, pre-copy and hybrid;
+//! and pre-copy's pause for a Linux guest that leaves most of its RAM untouched, against
+//! its downtime target. The guest runs them (vm/guest/run-bench-migrate) and writes one
+//! JSON record per migration with both loaders' reports.
 
 use plotters::prelude::*;
 use serde::Deserialize;
 
 use crate::{plot::draw_error, Result};
 
+/// The load of the Linux guest that leaves most of its RAM untouched.
+pub const UNTOUCHED: &str = "mostly-untouched";
+
 /// One migration, as vm/guest/run-bench-migrate writes it.
 #[derive(Debug, Deserialize)]
 pub struct Migration {
     /// Guest RAM in MiB.
     pub mib: u64,
-    /// "idle" or "write-heavy".
+    /// "idle" or "write-heavy" (the test guest), or [`UNTOUCHED`] (the Linux guest).
     pub load: String,
     /// "post-copy", "pre-copy" or "hybrid".
     pub kind: String,
+    /// Pre-copy's downtime target (`--downtime-target-ms`).
+    pub target_ms: f64,
     /// The source's report.
     pub source: serde_json::Value,
     /// The destination's report.
@@ -39,15 +45,22 @@ impl Migration {
     }
 }
 
-/// Prints the table.
-pub fn print_table(migrations: &[Migration]) {
+/// Prints the tables: every migration, then pre-copy's pause for the guest that leaves
+/// most of its RAM untouched.
+pub fn print_tables(migrations: &[Migration]) {
+    print_table(migrations);
+    print_untouched(migrations);
+}
+
+/// Prints the table of every migration.
+fn print_table(migrations: &[Migration]) {
     println!(
-        "{:>8}  {:<12} {:<10} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10}",
+        "{:>8}  {:<16} {:<10} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10}",
         "RAM MiB", "load", "kind", "downtime", "total", "sent MiB", "zero pg", "requested", "stale"
     );
     for m in migrations {
         println!(
-            "{:>8}  {:<12} {:<10} {:>7.1} ms {:>7.0} ms {:>12.1} {:>10} {:>10} {:>10}",
+            "{:>8}  {:<16} {:<10} {:>7.1} ms {:>7.0} ms {:>12.1} {:>10} {:>10} {:>10}",
             m.mib,
             m.load,
             m.kind,
@@ -61,7 +74,103 @@ pub fn print_table(migrations: &[Migration]) {
     }
 }
 
-/// Draws downtime and total time against RAM size, a line per (kind, load), into `path`.
+/// Prints, for each size of the guest that leaves most of its RAM untouched, pre-copy's
+/// downtime against its target plus the pause's overhead (post-copy's downtime of the same
+/// guest: its pause sends no page), and what the pause did to find the zero pages: the
+/// pages it checked, those it read, and those it faulted in (pages the guest never
+/// touched). Each size is migrated several times, since TCG's times vary from one
+/// migration to the next: the times are medians, the counts the most of any run. Times
+/// under TCG are not hardware's; the counts are the same.
+fn print_untouched(migrations: &[Migration]) {
+    let untouched = |kind: &'static str, mib: u64| -> Vec<&Migration> {
+        migrations
+            .iter()
+            .filter(|m| m.load == UNTOUCHED && m.kind == kind && m.mib == mib)
+            .collect()
+    };
+    let mut sizes: Vec<u64> = migrations
+        .iter()
+        .filter(|m| m.load == UNTOUCHED)
+        .map(|m| m.mib)
+        .collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    if sizes.is_empty() {
+        return;
+    }
+    println!();
+    println!("pre-copy of a guest that leaves most of its RAM untouched (Linux, 32 MiB workload)");
+    println!(
+        "{:>8} {:>5}  {:>10} {:>10} {:>10} {:>10} {:>7}  {:>10} {:>10} {:>10} {:>10}",
+        "RAM MiB",
+        "runs",
+        "downtime",
+        "max",
+        "target",
+        "overhead",
+        "within",
+        "pages",
+        "checked",
+        "read",
+        "faulted in"
+    );
+    for mib in sizes {
+        let (pre, post) = (untouched("pre-copy", mib), untouched("post-copy", mib));
+        let downtime = median(pre.iter().map(|m| m.downtime_ms()));
+        let overhead = median(post.iter().map(|m| m.downtime_ms()));
+        let target = pre.first().map_or(f64::NAN, |m| m.target_ms);
+        let within = if downtime <= target + overhead {
+            "yes"
+        } else if downtime.is_nan() || overhead.is_nan() {
+            "?"
+        } else {
+            "NO"
+        };
+        let most = |key: &str| {
+            pre.iter()
+                .map(|m| m.field(&m.source, key))
+                .fold(f64::NAN, f64::max)
+        };
+        println!(
+            "{:>8} {:>5}  {:>7.1} ms {:>7.1} ms {:>7.0} ms {:>7.1} ms {:>7}  {:>10} {:>10} {:>10} \
+             {:>10}",
+            mib,
+            pre.len(),
+            downtime,
+            pre.iter().map(|m| m.downtime_ms()).fold(f64::NAN, f64::max),
+            target,
+            overhead,
+            within,
+            most("pages"),
+            most("pause_zero_checked"),
+            most("pause_pages_read"),
+            most("pages_faulted_in"),
+        );
+    }
+    println!(
+        "# downtime: pre-copy's median (max: its most); overhead: post-copy's median downtime \
+         of the same guest; within: downtime <= target + overhead; checked, read: pages the \
+         pause checked for zeros and read to do so; faulted in: pages the guest never \
+         touched that the migration read"
+    );
+}
+
+/// The median of `values` (NaN if there are none).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// The test guest's loads, which the picture draws.
+const LOADS: [&str; 2] = ["idle", "write-heavy"];
+
+/// Draws downtime and total time against RAM size, a line per (kind, load) of the test
+/// guest, into `path`.
 pub fn plot(migrations: &[Migration], path: &str) -> Result<()> {
     let root = SVGBackend::new(path, (1400, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_error)?;
@@ -90,10 +199,15 @@ fn panel(
     unit: &str,
     value: fn(&Migration) -> f64,
 ) -> Result<()> {
+    // The test guest's migrations: the Linux guest's have their table.
+    let migrations: Vec<&Migration> = migrations
+        .iter()
+        .filter(|m| LOADS.contains(&m.load.as_str()))
+        .collect();
     let max_mib = migrations.iter().map(|m| m.mib).max().unwrap_or(1) as f64;
     let max = migrations
         .iter()
-        .map(value)
+        .map(|m| value(m))
         .filter(|v| v.is_finite())
         .fold(1.0f64, f64::max);
     let mut chart = ChartBuilder::on(area)
@@ -116,7 +230,7 @@ fn panel(
         RGBColor(0, 150, 60),
     ];
     for (kind, color) in kinds.iter().zip(colors) {
-        for load in ["idle", "write-heavy"] {
+        for load in LOADS {
             let mut points: Vec<(f64, f64)> = migrations
                 .iter()
                 .filter(|m| m.kind == *kind && m.load == load)
