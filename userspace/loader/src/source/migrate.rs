@@ -166,7 +166,7 @@ fn before_pause(
     // again only those candidates (most of them untouched, which mincore() alone settles),
     // so that the downtime does not grow with RAM. Nothing relies on a dirty log here.
     let zero_candidates = match how.kind {
-        Kind::PostCopy => Some(zero_pages(vm.ram(), |_| true)?.zero),
+        Kind::PostCopy => Some(zero_pages(vm.ram(), &vm.ram().resident()?, |_| true).zero),
         Kind::PreCopy | Kind::Hybrid => None,
     };
     let precopied = match how.kind {
@@ -203,32 +203,48 @@ fn switch_over(
         zero_candidates,
         mut precopied,
     } = before;
-    // Which pages the guest touched, as the pause begins: the report counts those that
-    // the migration faults in after it.
+    // Which pages the guest ever touched, looked at once with the guest stopped: the others
+    // are zero without being read. Reading them would fault each one in (the module
+    // allocating a zeroed page for it): most of a mostly idle guest's RAM, a pause that
+    // grew with RAM. The report counts the pages faulted in after this.
     let resident = ram.resident()?;
-    let (mut checked, mut read) = (None, 0);
     // What the guest wrote since the last round is stale at the destination.
     if let Some(rounds) = &mut precopied {
         vm.dirty_pages()?.ones().for_each(|p| rounds.valid.clear(p));
+        // The dirty log stays on: the guest never runs here again, and turning it off
+        // (a memory slot update) would only lengthen the downtime.
+    }
+    let ZeroScan {
+        zero,
+        checked,
+        read,
+    } = match (&zero_candidates, &precopied) {
+        // Post-copy: the pages found zero before the pause. A page found not zero then is
+        // sent even if the guest has zeroed it since: a page of zeros too many at worst.
+        (Some(candidates), _) => zero_pages(ram, &resident, |page| candidates.get(page)),
+        // Pre-copy: the pages it never sent (those sent and written since go again).
+        (None, Some(rounds)) if kind == Kind::PreCopy => {
+            zero_pages(ram, &resident, |page| !rounds.sent.get(page))
+        }
+        // Hybrid: the pages its rounds did not settle.
+        (None, rounds) => zero_pages(ram, &resident, |page| {
+            rounds.as_ref().is_none_or(|r| !r.valid.get(page))
+        }),
+    };
+    if let Some(rounds) = &mut precopied {
         if kind == Kind::PreCopy {
-            // Pre-copy sends the rest now, while the guest is paused.
+            // Pre-copy sends the rest now, while the guest is paused: the pages written
+            // since they were sent, and those never sent that are not zero.
             let stale: Vec<u64> = rounds
                 .sent
                 .ones()
                 .filter(|&p| !rounds.valid.get(p))
                 .collect();
-            let never_sent: Vec<u64> = (0..ram.pages()).filter(|&p| !rounds.sent.get(p)).collect();
-            // Each of them is read.
-            checked = Some(never_sent.len() as u64);
-            read += never_sent.len() as u64;
-            let fresh: Vec<u64> = never_sent
-                .into_iter()
-                .filter(|&p| !ram.is_zero(p))
+            let fresh: Vec<u64> = (0..ram.pages())
+                .filter(|&p| !rounds.sent.get(p) && !zero.get(p))
                 .collect();
             precopy::send(ram, stream, &[stale, fresh].concat(), rounds)?;
         }
-        // The dirty log stays on: the guest never runs here again, and turning it off
-        // (a memory slot update) would only lengthen the downtime.
     }
     let state = MachineState {
         ram_size: ram.size(),
@@ -239,24 +255,6 @@ fn switch_over(
     };
     let guest_rounds = state.devices.test_report().rounds;
     let mut bytes = protocol::send_control(stream, &Control::Machine(Box::new(state)))?;
-    // Zero pages: never sent (or sent and written since) and zero now.
-    let valid = precopied
-        .as_ref()
-        .map_or_else(|| Bitmap::new(ram.pages()), |r| r.valid.clone());
-    let ZeroScan {
-        zero,
-        checked: zero_checked,
-        read: zero_read,
-    } = match zero_candidates {
-        // A page found not zero before the pause is sent even if the guest has zeroed it
-        // since: a page of zeros too many at worst.
-        Some(candidates) => zero_pages(ram, |page| candidates.get(page))?,
-        None => zero_pages(ram, |page| !valid.get(page))?,
-    };
-    let pause = PauseWork {
-        checked: checked.unwrap_or(zero_checked),
-        read: read + zero_read,
-    };
     bytes += protocol::send_control(
         stream,
         &Control::ZeroMap {
@@ -283,9 +281,11 @@ fn switch_over(
     protocol::flush(stream, "sending the machine state")?;
     // Nothing more to send for zero pages and for what pre-copy settled.
     let sent = zero.clone();
-    valid.ones().for_each(|p| {
-        sent.set(p);
-    });
+    if let Some(rounds) = &precopied {
+        rounds.valid.ones().for_each(|p| {
+            sent.set(p);
+        });
+    }
     Ok(Switched {
         zero,
         sent,
@@ -296,7 +296,7 @@ fn switch_over(
             .as_ref()
             .map_or((0, 0, 0), |r| (r.rounds, r.pages, r.bytes)),
         resident,
-        pause,
+        pause: PauseWork { checked, read },
     })
 }
 
@@ -329,12 +329,10 @@ fn serve_until_done(
     Ok(recoveries)
 }
 
-/// The `candidate` pages that are zero: never touched (not resident), or resident and
-/// holding only zeros.
-fn zero_pages(ram: &GuestRam, candidate: impl Fn(u64) -> bool) -> Result<ZeroScan, MemoryError> {
-    Ok(zero::scan(&ram.resident()?, candidate, |page| {
-        ram.is_zero(page)
-    }))
+/// The `candidate` pages of `ram` that are zero, given which are `resident`: never touched
+/// (not resident), or resident and holding only zeros (only those are read).
+fn zero_pages(ram: &GuestRam, resident: &[bool], candidate: impl Fn(u64) -> bool) -> ZeroScan {
+    zero::scan(resident, candidate, |page| ram.is_zero(page))
 }
 
 /// How many pages are resident in `ram`'s mapping that were not by `before`: pages the
