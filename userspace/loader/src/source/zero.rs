@@ -41,3 +41,123 @@ pub(super) fn scan(
     }
     found
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, num::NonZeroUsize, ptr::NonNull};
+
+    use muserload::PAGE_SIZE;
+    use nix::{
+        libc,
+        sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags},
+    };
+
+    use super::*;
+
+    /// Shared anonymous memory standing in for guest RAM (a shared mapping too): a read
+    /// of an untouched page faults it in, as in the module's mapping.
+    struct Ram {
+        /// The mapping.
+        at: NonNull<u8>,
+        /// Its pages.
+        pages: usize,
+    }
+
+    impl Ram {
+        fn new(pages: usize) -> Self {
+            let len = NonZeroUsize::new(pages * PAGE_SIZE).expect("some pages");
+            // SAFETY: A new anonymous mapping overlaps nothing.
+            let at = unsafe {
+                mmap_anonymous(
+                    None,
+                    len,
+                    ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                    MapFlags::MAP_SHARED,
+                )
+            }
+            .expect("anonymous memory");
+            Self {
+                at: at.cast(),
+                pages,
+            }
+        }
+
+        fn word(&self, page: u64, word: usize) -> *mut u64 {
+            // SAFETY: Tests pass pages of the mapping and words of a page.
+            unsafe {
+                self.at
+                    .as_ptr()
+                    .add(page as usize * PAGE_SIZE)
+                    .cast::<u64>()
+                    .add(word)
+            }
+        }
+
+        /// Writes `value` into the last word of `page`.
+        fn write(&self, page: u64, value: u64) {
+            // SAFETY: The word lies in the mapping, which only this test uses.
+            unsafe { self.word(page, PAGE_SIZE / 8 - 1).write_volatile(value) };
+        }
+
+        fn is_zero(&self, page: u64) -> bool {
+            // SAFETY: As in `write`.
+            (0..PAGE_SIZE / 8).all(|w| unsafe { self.word(page, w).read_volatile() } == 0)
+        }
+
+        /// Which pages are resident (`mincore(2)`).
+        fn resident(&self) -> Vec<bool> {
+            let mut vec = vec![0u8; self.pages];
+            // SAFETY: The range is the mapping, and `vec` has a byte per page of it.
+            let ret = unsafe {
+                libc::mincore(
+                    self.at.as_ptr().cast(),
+                    self.pages * PAGE_SIZE,
+                    vec.as_mut_ptr(),
+                )
+            };
+            assert_eq!(ret, 0, "mincore: {}", std::io::Error::last_os_error());
+            vec.into_iter().map(|b| b & 1 != 0).collect()
+        }
+    }
+
+    impl Drop for Ram {
+        fn drop(&mut self) {
+            // SAFETY: The mapping is this value's, and nothing refers to it any more.
+            let _ = unsafe { munmap(self.at.cast(), self.pages * PAGE_SIZE) };
+        }
+    }
+
+    #[test]
+    fn untouched_pages_are_zero_and_never_read() {
+        let ram = Ram::new(512);
+        // Data in three pages, zeros written into two (touched, yet zero).
+        for page in [3, 64, 300] {
+            ram.write(page, 0x5a);
+        }
+        for page in [5, 100] {
+            ram.write(page, 0);
+        }
+        let resident = ram.resident();
+        let touched: Vec<u64> = (0..512).filter(|&p| resident[p as usize]).collect();
+        assert_eq!(touched, [3, 5, 64, 100, 300]);
+        // Every page but 300 and 301 is a candidate.
+        let reads = RefCell::new(Vec::new());
+        let found = scan(
+            &resident,
+            |page| !(300..302).contains(&page),
+            |page| {
+                reads.borrow_mut().push(page);
+                ram.is_zero(page)
+            },
+        );
+        // None of the untouched pages was read: none is resident now.
+        assert_eq!(ram.resident(), resident);
+        assert_eq!(reads.into_inner(), [3, 5, 64, 100]);
+        assert_eq!((found.checked, found.read), (510, 4));
+        let zero: Vec<u64> = found.zero.ones().collect();
+        let want: Vec<u64> = (0..512)
+            .filter(|p| ![3, 64, 300, 301].contains(p))
+            .collect();
+        assert_eq!(zero, want);
+    }
+}
