@@ -17,6 +17,7 @@ mod error;
 mod interrupted;
 mod lock;
 mod memory;
+mod power_off;
 mod precopy;
 mod protocol;
 mod report;

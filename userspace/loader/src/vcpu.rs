@@ -24,6 +24,7 @@ use nix::{
 use crate::{
     interrupted::{FaultError, Interrupted},
     lock::lock,
+    power_off::{self, PowerOff},
     vm::{VcpuState, Vm, VmError},
 };
 
@@ -57,6 +58,9 @@ pub enum VcpuError {
     /// Its thread panicked.
     #[error("a vCPU thread panicked")]
     Panicked,
+    /// The power-off watcher could not be started.
+    #[error("spawning the power-off watcher: {0}")]
+    Watcher(#[source] io::Error),
 }
 
 /// How the guest made a vCPU exit for good.
@@ -65,7 +69,8 @@ pub enum Exit {
     /// A triple fault, and where the vCPU was if KVM said.
     #[error("shutdown (triple fault){}", .0.map_or(String::new(), |at| format!(" at {at}")))]
     TripleFault(Option<FaultSite>),
-    /// HLT with nothing to wake it (the test guest never halts).
+    /// HLT, returned to userspace: only without KVM's in-kernel local APIC, which the
+    /// loader always has.
     #[error("halted")]
     Halted,
     /// VM entry failed.
@@ -146,6 +151,10 @@ pub struct Machine {
     stop: Arc<AtomicBool>,
     /// Why the guest stopped on its own, if it did: the first vCPU that failed.
     failure: Arc<Mutex<Option<Arc<GuestStopped>>>>,
+    /// Whether the guest powered off.
+    power: Arc<PowerOff>,
+    /// Watches for the guest's power-off; ends when told to stop.
+    watcher: JoinHandle<()>,
 }
 
 impl Machine {
@@ -166,20 +175,23 @@ impl Machine {
         unsafe { sigaction(KICK, &action) }.map_err(VcpuError::Sigaction)?;
         let stop = Arc::new(AtomicBool::new(false));
         let failure = Arc::new(Mutex::new(None));
-        let threads = vcpus
+        let power = Arc::new(PowerOff::new(vcpus.len()));
+        let threads: Vec<_> = vcpus
             .into_iter()
             .enumerate()
             .map(|(id, vcpu)| {
-                let (vm, stop, failure, interrupted) = (
+                let (vm, stop, failure, interrupted, power) = (
                     vm.clone(),
                     stop.clone(),
                     failure.clone(),
                     interrupted.clone(),
+                    power.clone(),
                 );
                 thread::Builder::new()
                     .name(format!("vcpu{id}"))
                     .spawn(move || {
-                        run(&vm, vcpu, &stop, interrupted.as_ref()).map_err(|source| {
+                        let signals = (interrupted.as_ref(), power.as_ref());
+                        run(&vm, id, vcpu, &stop, signals).map_err(|source| {
                             let stopped = Arc::new(GuestStopped { id, source });
                             lock(&failure).get_or_insert_with(|| stopped.clone());
                             // After releasing `failure`: waiters look at it with the
@@ -191,11 +203,26 @@ impl Machine {
                     .map_err(VcpuError::Spawn)
             })
             .collect::<Result<_, _>>()?;
+        let watcher = {
+            // The watcher ends before the threads are joined (`stop`): their handles stay
+            // valid for `kick` as long as it runs.
+            let pthreads: Vec<usize> = threads.iter().map(|t| t.as_pthread_t() as usize).collect();
+            let (stop, failure, vm) = (stop.clone(), failure.clone(), vm.clone());
+            power_off::spawn_watcher(
+                power.clone(),
+                move |id| kick(pthreads[id]),
+                move || stop.load(Ordering::SeqCst) || lock(&failure).is_some(),
+                move || vm.devices().wake_waiters(),
+            )
+            .map_err(VcpuError::Watcher)?
+        };
         Ok(Self {
             vm,
             threads,
             stop,
             failure,
+            power,
+            watcher,
         })
     }
 
@@ -209,17 +236,22 @@ impl Machine {
         lock(&self.failure).clone()
     }
 
+    /// Whether the guest powered off: it stays so, its vCPUs halted, until stopped.
+    pub fn powered_off(&self) -> bool {
+        self.power.is_off()
+    }
+
     /// Stops every vCPU and returns their states in id order; fails if one had stopped on
     /// its own.
     pub fn stop(self) -> Result<Vec<VcpuState>, Arc<GuestStopped>> {
         self.stop.store(true, Ordering::SeqCst);
+        // The watcher has no more than a probe to finish (its kicks are harmless).
+        let _ = self.watcher.join();
         // A kick that lands just before a thread enters KVM_RUN is lost: kick until each
         // thread has left.
         while self.threads.iter().any(|t| !t.is_finished()) {
             for t in self.threads.iter().filter(|t| !t.is_finished()) {
-                // std's thread handle is an integer, libc's a pointer on musl: go through
-                // usize. ESRCH: the thread finished meanwhile.
-                let _ = pthread_kill(t.as_pthread_t() as usize as Pthread, KICK);
+                kick(t.as_pthread_t() as usize);
             }
             thread::sleep(Duration::from_millis(1));
         }
@@ -237,12 +269,22 @@ impl Machine {
     }
 }
 
-/// One vCPU's loop. Returns its state once told to stop.
+/// Kicks the vCPU thread `pthread` out of KVM_RUN. std's thread handle is an integer,
+/// libc's a pointer on musl: it goes through usize. ESRCH (the thread finished meanwhile)
+/// is no error.
+fn kick(pthread: usize) {
+    let _ = pthread_kill(pthread as Pthread, KICK);
+}
+
+/// Vcpu `id`'s loop. Returns its state once told to stop. A signal that interrupts
+/// KVM_RUN is signal mode's fault (`interrupted`) or the power-off watcher's look
+/// (`power`).
 fn run(
     vm: &Vm,
+    id: usize,
     mut vcpu: VcpuFd,
     stop: &AtomicBool,
-    interrupted: &dyn Interrupted,
+    (interrupted, power): (&dyn Interrupted, &PowerOff),
 ) -> Result<VcpuState, VcpuError> {
     loop {
         if stop.load(Ordering::SeqCst) {
@@ -269,6 +311,7 @@ fn run(
             Ok(exit) => return Err(Exit::Unexpected(format!("{exit:?}")).into()),
             Err(e) if e.errno() == Errno::EINTR as i32 || e.errno() == Errno::EAGAIN as i32 => {
                 interrupted.interrupted()?;
+                power.look(id, &vcpu);
             }
             Err(source) => {
                 return Err(VcpuError::Kvm {

@@ -109,7 +109,11 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
     let started = Instant::now();
     let machine = Machine::start(vm.clone(), vec![vcpu], Arc::new(NoFaults))?;
 
-    let destination = wait_for_migrate(&machine, &options, started)?;
+    let Some(destination) = wait_for_migrate(&machine, &options, started)? else {
+        machine.stop()?;
+        eprintln!("muserload-loader: the guest powered off");
+        return Ok(());
+    };
     let report = migrate::migrate(machine, &destination, &options.migration)?;
     println!("{}", report.table());
     if let Some(path) = &options.report_json {
@@ -119,12 +123,13 @@ pub fn run(options: RunOptions) -> Result<(), RunError> {
 }
 
 /// Waits until it is time to migrate: `--migrate-after`, `--migrate-after-rounds`, or a
-/// `migrate ADDR` line on stdin. Returns the destination.
+/// `migrate ADDR` line on stdin. Returns the destination, or none if the guest powered
+/// off first.
 fn wait_for_migrate(
     machine: &Machine,
     options: &RunOptions,
     started: Instant,
-) -> Result<String, Arc<GuestStopped>> {
+) -> Result<Option<String>, Arc<GuestStopped>> {
     let (tx, rx) = mpsc::channel();
     // Commands on stdin, only when no destination was given: a loader started in the
     // background of a shell that read its terminal would be stopped by SIGTTIN, vCPUs and
@@ -150,8 +155,11 @@ fn wait_for_migrate(
         if let Some(failure) = machine.failure() {
             return Err(failure);
         }
+        if machine.powered_off() {
+            return Ok(None);
+        }
         if let Ok(addr) = rx.try_recv() {
-            return Ok(addr);
+            return Ok(Some(addr));
         }
         if let Some(addr) = &options.migrate_to {
             let due_time = options
@@ -163,7 +171,7 @@ fn wait_for_migrate(
             let no_condition =
                 options.migrate_after.is_none() && options.migrate_after_rounds.is_none();
             if due_time || due_rounds || no_condition {
-                return Ok(addr.clone());
+                return Ok(Some(addr.clone()));
             }
         }
         devices.wait_report(Duration::from_millis(50), |_| false);
