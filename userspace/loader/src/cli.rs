@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     boot::TestGuestConfig,
-    destination::{Mode, ReceiveOptions},
+    destination::{Mode, ReceiveOptions, RunUntil},
     protocol::Kind,
     source::{Guest, Migration, RunOptions},
 };
@@ -108,7 +108,8 @@ pub enum Command {
         #[arg(long, default_value_t = 60.0)]
         recover_timeout: f64,
     },
-    /// Receive a migrating guest and run it until it has checked all its memory.
+    /// Receive a migrating guest and run it until it has checked all its memory, or until
+    /// it powers off.
     Receive {
         /// Address to listen on (HOST:PORT).
         #[arg(long)]
@@ -116,13 +117,18 @@ pub enum Command {
         /// How faults on pages not received yet reach the loader.
         #[arg(long, value_enum, default_value_t = Mode::Queue)]
         mode: Mode,
+        /// How long to run the guest once its pages are loaded: until the project's test
+        /// guests have checked their memory, or until any guest powers off.
+        #[arg(long, value_enum, default_value_t = RunUntil::Checked)]
+        run_until: RunUntil,
         /// Complete checks of its memory the guest makes here before it is stopped (0: stop
         /// once every page is loaded).
         #[arg(long, default_value_t = 1)]
         check_sweeps: u64,
-        /// Seconds the guest may take for them.
-        #[arg(long, default_value_t = 600.0)]
-        timeout: f64,
+        /// Seconds the guest may take for them (default 600), or to power off (default: no
+        /// limit); then the destination stops it.
+        #[arg(long)]
+        timeout: Option<f64>,
         /// Seconds to wait for the source to reconnect if a connection breaks in post-copy;
         /// then the guest is stopped.
         #[arg(long, default_value_t = 60.0)]
@@ -203,6 +209,7 @@ impl Command {
             Command::Receive {
                 listen,
                 mode,
+                run_until,
                 check_sweeps,
                 timeout,
                 recover_timeout,
@@ -211,8 +218,13 @@ impl Command {
             } => Ok(Task::Receive(ReceiveOptions {
                 listen,
                 mode,
+                until: run_until,
                 check_sweeps,
-                timeout: seconds(timeout, "--timeout")?,
+                timeout: match (timeout, run_until) {
+                    (Some(timeout), _) => seconds(timeout, "--timeout")?,
+                    (None, RunUntil::Checked) => CHECK_TIMEOUT,
+                    (None, RunUntil::PowerOff) => NO_LIMIT,
+                },
                 recover_timeout: seconds(recover_timeout, "--recover-timeout")?,
                 report_json,
                 plot,
@@ -220,6 +232,11 @@ impl Command {
         }
     }
 }
+
+/// The time a guest has for its checks by default.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(600);
+/// No time limit: a century.
+const NO_LIMIT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// `value` seconds, as the duration `option` gives.
 fn seconds(value: f64, option: &'static str) -> Result<Duration, ArgsError> {

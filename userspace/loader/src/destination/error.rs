@@ -76,11 +76,24 @@ pub enum ReceiveError {
     },
     /// The guest did not make the checks of its memory it was given time for.
     #[error(
-        "the guest stopped: it did not check all its memory {sweeps} time(s) within {timeout:?}"
+        "the destination stopped the guest: it did not check all its memory {sweeps} time(s) \
+         within {timeout:?}"
     )]
     Unchecked {
         /// The complete checks asked for.
         sweeps: u64,
+        /// The time given.
+        timeout: Duration,
+    },
+    /// The guest powered off before it made the checks of its memory asked for.
+    #[error("the guest powered off before it checked all its memory {sweeps} time(s)")]
+    PoweredOffUnchecked {
+        /// The complete checks asked for.
+        sweeps: u64,
+    },
+    /// The guest did not power off in the time it was given.
+    #[error("the destination stopped the guest: it did not power off within {timeout:?}")]
+    NotPoweredOff {
         /// The time given.
         timeout: Duration,
     },

@@ -39,16 +39,29 @@ pub enum Mode {
     Signal,
 }
 
+/// How long the destination runs the guest once its pages are loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RunUntil {
+    /// Until the project's test guest (or Linux test guest) has checked all its memory
+    /// `--check-sweeps` times, as it reports on its I/O ports; then the destination stops
+    /// it.
+    Checked,
+    /// Until the guest powers off: any guest.
+    PowerOff,
+}
+
 /// What `muserload-loader receive` was asked.
 pub struct ReceiveOptions {
     /// The address to listen on.
     pub listen: String,
     /// The fault mode.
     pub mode: Mode,
+    /// How long to run the guest once its pages are loaded.
+    pub until: RunUntil,
     /// How many complete checks of its memory the guest must make here before the
-    /// destination stops it.
+    /// destination stops it ([`RunUntil::Checked`]).
     pub check_sweeps: u64,
-    /// How long the guest may take to make them.
+    /// How long the guest may take to make them, or to power off.
     pub timeout: Duration,
     /// How long to wait for the source to reconnect after a connection broke.
     pub recover_timeout: Duration,
@@ -58,14 +71,17 @@ pub struct ReceiveOptions {
     pub plot: Option<PathBuf>,
 }
 
-/// Receives a guest and runs it until it has checked its memory.
+/// Receives a guest and runs it until it has checked its memory, or powered off.
 pub fn receive(options: ReceiveOptions) -> Result<(), ReceiveError> {
     let listener = listen(&options.listen)?;
     let (stream, requests, accepted) = link::accept_source(&listener)?;
     let arrival = Arrival::receive(stream, requests, faults::fault_mode(options.mode))?;
     let guest = Resumed::start(arrival, options.mode)?;
     let times = guest.load_all(&listener, options.recover_timeout, accepted)?;
-    let stopped = guest.check(options.check_sweeps, options.timeout)?;
+    let stopped = match options.until {
+        RunUntil::Checked => guest.check(options.check_sweeps, options.timeout)?,
+        RunUntil::PowerOff => guest.run_until_power_off(options.timeout)?,
+    };
     let report = stopped.report(&times)?;
     publish(&report, &stopped, &options)?;
     stopped.verdict()

@@ -53,14 +53,26 @@ pub(super) struct Stopped {
     summary: ArrivalSummary,
     /// What the guest had reported when it was paused at the source.
     before: TestReport,
-    /// Its report when it had made its checks, or when the time for them was up.
+    /// Its report when it was stopped.
     after: TestReport,
-    /// The complete checks (sweeps) it had to reach, counted from its start.
-    target: u64,
-    /// The complete checks asked for here.
-    wanted: u64,
-    /// The time they were given.
-    timeout: Duration,
+    /// What it was to do here before it was stopped.
+    task: Task,
+    /// Whether it had powered off.
+    powered_off: bool,
+}
+
+/// What the guest was to do here before the destination stopped it, within `timeout`.
+#[derive(Clone, Copy)]
+enum Task {
+    /// Check all its memory `wanted` times: reach `target` complete checks (sweeps),
+    /// counted from its start.
+    Check {
+        wanted: u64,
+        target: u64,
+        timeout: Duration,
+    },
+    /// Power off.
+    PowerOff { timeout: Duration },
 }
 
 impl Resumed {
@@ -158,12 +170,35 @@ impl Resumed {
             0 => self.before.sweeps,
             n => self.before.sweeps + n + 1,
         };
+        let task = Task::Check {
+            wanted: sweeps,
+            target,
+            timeout,
+        };
+        self.run(task, |r| r.sweeps >= target)
+    }
+
+    /// Lets the guest run until it powers off, within `timeout`, then stops it.
+    pub fn run_until_power_off(self, timeout: Duration) -> Result<Stopped, ReceiveError> {
+        self.run(Task::PowerOff { timeout }, |_| false)
+    }
+
+    /// Runs the guest until `done` holds for its report, it finds a page with wrong
+    /// content, it powers off, or the time `task` gives is up; then stops it.
+    fn run(self, task: Task, done: impl Fn(&TestReport) -> bool) -> Result<Stopped, ReceiveError> {
         let machine = &self.machine;
+        let timeout = match task {
+            Task::Check { timeout, .. } | Task::PowerOff { timeout } => timeout,
+        };
         let after = self.vm.devices().wait_report(timeout, |r| {
-            r.sweeps >= target || r.mismatches > 0 || machine.failure().is_some()
+            done(r) || r.mismatches > 0 || machine.failure().is_some() || machine.powered_off()
         });
         if let Some(failure) = machine.failure() {
             return Err(failure.into());
+        }
+        let powered_off = machine.powered_off();
+        if powered_off {
+            eprintln!("muserload-loader: the guest powered off");
         }
         self.machine.stop()?;
         Ok(Stopped {
@@ -172,9 +207,8 @@ impl Resumed {
             summary: self.summary,
             before: self.before,
             after,
-            target,
-            wanted: sweeps,
-            timeout,
+            task,
+            powered_off,
         })
     }
 }
@@ -223,7 +257,8 @@ impl Stopped {
         })
     }
 
-    /// Whether the guest passed: no page with wrong content, and every check made in time.
+    /// Whether the guest passed: no page with wrong content, and every check made, or the
+    /// power-off, in time.
     pub fn verdict(&self) -> Result<(), ReceiveError> {
         if self.after.mismatches > 0 {
             return Err(ReceiveError::Mismatch {
@@ -231,13 +266,20 @@ impl Stopped {
                 first: self.after.first_mismatch.unwrap_or(0),
             });
         }
-        if self.after.sweeps < self.target {
-            return Err(ReceiveError::Unchecked {
-                sweeps: self.wanted,
-                timeout: self.timeout,
-            });
+        match self.task {
+            Task::Check { target, .. } if self.after.sweeps >= target => Ok(()),
+            Task::Check { wanted, .. } if self.powered_off => {
+                Err(ReceiveError::PoweredOffUnchecked { sweeps: wanted })
+            }
+            Task::Check {
+                wanted, timeout, ..
+            } => Err(ReceiveError::Unchecked {
+                sweeps: wanted,
+                timeout,
+            }),
+            Task::PowerOff { .. } if self.powered_off => Ok(()),
+            Task::PowerOff { timeout } => Err(ReceiveError::NotPoweredOff { timeout }),
         }
-        Ok(())
     }
 }
 
