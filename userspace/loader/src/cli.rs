@@ -64,20 +64,28 @@ pub enum Command {
         /// A Linux kernel (bzImage) to boot instead.
         #[arg(long, requires = "initrd")]
         kernel: Option<PathBuf>,
-        /// The Linux guest's initramfs (its init: muserload-guest-workload).
+        /// The Linux guest's initramfs.
         #[arg(long, requires = "kernel")]
         initrd: Option<PathBuf>,
-        /// More of the Linux guest's command line.
-        #[arg(long, requires = "kernel", default_value = "")]
+        /// More of the Linux guest's command line (after `console=ttyS0 reboot=k panic=-1
+        /// no-kvmapf`). The project's Linux test guest takes its workload's sizes here:
+        /// `workload_mib=`, `working_set_mib=`, `sweep_mib=`.
+        /// Words after `--` go to the guest's init as its arguments.
+        #[arg(
+            long,
+            requires = "kernel",
+            default_value = "",
+            allow_hyphen_values = true
+        )]
         cmdline: String,
         /// Guest RAM in MiB.
         #[arg(long, default_value_t = 256)]
         mem_mib: u64,
-        /// MiB the guest rewrites every round.
-        #[arg(long, default_value_t = 32)]
+        /// MiB the test guest rewrites every round.
+        #[arg(long, default_value_t = 32, conflicts_with = "kernel")]
         working_set_mib: u64,
-        /// MiB the guest checks every round (a full check of its memory takes several).
-        #[arg(long, default_value_t = 8)]
+        /// MiB the test guest checks every round (a full check of its memory takes several).
+        #[arg(long, default_value_t = 8, conflicts_with = "kernel")]
         sweep_mib: u64,
         /// Migrate to this destination (HOST:PORT, where `muserload-loader receive` listens).
         #[arg(long)]
@@ -180,13 +188,11 @@ impl Command {
                     (None, Some(kernel), Some(initrd)) => Guest::Linux {
                         kernel,
                         initrd,
-                        // The workload takes half of RAM; the kernel passes the `name=value`
-                        // words it does not know to init as environment variables.
-                        cmdline: format!(
-                            "console=ttyS0 reboot=k panic=-1 no-kvmapf workload_mib={} \
-                             working_set_mib={working_set_mib} sweep_mib={sweep_mib} {cmdline}",
-                            mem_mib / 2
-                        ),
+                        // The serial console. A panic reboots, and a reboot ends in a triple
+                        // fault, which ends the loader: the machine has no keyboard
+                        // controller, and the kernel falls back to one. No asynchronous page
+                        // faults, which KVM would raise for pages a vCPU waits on.
+                        cmdline: format!("console=ttyS0 reboot=k panic=-1 no-kvmapf {cmdline}"),
                     },
                     _ => return Err(ArgsError::Guest),
                 };

@@ -40,9 +40,18 @@ pub fn test_guest() -> String {
 
 /// The test guest's arguments to `muserload-loader run`.
 pub fn test_guest_args() -> Vec<String> {
-    ["--test-guest", &test_guest(), "--mem-mib", "64"]
-        .map(String::from)
-        .to_vec()
+    [
+        "--test-guest",
+        &test_guest(),
+        "--mem-mib",
+        "64",
+        "--working-set-mib",
+        "8",
+        "--sweep-mib",
+        "8",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// The Linux guest's arguments to `muserload-loader run`.
@@ -55,6 +64,8 @@ pub fn linux_guest_args() -> Vec<String> {
         // The workload takes half: 64 MiB, as the test guest's.
         "--mem-mib",
         "128",
+        "--cmdline",
+        "workload_mib=64 working_set_mib=8 sweep_mib=8",
     ]
     .map(String::from)
     .to_vec()
@@ -511,14 +522,12 @@ impl Destination {
     }
 }
 
-/// The command of a source running `guest` (8 MiB working set, checking 8 MiB a round)
-/// that migrates (`kind`) to `to` after two rounds and writes its report to `report`.
+/// The command of a source running `guest` that migrates (`kind`) to `to` after two rounds and writes its report to `report`.
 fn source_command(guest: &[String], kind: &str, to: &str, report: &Path) -> Command {
     let mut command = loader();
     command
         .arg("run")
         .args(guest)
-        .args(["--working-set-mib", "8", "--sweep-mib", "8"])
         .args(["--migration", kind, "--migrate-to", to])
         .args(["--migrate-after-rounds", "2"])
         .args(["--report-json", report.to_str().expect("path")])
