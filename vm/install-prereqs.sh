@@ -6,6 +6,9 @@
 # asked for with -t come from it; trixie-backports pinned to 1, so nothing is ever installed
 # or upgraded from it: it is used only to `apt-get download` the architecture-independent
 # linux-source-7.3 package, which vm/build-kernel.sh unpacks.
+#
+# It also downloads, never installs, the loader's stock guest: Debian's own kernel
+# (linux-image-amd64's) and stress-ng with the libraries it needs (vm/lib.sh packs them).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -98,8 +101,27 @@ fetch_linux_source() {
 	fi
 }
 
+# The stock guest's packages, in $MUSERLOAD_CACHE/downloads/stock: the versions apt offers
+# the first time, kept from then on.
+fetch_stock_guest() {
+	local deb_dir="$MUSERLOAD_CACHE/downloads/stock" kernel packages
+	[[ -e "$deb_dir/.complete" ]] && return
+	apt_update_once
+	kernel=$(apt-cache depends linux-image-amd64 | awk '$1 == "Depends:" { print $2; exit }')
+	mapfile -t packages < <(apt-cache depends --recurse --no-recommends --no-suggests \
+		--no-conflicts --no-breaks --no-replaces --no-enhances stress-ng | grep '^[a-z0-9]' |
+		sort -u)
+	log "downloading $kernel and stress-ng (${#packages[@]} packages) for the stock guest"
+	rm -rf "$deb_dir"
+	mkdir -p "$deb_dir"
+	# As root, into a directory apt's own user cannot write to.
+	(cd "$deb_dir" && apt-get download -qq -o APT::Sandbox::User=root "$kernel" "${packages[@]}")
+	touch "$deb_dir/.complete"
+}
+
 setup_apt_sources
 install_packages
 install_rust_tools
 fetch_linux_source
+fetch_stock_guest
 log "all prerequisites present"

@@ -43,6 +43,8 @@ build_payload() {
 	(cd "$initrd" && find . | cpio -o -H newc --quiet | gzip -1) >"$payload/bin/linux-guest.cpio.gz"
 	rm -rf "$initrd"
 	[[ -z "$bzimage" ]] || cp "$bzimage" "$payload/bin/linux-guest-bzImage"
+	build_stock_guest "$payload" "$target/x86_64-unknown-linux-musl/release/muserload-guest-init" ||
+		return 1
 	# Integration tests need /dev/muserload, so they run in the guest only.
 	CARGO_TARGET_DIR=$target cargo test -q --release "${musl[@]}" --tests --no-run \
 		--message-format=json 2>/dev/null |
@@ -57,6 +59,33 @@ for line in sys.stdin:
 		while read -r name exe; do cp "$exe" "$payload/tests/libtest/$name"; done
 	[[ -n "$(ls "$payload/tests/libtest")" ]] || return 1
 	echo "$payload"
+}
+
+# build_stock_guest PAYLOAD INIT: the loader's stock guest, from the packages
+# vm/install-prereqs.sh downloaded: Debian's kernel as PAYLOAD/bin/stock-bzImage, and
+# PAYLOAD/bin/stock-guest.cpio.gz, whose /init is INIT (muserload-guest-init) and which
+# holds Debian's stress-ng and the libraries the dynamic loader finds for it.
+build_stock_guest() {
+	local payload=$1 init=$2 debs="$MUSERLOAD_CACHE/downloads/stock" work deb lib
+	work=$(mktemp -d)
+	local unpacked="$work/debs" initrd="$work/initrd"
+	for deb in "$debs"/*.deb; do
+		dpkg-deb -x "$deb" "$unpacked" || return 1
+	done
+	cp "$unpacked"/boot/vmlinuz-* "$payload/bin/stock-bzImage" || return 1
+	mkdir -p "$initrd/dev" "$initrd/usr/bin"
+	cp "$init" "$initrd/init"
+	cp "$unpacked/usr/bin/stress-ng" "$initrd/usr/bin/"
+	"$unpacked/lib64/ld-linux-x86-64.so.2" \
+		--library-path "$unpacked/lib/x86_64-linux-gnu:$unpacked/usr/lib/x86_64-linux-gnu" \
+		--list "$unpacked/usr/bin/stress-ng" >"$work/libs" || return 1
+	while read -r lib; do
+		mkdir -p "$(dirname "$initrd${lib#"$unpacked"}")"
+		cp -L "$lib" "$initrd${lib#"$unpacked"}"
+	done < <(awk '$2 == "=>" && $3 ~ /^\// { print $3 }' "$work/libs")
+	mknod "$initrd/dev/console" c 5 1
+	(cd "$initrd" && find . | cpio -o -H newc --quiet | gzip -1) >"$payload/bin/stock-guest.cpio.gz"
+	rm -rf "$work"
 }
 
 # Installs what is missing and builds everything one guest of FLAVOUR needs; sets kdir,
