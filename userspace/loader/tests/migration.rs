@@ -14,13 +14,14 @@ use std::{
 
 use common::{
     assert_clocks_kept, check_reports, json, linux_guest_args, loader,
-    migrate_retrying_nested_deaths, scratch, test_guest, test_guest_args, u, Destination, Migrated,
+    migrate_retrying_nested_deaths, scratch, test_guest, test_guest_args, u, Destination, Guest,
+    Migrated,
 };
 use serde_json::Value;
 
 /// Migrates a guest (`kind`: post-copy, pre-copy or hybrid; `mode`: queue or signal) and
 /// checks both reports and the guest's clocks; returns the reports.
-fn migrate(name: &str, kind: &str, mode: &str, guest: &[String]) -> (Value, Value) {
+fn migrate(name: &str, kind: &str, mode: &str, guest: &Guest) -> (Value, Value) {
     let dir = scratch(name);
     let (src_json, dst_json) = (dir.join("source.json"), dir.join("destination.json"));
     let plot = dir.join("timeline.svg");
@@ -57,7 +58,7 @@ fn migrate(name: &str, kind: &str, mode: &str, guest: &[String]) -> (Value, Valu
 
 /// Post-copy: no page went more than twice, every page that is not zero went, and vCPUs
 /// waiting on pages were served by requests far sooner than the stream brought everything.
-fn post_copy(name: &str, mode: &str, guest: &[String]) {
+fn post_copy(name: &str, mode: &str, guest: &Guest) {
     let (src, dst) = migrate(name, "post-copy", mode, guest);
     assert_eq!(u(&src, "precopy_pages"), 0);
     assert!(u(&src, "max_sends_per_page") <= 2);
@@ -74,7 +75,7 @@ fn post_copy(name: &str, mode: &str, guest: &[String]) {
 }
 
 /// Pre-copy: every page arrives before the guest resumes, so nothing is requested.
-fn pre_copy(name: &str, guest: &[String]) {
+fn pre_copy(name: &str, guest: &Guest) {
     let (src, dst) = migrate(name, "pre-copy", "queue", guest);
     assert!(u(&src, "precopy_rounds") >= 1);
     assert!(u(&dst, "precopy_pages") >= u(&dst, "normal_pages"));
@@ -83,7 +84,7 @@ fn pre_copy(name: &str, guest: &[String]) {
 }
 
 /// Hybrid: pre-copy rounds, then what the guest kept writing comes post-copy.
-fn hybrid(name: &str, guest: &[String]) {
+fn hybrid(name: &str, guest: &Guest) {
     let (src, dst) = migrate(name, "hybrid", "queue", guest);
     // The first full pass, and by default no more.
     assert_eq!(u(&src, "precopy_rounds"), 1);

@@ -19,7 +19,7 @@ use std::{
 
 use common::{
     assert_clocks_kept, check_reports, json, linux_guest_args, migrate_retrying_nested_deaths,
-    scratch, start_source, test_guest_args, u, Destination,
+    scratch, start_source, test_guest_args, u, Destination, Guest,
 };
 
 /// Bytes from the source after which the proxy cuts: the machine state and the maps are
@@ -131,7 +131,7 @@ impl ProxyState {
 /// Post-copy of `guest` through a proxy that cuts the connections and is down for two
 /// seconds: the source reconnects, the migration completes, the guest finds every page
 /// right and its clocks kept.
-fn cut_and_recover(name: &str, guest: &[String], mode: &str) {
+fn cut_and_recover(name: &str, guest: &Guest, mode: &str) {
     let dir = scratch(name);
     let (src_json, dst_json) = (dir.join("source.json"), dir.join("destination.json"));
     let outage = Duration::from_secs(2);

@@ -32,10 +32,13 @@ const AHEAD: Duration = Duration::from_secs(2);
 /// seconds before it was migrated) is far beyond it.
 const JITTER: Duration = Duration::from_secs(1);
 
-/// The guest's wall-clock time a line of its workload gives (`workload: ..., clock
-/// SECONDS.NANOSECONDS`), if it gives one.
+/// The guest's wall-clock time a line of its init gives (`workload: ..., clock
+/// SECONDS.NANOSECONDS`, or `guest-init: ...`), if it gives one.
 fn guest_time(text: &str) -> Option<SystemTime> {
-    if !text.starts_with("workload: ") {
+    if !["workload: ", "guest-init: "]
+        .iter()
+        .any(|init| text.starts_with(init))
+    {
         return None;
     }
     let (_, clock) = text.trim_end().rsplit_once(", clock ")?;
@@ -149,6 +152,10 @@ mod tests {
         );
         let ahead = ahead(&heartbeat).expect("a clock");
         assert!((ahead + 0.75).abs() < 1e-6, "{ahead}");
+        assert_eq!(
+            guest_time("guest-init: heartbeat, clock 12.5\n"),
+            Some(UNIX_EPOCH + Duration::from_millis(12_500))
+        );
         for other in [
             "workload: 64 MiB, working set 2048 pages, checking 2048 pages a round",
             "[    1.000000] clocksource: Switched to clocksource kvm-clock, clock 5.0",

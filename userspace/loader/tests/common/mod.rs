@@ -1,16 +1,16 @@
 //! What the loader's integration tests share: the loader and the guests (in /bin in the
-//! test VM, or where MUSERLOAD_LOADER, MUSERLOAD_TEST_GUEST, MUSERLOAD_LINUX_KERNEL and
-//! MUSERLOAD_LINUX_INITRD say), loaders running in the background, and their reports; what
+//! test VM, or where MUSERLOAD_LOADER, MUSERLOAD_TEST_GUEST, MUSERLOAD_LINUX_KERNEL,
+//! MUSERLOAD_LINUX_INITRD, MUSERLOAD_STOCK_KERNEL and MUSERLOAD_STOCK_INITRD say), loaders running in the background, and their reports; what
 //! the guests' consoles say of their clocks is in `clock`.
 
 mod clock;
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read},
+    io::{BufRead, BufReader, Read, Write},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdin, Command, Stdio},
     thread,
     time::{Duration, Instant, SystemTime},
 };
@@ -38,9 +38,18 @@ pub fn test_guest() -> String {
     var("MUSERLOAD_TEST_GUEST", "/bin/muserload-test-guest")
 }
 
-/// The test guest's arguments to `muserload-loader run`.
-pub fn test_guest_args() -> Vec<String> {
-    [
+/// A guest to run: its arguments to `muserload-loader run`, and when a source migrates it.
+pub struct Guest {
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Once its console says this, the source is told to migrate (`migrate ADDR` on its
+    /// stdin); none: after the guest's second round, as the project's guests report them.
+    pub migrate_on: Option<&'static str>,
+}
+
+/// The test guest.
+pub fn test_guest_args() -> Guest {
+    let args = [
         "--test-guest",
         &test_guest(),
         "--mem-mib",
@@ -49,14 +58,16 @@ pub fn test_guest_args() -> Vec<String> {
         "8",
         "--sweep-mib",
         "8",
-    ]
-    .map(String::from)
-    .to_vec()
+    ];
+    Guest {
+        args: args.map(String::from).to_vec(),
+        migrate_on: None,
+    }
 }
 
-/// The Linux guest's arguments to `muserload-loader run`.
-pub fn linux_guest_args() -> Vec<String> {
-    [
+/// The project's Linux guest: its kernel, its memory workload as init.
+pub fn linux_guest_args() -> Guest {
+    let args = [
         "--kernel",
         &var("MUSERLOAD_LINUX_KERNEL", "/bin/linux-guest-bzImage"),
         "--initrd",
@@ -66,9 +77,34 @@ pub fn linux_guest_args() -> Vec<String> {
         "128",
         "--cmdline",
         "workload_mib=64 working_set_mib=8 sweep_mib=8",
-    ]
-    .map(String::from)
-    .to_vec()
+    ];
+    Guest {
+        args: args.map(String::from).to_vec(),
+        migrate_on: None,
+    }
+}
+
+#[allow(
+    dead_code,
+    reason = "each test file compiles this module; only stock.rs uses it"
+)]
+/// A stock guest: Debian's kernel, whose init (muserload-guest-init) runs Debian's
+/// `stress-ng` with `stress` (its arguments) and powers off; migrated once stress-ng runs.
+pub fn stock_guest(stress: &str) -> Guest {
+    let args = [
+        "--kernel",
+        &var("MUSERLOAD_STOCK_KERNEL", "/bin/stock-bzImage"),
+        "--initrd",
+        &var("MUSERLOAD_STOCK_INITRD", "/bin/stock-guest.cpio.gz"),
+        "--mem-mib",
+        "256",
+        "--cmdline",
+        &format!("-- stress-ng {stress}"),
+    ];
+    Guest {
+        args: args.map(String::from).to_vec(),
+        migrate_on: Some("guest-init: heartbeat"),
+    }
 }
 
 /// A directory of the test's own.
@@ -441,9 +477,23 @@ impl Drop for Destination {
     }
 }
 
+/// A command for a loader's stdin, once a line says `sign`.
+struct Prompt {
+    /// What the line says.
+    sign: &'static str,
+    /// The loader's stdin.
+    stdin: ChildStdin,
+    /// The command, its end of line included.
+    command: String,
+}
+
 /// Echoes what `from` says (to this test's output, which libtest shows when it fails) and
-/// returns all of it once it ends, a line at a time, each with when it came.
-fn echo(from: impl Read + Send + 'static) -> thread::JoinHandle<Vec<Line>> {
+/// returns all of it once it ends, a line at a time, each with when it came; gives
+/// `prompt`'s command once a line says its sign.
+fn echo(
+    from: impl Read + Send + 'static,
+    mut prompt: Option<Prompt>,
+) -> thread::JoinHandle<Vec<Line>> {
     thread::spawn(move || {
         let mut from = BufReader::new(from);
         let (mut line, mut lines) = (Vec::new(), Vec::new());
@@ -453,6 +503,10 @@ fn echo(from: impl Read + Send + 'static) -> thread::JoinHandle<Vec<Line>> {
             let at = SystemTime::now();
             let text = String::from_utf8_lossy(&line).into_owned();
             eprint!("{text}");
+            if let Some(mut prompt) = prompt.take_if(|prompt| text.contains(prompt.sign)) {
+                eprintln!("(the test: {})", prompt.command.trim_end());
+                let _ = prompt.stdin.write_all(prompt.command.as_bytes());
+            }
             lines.push(Line { at, text });
             line.clear();
         }
@@ -470,7 +524,7 @@ impl Destination {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting the destination");
-        let console = echo(child.stdout.take().expect("piped stdout"));
+        let console = echo(child.stdout.take().expect("piped stdout"), None);
         let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
         let mut line = String::new();
         stderr
@@ -484,7 +538,7 @@ impl Destination {
         Self {
             child,
             addr,
-            stderr: Some(echo(stderr)),
+            stderr: Some(echo(stderr, None)),
             console: Some(console),
         }
     }
@@ -522,17 +576,23 @@ impl Destination {
     }
 }
 
-/// The command of a source running `guest` that migrates (`kind`) to `to` after two rounds and writes its report to `report`.
-fn source_command(guest: &[String], kind: &str, to: &str, report: &Path) -> Command {
+/// The command of a source running `guest` that migrates (`kind`) to `to` after two rounds,
+/// or when told on its stdin (see [`Guest::migrate_on`]), and writes its report to
+/// `report`.
+fn source_command(guest: &Guest, kind: &str, to: &str, report: &Path) -> Command {
     let mut command = loader();
     command
         .arg("run")
-        .args(guest)
-        .args(["--migration", kind, "--migrate-to", to])
-        .args(["--migrate-after-rounds", "2"])
-        .args(["--report-json", report.to_str().expect("path")])
-        // Nothing to read: with --migrate-to the source takes no commands.
-        .stdin(Stdio::null());
+        .args(&guest.args)
+        .args(["--migration", kind])
+        .args(["--report-json", report.to_str().expect("path")]);
+    match guest.migrate_on {
+        None => command
+            .args(["--migrate-to", to, "--migrate-after-rounds", "2"])
+            // Nothing to read: with --migrate-to the source takes no commands.
+            .stdin(Stdio::null()),
+        Some(_) => command.stdin(Stdio::piped()),
+    };
     command
 }
 
@@ -541,7 +601,7 @@ fn source_command(guest: &[String], kind: &str, to: &str, report: &Path) -> Comm
     dead_code,
     reason = "each test file compiles this module; migration.rs does not use it"
 )]
-pub fn start_source(guest: &[String], kind: &str, to: &str, report: &Path) -> Child {
+pub fn start_source(guest: &Guest, kind: &str, to: &str, report: &Path) -> Child {
     source_command(guest, kind, to, report)
         .spawn()
         .expect("running the source")
@@ -591,7 +651,7 @@ pub struct Migrated<T> {
 /// `begin()`, up to [`ATTEMPTS`] times in all, saying so; any other failure of the source
 /// fails the test. Returns the last attempt.
 pub fn migrate_retrying_nested_deaths<T>(
-    guest: &[String],
+    guest: &Guest,
     kind: &str,
     report: &Path,
     mut begin: impl FnMut() -> (Destination, T, String),
@@ -603,8 +663,13 @@ pub fn migrate_retrying_nested_deaths<T>(
             .stderr(Stdio::piped())
             .spawn()
             .expect("running the source");
-        let console = echo(source.stdout.take().expect("piped stdout"));
-        let stderr = echo(source.stderr.take().expect("piped stderr"));
+        let prompt = guest.migrate_on.map(|sign| Prompt {
+            sign,
+            stdin: source.stdin.take().expect("piped stdin"),
+            command: format!("migrate {to}\n"),
+        });
+        let console = echo(source.stdout.take().expect("piped stdout"), prompt);
+        let stderr = echo(source.stderr.take().expect("piped stderr"), None);
         let waited = wait_or_kill(&mut source, "the source");
         let source_console = console.join().expect("console reader");
         let source_stderr = text(&stderr.join().expect("stderr reader"));
