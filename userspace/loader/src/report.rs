@@ -49,8 +49,9 @@ pub struct SourceReport {
     pub pages_streamed: u64,
     /// The most times any page was sent.
     pub max_sends_per_page: u8,
-    /// What the guest had reported when it was paused.
-    pub guest_rounds: u64,
+    /// The rounds the guest had reported when it was paused; none if it reports none (only
+    /// the project's guests do).
+    pub guest_rounds: Option<u64>,
     /// Reconnections after a connection broke in post-copy.
     pub recoveries: u32,
     /// Pages the pause checked for zeros: pre-copy's never sent, hybrid's not settled by
@@ -106,12 +107,13 @@ pub struct DestinationReport {
     pub fault_wait_p99_us: u64,
     /// Maximum.
     pub fault_wait_max_us: u64,
-    /// Rounds the guest completed here.
-    pub guest_rounds_here: u64,
+    /// Rounds the guest completed here; none (as the two below) if it reports none (only
+    /// the project's guests do).
+    pub guest_rounds_here: Option<u64>,
     /// Complete checks of all its memory the guest made here.
-    pub guest_sweeps_here: u64,
+    pub guest_sweeps_here: Option<u64>,
     /// Pages the guest found wrong (here or before).
-    pub guest_mismatches: u64,
+    pub guest_mismatches: Option<u64>,
     /// Reconnections of the source after a connection broke in post-copy.
     pub recoveries: u32,
     /// Time without a connection to the source, in milliseconds.
@@ -122,6 +124,11 @@ pub struct DestinationReport {
 pub fn write_json(path: &Path, report: &impl Serialize) -> Result<(), ReportError> {
     let json = serde_json::to_string_pretty(report).map_err(ReportError::Encode)?;
     std::fs::write(path, json + "\n").map_err(ReportError::Write)
+}
+
+/// What a line that only the project's guests' reports fill says for other guests.
+fn no_guest_report() -> String {
+    "- (only the project's test guests report this)".to_owned()
 }
 
 /// `rows` under `title`, their values aligned.
@@ -175,7 +182,11 @@ impl SourceReport {
                 ("pages sent on request", self.pages_requested.to_string()),
                 ("pages streamed", self.pages_streamed.to_string()),
                 ("most sends of a page", self.max_sends_per_page.to_string()),
-                ("guest rounds before pause", self.guest_rounds.to_string()),
+                (
+                    "guest rounds before pause",
+                    self.guest_rounds
+                        .map_or_else(no_guest_report, |rounds| rounds.to_string()),
+                ),
                 ("reconnections", self.recoveries.to_string()),
                 (
                     "pause's zero check",
@@ -242,10 +253,17 @@ impl DestinationReport {
                 ),
                 (
                     "guest after resume",
-                    format!(
-                        "{} rounds, {} full checks of its memory, {} mismatches",
-                        self.guest_rounds_here, self.guest_sweeps_here, self.guest_mismatches
-                    ),
+                    match (
+                        self.guest_rounds_here,
+                        self.guest_sweeps_here,
+                        self.guest_mismatches,
+                    ) {
+                        (Some(rounds), Some(sweeps), Some(mismatches)) => format!(
+                            "{rounds} rounds, {sweeps} full checks of its memory, \
+                             {mismatches} mismatches"
+                        ),
+                        _ => no_guest_report(),
+                    },
                 ),
             ],
         )

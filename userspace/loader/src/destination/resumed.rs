@@ -225,6 +225,8 @@ impl Stopped {
         };
         let (p50, p99, max) = percentiles(&mut self.loading.timeline.waits_us());
         let (pages, counters) = (&self.loading.pages, &self.loading.counters);
+        // Only the project's guests report, having filled their memory first.
+        let reports = self.after.filled;
         Ok(DestinationReport {
             kind: arrival.kind,
             precopy_rounds: source.rounds,
@@ -249,9 +251,9 @@ impl Stopped {
             fault_wait_p50_us: p50,
             fault_wait_p99_us: p99,
             fault_wait_max_us: max,
-            guest_rounds_here: self.after.rounds - self.before.rounds,
-            guest_sweeps_here: self.after.sweeps - self.before.sweeps,
-            guest_mismatches: self.after.mismatches,
+            guest_rounds_here: reports.then_some(self.after.rounds - self.before.rounds),
+            guest_sweeps_here: reports.then_some(self.after.sweeps - self.before.sweeps),
+            guest_mismatches: reports.then_some(self.after.mismatches),
             recoveries,
             disconnected_ms,
         })

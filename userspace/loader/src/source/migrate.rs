@@ -55,7 +55,7 @@ struct Switched {
     /// Bytes the switch sent.
     bytes: u64,
     /// What the guest had reported when it was paused.
-    guest_rounds: u64,
+    guest_rounds: Option<u64>,
     /// Pre-copy's rounds, pages and bytes, its last pages (sent while paused) included.
     precopy: (u32, u64, u64),
     /// Which pages were resident in the source's mapping when the guest was paused.
@@ -253,7 +253,9 @@ fn switch_over(
         clock: stopped.clock,
         devices: vm.devices().state(),
     };
-    let guest_rounds = state.devices.test_report().rounds;
+    // Only the project's guests report, having filled their memory first.
+    let report = state.devices.test_report();
+    let guest_rounds = report.filled.then_some(report.rounds);
     let mut bytes = protocol::send_control(stream, &Control::Machine(Box::new(state)))?;
     bytes += protocol::send_control(
         stream,
