@@ -8,6 +8,7 @@
 //! ```
 
 mod address;
+mod backlog;
 mod bitmap;
 mod boot;
 mod cli;

@@ -2,15 +2,22 @@
 //! dirty log says which ones the guest wrote since, and those go again, until what is left
 //! is small enough to switch over (pre-copy: sendable within the downtime target, or Xen's
 //! limits for a guest that never gets there; hybrid: after a fixed number of rounds).
+//!
+//! Each round ends when the destination has acknowledged all of it (`backlog`): the rate
+//! is then the rate pages reach the destination, not the rate they fill the socket's
+//! buffers (megabytes, at first sent in no time), and the pause does not begin with those
+//! megabytes still on their way, ahead of the machine state.
 
 use std::{
-    io::Write,
+    io::{self, BufWriter, Write},
+    net::TcpStream,
     time::{Duration, Instant},
 };
 
 use muserload::PAGE_SIZE;
 
 use crate::{
+    backlog,
     bitmap::Bitmap,
     memory::{as_bytes, GuestRam, MemoryError, BATCH_PAGES, PAGE_WORDS},
     protocol::{self, LinkError},
@@ -29,6 +36,9 @@ pub enum PrecopyError {
     /// Sending failed.
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// Waiting for the destination to acknowledge a round failed.
+    #[error("waiting for the destination to receive a pre-copy round: {0}")]
+    Drain(#[source] io::Error),
 }
 
 /// When to stop the rounds.
@@ -53,6 +63,10 @@ pub enum Plan {
 /// (Xen's limit).
 pub const MAX_TRAFFIC: u64 = 3;
 
+/// The longest a round waits for the destination to acknowledge it; what is still on its
+/// way then counts as pages left.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
 /// What the rounds did.
 pub struct Rounds {
     /// Pages whose content the destination has and the guest has not written since.
@@ -68,7 +82,7 @@ pub struct Rounds {
 }
 
 /// Runs the rounds with the guest running; dirty logging must be on.
-pub fn run(vm: &Vm, stream: &mut impl Write, plan: Plan) -> Result<Rounds, PrecopyError> {
+pub fn run(vm: &Vm, stream: &mut BufWriter<TcpStream>, plan: Plan) -> Result<Rounds, PrecopyError> {
     let ram = vm.ram();
     let mut rounds = Rounds {
         valid: Bitmap::new(ram.pages()),
@@ -86,18 +100,20 @@ pub fn run(vm: &Vm, stream: &mut impl Write, plan: Plan) -> Result<Rounds, Preco
         .collect();
     send(ram, stream, &first, &mut rounds)?;
     loop {
+        let on_its_way = backlog::drain(stream, DRAIN_LIMIT).map_err(PrecopyError::Drain)?;
         rounds.rounds += 1;
         let dirty = vm.dirty_pages()?;
         dirty.ones().for_each(|p| rounds.valid.clear(p));
-        let left = dirty.count();
+        let left = dirty.count() * PAGE_SIZE as u64 + on_its_way;
         let switch_over = match plan {
             Plan::Rounds(n) => rounds.rounds > n,
             Plan::Converge {
                 downtime,
                 max_rounds,
             } => {
-                let rate = rounds.bytes as f64 / start.elapsed().as_secs_f64().max(1e-6);
-                (left * PAGE_SIZE as u64) as f64 <= rate * downtime.as_secs_f64()
+                let delivered = rounds.bytes - on_its_way.min(rounds.bytes);
+                let rate = delivered as f64 / start.elapsed().as_secs_f64().max(1e-6);
+                left as f64 <= rate * downtime.as_secs_f64()
                     || rounds.rounds > max_rounds
                     || rounds.bytes >= MAX_TRAFFIC * ram.size()
             }
