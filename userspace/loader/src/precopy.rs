@@ -100,7 +100,7 @@ pub fn run(vm: &Vm, stream: &mut BufWriter<TcpStream>, plan: Plan) -> Result<Rou
         .collect();
     send(ram, stream, &first, &mut rounds)?;
     loop {
-        let on_its_way = backlog::drain(stream, DRAIN_LIMIT).map_err(PrecopyError::Drain)?;
+        let on_its_way = drain(stream)?;
         rounds.rounds += 1;
         let dirty = vm.dirty_pages()?;
         dirty.ones().for_each(|p| rounds.valid.clear(p));
@@ -129,6 +129,12 @@ pub fn run(vm: &Vm, stream: &mut BufWriter<TcpStream>, plan: Plan) -> Result<Rou
             .collect();
         send(ram, stream, &pages, &mut rounds)?;
     }
+}
+
+/// Flushes `stream` and waits until the destination has acknowledged everything sent, or
+/// [`DRAIN_LIMIT`] has passed; returns the bytes still on their way.
+pub fn drain(stream: &mut BufWriter<TcpStream>) -> Result<u64, PrecopyError> {
+    backlog::drain(stream, DRAIN_LIMIT).map_err(PrecopyError::Drain)
 }
 
 /// Sends `pages` (in batches), marking them sent and valid.

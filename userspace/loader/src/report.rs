@@ -59,6 +59,10 @@ pub struct SourceReport {
     pub pause_zero_checked: u64,
     /// Pages the pause read to check them (a page read twice counts twice).
     pub pause_pages_read: u64,
+    /// Pre-copy: microseconds the pause took to send its last pages, until the destination
+    /// had them all (0 for the other kinds): the downtime's part that the downtime target
+    /// is for; the rest is the pause's overhead.
+    pub pause_send_us: u64,
     /// Pages of guest RAM made resident in the source's mapping after the pause: pages
     /// the guest never touched that the migration read, faulting them in.
     pub pages_faulted_in: u64,
@@ -196,6 +200,7 @@ impl SourceReport {
                     ),
                 ),
                 ("pages faulted in", self.pages_faulted_in.to_string()),
+                ("pause's page sending", ms(self.pause_send_us)),
             ],
         )
     }

@@ -7,7 +7,7 @@ use std::{
     io::BufWriter,
     net::{SocketAddr, TcpStream},
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use super::{
@@ -64,12 +64,15 @@ struct Switched {
     pause: PauseWork,
 }
 
-/// What the pause did to find the zero pages, for the report.
+/// What the pause did to find the zero pages and send pre-copy's last pages, for the
+/// report.
 struct PauseWork {
     /// Pages it checked for zeros.
     checked: u64,
     /// Pages it read to check them (a page read twice counts twice).
     read: u64,
+    /// Pre-copy: how long its last pages took, until the destination had them all.
+    send: Duration,
 }
 
 /// Migrates the guest `machine` runs to `destination`, `how` it was asked.
@@ -131,6 +134,7 @@ pub(super) fn migrate(
         recoveries,
         pause_zero_checked: switched.pause.checked,
         pause_pages_read: switched.pause.read,
+        pause_send_us: switched.pause.send.as_micros() as u64,
         pages_faulted_in: faulted_in,
     })
 }
@@ -231,6 +235,7 @@ fn switch_over(
             rounds.as_ref().is_none_or(|r| !r.valid.get(page))
         }),
     };
+    let mut send = Duration::ZERO;
     if let Some(rounds) = &mut precopied {
         if kind == Kind::PreCopy {
             // Pre-copy sends the rest now, while the guest is paused: the pages written
@@ -243,7 +248,12 @@ fn switch_over(
             let fresh: Vec<u64> = (0..ram.pages())
                 .filter(|&p| !rounds.sent.get(p) && !zero.get(p))
                 .collect();
+            let sending = Instant::now();
             precopy::send(ram, stream, &[stale, fresh].concat(), rounds)?;
+            // The machine state would follow at once; waiting for the acknowledgement costs
+            // a round trip and says how long the downtime's page transfer took.
+            precopy::drain(stream)?;
+            send = sending.elapsed();
         }
     }
     let state = MachineState {
@@ -298,7 +308,11 @@ fn switch_over(
             .as_ref()
             .map_or((0, 0, 0), |r| (r.rounds, r.pages, r.bytes)),
         resident,
-        pause: PauseWork { checked, read },
+        pause: PauseWork {
+            checked,
+            read,
+            send,
+        },
     })
 }
 
