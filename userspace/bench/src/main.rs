@@ -11,6 +11,7 @@
 
 mod anon;
 mod bulk;
+mod handler_slot;
 mod migrations;
 mod pattern;
 mod plot;

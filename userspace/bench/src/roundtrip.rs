@@ -7,7 +7,6 @@
 
 use std::{
     cell::UnsafeCell,
-    sync::OnceLock,
     thread,
     time::{Duration, Instant},
 };
@@ -19,6 +18,7 @@ use nix::sys::signal::Signal;
 
 use crate::{
     anon::Anon,
+    handler_slot::HandlerSlot,
     pattern, pin,
     profile::Window,
     report::{Measurement, Work},
@@ -304,10 +304,10 @@ type MuserloadTarget = SignalTarget<(Object, GuestMemory, Option<HandlerStaging>
 /// userfaultfd's: the descriptor, the registered region, and staging for `UFFDIO_MOVE`.
 type UffdTarget = SignalTarget<(Userfaultfd, Anon, Anon)>;
 
-static MUSERLOAD_TARGET: OnceLock<MuserloadTarget> = OnceLock::new();
-static MUSERLOAD_MOVE_TARGET: OnceLock<MuserloadTarget> = OnceLock::new();
-static UFFD_TARGET: OnceLock<UffdTarget> = OnceLock::new();
-static UFFD_MOVE_TARGET: OnceLock<UffdTarget> = OnceLock::new();
+static MUSERLOAD_TARGET: HandlerSlot<MuserloadTarget> = HandlerSlot::new();
+static MUSERLOAD_MOVE_TARGET: HandlerSlot<MuserloadTarget> = HandlerSlot::new();
+static UFFD_TARGET: HandlerSlot<UffdTarget> = HandlerSlot::new();
+static UFFD_MOVE_TARGET: HandlerSlot<UffdTarget> = HandlerSlot::new();
 
 fn page_of<T>(t: &SignalTarget<T>, address: u64) -> (u64, &[u8]) {
     let offset = (address - t.base) & !(PAGE_SIZE as u64 - 1);
@@ -321,14 +321,16 @@ fn slot_of(offset: u64) -> usize {
 }
 
 fn muserload_copy_handler(address: u64) {
-    if let Some(t) = MUSERLOAD_TARGET.get() {
+    // SAFETY: A handler of a fault of the run that installed the target.
+    if let Some(t) = unsafe { MUSERLOAD_TARGET.get() } {
         let (offset, data) = page_of(t, address);
         let _ = t.target.0.load_copy(&t.target.1, offset, data, Wake::Now);
     }
 }
 
 fn muserload_move_handler(address: u64) {
-    let Some(t) = MUSERLOAD_MOVE_TARGET.get() else {
+    // SAFETY: A handler of a fault of the run that installed the target.
+    let Some(t) = (unsafe { MUSERLOAD_MOVE_TARGET.get() }) else {
         return;
     };
     let Some(staging) = &t.target.2 else {
@@ -348,7 +350,8 @@ fn muserload_move_handler(address: u64) {
 }
 
 fn uffd_copy_handler(address: u64) {
-    if let Some(t) = UFFD_TARGET.get() {
+    // SAFETY: A handler of a fault of the run that installed the target.
+    if let Some(t) = unsafe { UFFD_TARGET.get() } {
         let (offset, data) = page_of(t, address);
         let _ = t
             .target
@@ -358,7 +361,8 @@ fn uffd_copy_handler(address: u64) {
 }
 
 fn uffd_move_handler(address: u64) {
-    if let Some(t) = UFFD_MOVE_TARGET.get() {
+    // SAFETY: A handler of a fault of the run that installed the target.
+    if let Some(t) = unsafe { UFFD_MOVE_TARGET.get() } {
         let (offset, data) = page_of(t, address);
         let slot = slot_of(offset) * PAGE_SIZE;
         // SAFETY: The slot lies in the staging region, which only this handler touches.
@@ -413,11 +417,12 @@ pub fn signal_muserload(pages: usize, kind: Kind) -> Result<Measurement> {
         FaultMode::Signal(Signal::SIGUSR1 as i32),
     )?;
     let base = guest.as_ptr() as u64;
-    let target = cell.get_or_init(|| SignalTarget {
+    let installed = cell.install(SignalTarget {
         target: (object, guest, staging),
         base,
         source: pattern::source(pages),
     });
+    let target = installed.target();
     signal::install(Signal::SIGUSR1, handler)?;
     let window = Window::open()?;
     let samples = touch_all(target.target.1.as_ptr(), pages, 1)?;
@@ -455,11 +460,12 @@ pub fn signal_uffd(pages: usize, kind: Kind) -> Result<Measurement> {
     let uffd = Userfaultfd::new(features)?;
     uffd.register(region.addr(0), (pages * PAGE_SIZE) as u64)?;
     let base = region.addr(0);
-    let target = cell.get_or_init(|| SignalTarget {
+    let installed = cell.install(SignalTarget {
         target: (uffd, region, staging),
         base,
         source: pattern::source(pages),
     });
+    let target = installed.target();
     signal::install(Signal::SIGBUS, handler)?;
     let window = Window::open()?;
     let samples = touch_all(target.target.1.as_ptr(), pages, 1)?;
