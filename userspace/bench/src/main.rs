@@ -2,9 +2,11 @@
 //! kernel, with the same sizes and the same CPU placement. Every case verifies the content
 //! of every page it loaded; a mismatch fails the run.
 //!
-//! Usage: `muserload-bench [--pages N] [--json FILE] [--only move|queue|scaling|signal|bulk]
-//! [--profile]` in the guest (`--only`: one group of cases, to run again; `--profile`: where
-//! each case's time goes, sampled with perf, `make bench-profile`), and
+//! Usage: `muserload-bench [--pages N] [--repeat N] [--json FILE]
+//! [--only move|queue|scaling|signal|bulk] [--profile]` in the guest (`--repeat`: how many
+//! times every case runs, 5 by default, the repetition the outer loop; `--only`: one group
+//! of cases, to run again; `--profile`: where each case's time goes, sampled with perf, `make
+//! bench-profile`, once each), and
 //! `muserload-bench --plot RESULTS.json OUT.svg` on the host to draw the results;
 //! `muserload-bench --migrations MIGRATIONS.json OUT.svg` tabulates and draws
 //! `make bench-migrate`'s.
@@ -81,8 +83,8 @@ pub enum Error {
     },
     /// A bad command line.
     #[error(
-        "usage: muserload-bench [--pages N] [--json FILE] [--only move|queue|scaling|signal|bulk] \
-         [--profile] ({0})"
+        "usage: muserload-bench [--pages N] [--repeat N] [--json FILE] \
+         [--only move|queue|scaling|signal|bulk] [--profile] ({0})"
     )]
     Usage(String),
 }
@@ -124,6 +126,9 @@ enum Group {
 
 struct Options {
     pages: usize,
+    /// How many times every case runs, the repetition the outer loop: a noisy spell of the
+    /// emulated machine then hits every case once instead of one case every time.
+    repeat: usize,
     json: Option<String>,
     /// `--only`: one group; `None`: every case.
     only: Option<Group>,
@@ -134,6 +139,7 @@ struct Options {
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options> {
     let mut options = Options {
         pages: 4096,
+        repeat: 5,
         json: None,
         only: None,
         profile: false,
@@ -154,6 +160,13 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options> {
                     .filter(|&p: &usize| p >= 64 && p % 64 == 0)
                     .ok_or_else(|| Error::Usage(format!("bad page count {value}")))?;
             }
+            "--repeat" => {
+                options.repeat = value
+                    .parse()
+                    .ok()
+                    .filter(|&n: &usize| n >= 1)
+                    .ok_or_else(|| Error::Usage(format!("bad repetition count {value}")))?;
+            }
             "--json" => options.json = Some(value),
             "--only" => {
                 options.only = Some(match value.as_str() {
@@ -171,19 +184,35 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options> {
     Ok(options)
 }
 
-/// Runs the cases `options` pick; returns their measurements and, with `--profile`, their
-/// profiles.
+/// Runs the cases `options` pick, `--repeat` times over (once with `--profile`); returns
+/// each case's repetitions combined and, with `--profile`, their profiles.
 fn run(options: &Options) -> Result<(Vec<Measurement>, Vec<profile::CaseProfile>)> {
     pin(CPU)?;
-    let pages = options.pages;
-    let mut results = Vec::new();
     let mut profiles = Vec::new();
     if options.profile {
         profile::enable()?;
     }
+    let repeat = if options.profile { 1 } else { options.repeat };
+    // One list per repetition, the cases in the same order in each.
+    let mut repetitions = Vec::with_capacity(repeat);
+    for repetition in 1..=repeat {
+        repetitions.push(run_once(options, repetition, repeat, &mut profiles)?);
+    }
+    Ok((report::combine(repetitions), profiles))
+}
+
+/// Runs the cases `options` pick once: repetition `repetition` of `repeat`.
+fn run_once(
+    options: &Options,
+    repetition: usize,
+    repeat: usize,
+    profiles: &mut Vec<profile::CaseProfile>,
+) -> Result<Vec<Measurement>> {
+    let pages = options.pages;
+    let mut results = Vec::new();
     // Each case says when it starts, so that a run that stops says where.
     let mut case = |name: &str, f: &dyn Fn() -> Result<Measurement>| -> Result<()> {
-        eprintln!("# {name}");
+        eprintln!("# {name} ({repetition}/{repeat})");
         let measured = f()?;
         profiles.extend(profile::tally(&measured));
         results.push(measured);
@@ -246,7 +275,7 @@ fn run(options: &Options) -> Result<(Vec<Measurement>, Vec<profile::CaseProfile>
         case("bulk, muserload", &|| bulk::muserload(pages * 4, kind))?;
         case("bulk, userfaultfd", &|| bulk::uffd(pages * 4, kind))?;
     }
-    Ok((results, profiles))
+    Ok(results)
 }
 
 /// Reads a results file written as JSON.
@@ -307,10 +336,14 @@ fn main() -> ExitCode {
     };
     report::print_table(&results);
     println!(
-        "# {} pages per round-trip case, pinned to CPU {CPU}, {:.1} s; muserload's MOVE \
-         cases take staging refills from the module's page pool (unless pool_pages=0), \
-         which a worker zeroes on an unbound workqueue (the idle vCPU)",
+        "# {} pages per round-trip case, pinned to CPU {CPU}, each case {} times \
+         (interleaved), {:.1} s; median us and pages/s: the median of the runs, [min, max] \
+         beside; a ratio is better (<) or worse (>) only when the runs' ranges of median us \
+         do not overlap (~: they do); muserload's MOVE cases take staging refills from the \
+         module's page pool (unless pool_pages=0), which a worker zeroes on an unbound \
+         workqueue (the idle vCPU)",
         options.pages,
+        results.first().map_or(0, |m| m.runs),
         start.elapsed().as_secs_f64()
     );
     if options.profile {
