@@ -68,13 +68,24 @@ impl PowerOff {
         self.answered[id].store(probe, Ordering::SeqCst);
     }
 
-    /// The watcher's loop: every [`PERIOD`], kicks every vCPU thread with `kick` and
+    /// The watcher's loop: every `period` ([`PERIOD`]), kicks every vCPU thread with `kick` and
     /// counts the probes in a row that found them all halted with interrupts off. Returns
     /// once the guest has powered off (true), or `stopped` says the machine stops (false).
-    pub fn watch(&self, kick: impl Fn(usize), stopped: impl Fn() -> bool) -> bool {
+    /// It waits parked: whoever stops the machine unparks it, so that it ends at once (the
+    /// source stops the machine at the pause, whose downtime must not wait out a period).
+    pub fn watch(
+        &self,
+        period: Duration,
+        kick: impl Fn(usize),
+        stopped: impl Fn() -> bool,
+    ) -> bool {
         let mut in_a_row = 0;
-        while !stopped() {
-            thread::sleep(PERIOD);
+        loop {
+            // A spurious wakeup only makes this probe early.
+            thread::park_timeout(period);
+            if stopped() {
+                return false;
+            }
             let probe = self.probe.fetch_add(1, Ordering::SeqCst) + 1;
             let asked = Instant::now();
             // A kick that lands just before a thread enters KVM_RUN is lost: kick until
@@ -99,7 +110,6 @@ impl PowerOff {
                 return true;
             }
         }
-        false
     }
 }
 
@@ -123,7 +133,7 @@ pub fn spawn_watcher(
     thread::Builder::new()
         .name("power-off".into())
         .spawn(move || {
-            if power.watch(kick, stopped) {
+            if power.watch(PERIOD, kick, stopped) {
                 powered_off();
             }
         })
@@ -142,7 +152,7 @@ mod tests {
     #[test]
     fn every_vcpu_halted_with_interrupts_off_is_a_power_off() {
         let power = PowerOff::new(2);
-        assert!(power.watch(|id| answer(&power, id, true), || false));
+        assert!(power.watch(PERIOD, |id| answer(&power, id, true), || false));
         assert!(power.is_off());
     }
 
@@ -158,7 +168,7 @@ mod tests {
             }
             answer(&power, id, id == 0);
         };
-        assert!(!power.watch(kick, stopped));
+        assert!(!power.watch(PERIOD, kick, stopped));
         assert!(!power.is_off());
     }
 
@@ -175,7 +185,21 @@ mod tests {
             // vcpu1 is busy in a fault: halted at its last answer, long ago.
             power.halted[1].store(true, Ordering::SeqCst);
         };
-        assert!(!power.watch(kick, stopped));
+        assert!(!power.watch(PERIOD, kick, stopped));
+    }
+
+    #[test]
+    fn a_watcher_told_to_stop_ends_at_once() {
+        let power = Arc::new(PowerOff::new(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (watched, stopped) = (power.clone(), stop.clone());
+        // A period of an hour: a watcher that waited it out would hang the test.
+        let hour = Duration::from_secs(3600);
+        let watcher =
+            thread::spawn(move || watched.watch(hour, |_| {}, || stopped.load(Ordering::SeqCst)));
+        stop.store(true, Ordering::SeqCst);
+        watcher.thread().unpark();
+        assert!(!watcher.join().expect("the watcher"));
     }
 
     #[test]
@@ -188,6 +212,6 @@ mod tests {
             let n = probes.fetch_add(1, Ordering::SeqCst);
             answer(&power, id, n % 2 == 0);
         };
-        assert!(!power.watch(kick, stopped));
+        assert!(!power.watch(PERIOD, kick, stopped));
     }
 }

@@ -245,7 +245,9 @@ impl Machine {
     /// its own.
     pub fn stop(self) -> Result<Vec<VcpuState>, Arc<GuestStopped>> {
         self.stop.store(true, Ordering::SeqCst);
-        // The watcher has no more than a probe to finish (its kicks are harmless).
+        // Woken, the watcher ends at once, or after the probe under way (its kicks are
+        // harmless).
+        self.watcher.thread().unpark();
         let _ = self.watcher.join();
         // A kick that lands just before a thread enters KVM_RUN is lost: kick until each
         // thread has left.
