@@ -171,20 +171,26 @@ impl GuestRam {
     /// Which pages are present in this process's mapping (`mincore(2)`); the others have
     /// never been touched, so they are zero.
     pub fn resident(&self) -> Result<Vec<bool>, MemoryError> {
-        let mut vec = vec![0u8; self.pages() as usize];
-        // SAFETY: The range is our mapping, and `vec` has a byte per page of it.
-        let ret = unsafe {
-            nix::libc::mincore(
-                self.guest.as_ptr().cast(),
-                self.guest.len(),
-                vec.as_mut_ptr(),
-            )
-        };
-        if ret != 0 {
-            return Err(MemoryError::Mincore(io::Error::last_os_error()));
-        }
-        Ok(vec.into_iter().map(|b| b & 1 != 0).collect())
+        // SAFETY: The range is our mapping.
+        unsafe { resident_pages(self.guest.as_ptr(), self.guest.len()) }
+            .map_err(MemoryError::Mincore)
     }
+}
+
+/// Which pages of the mapping of `len` bytes at `start` are resident (`mincore(2)`), a
+/// `bool` a page.
+///
+/// # Safety
+///
+/// `start` and `len` are a mapping of this process, page-aligned.
+pub unsafe fn resident_pages(start: *const u8, len: usize) -> io::Result<Vec<bool>> {
+    let mut vec = vec![0u8; len.div_ceil(PAGE_SIZE)];
+    // SAFETY: The range is a mapping (the caller's promise), and `vec` has a byte per page
+    // of it.
+    if unsafe { nix::libc::mincore(start.cast_mut().cast(), len, vec.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(vec.into_iter().map(|b| b & 1 != 0).collect())
 }
 
 /// Copies page `index` of `memory` into `to` (a page of words) with volatile reads, a word

@@ -47,12 +47,10 @@ mod tests {
     use std::{cell::RefCell, num::NonZeroUsize, ptr::NonNull};
 
     use muserload::PAGE_SIZE;
-    use nix::{
-        libc,
-        sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags},
-    };
+    use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
 
     use super::*;
+    use crate::memory::resident_pages;
 
     /// Shared anonymous memory standing in for guest RAM (a shared mapping too): a read
     /// of an untouched page faults it in, as in the module's mapping.
@@ -106,17 +104,8 @@ mod tests {
 
         /// Which pages are resident (`mincore(2)`).
         fn resident(&self) -> Vec<bool> {
-            let mut vec = vec![0u8; self.pages];
-            // SAFETY: The range is the mapping, and `vec` has a byte per page of it.
-            let ret = unsafe {
-                libc::mincore(
-                    self.at.as_ptr().cast(),
-                    self.pages * PAGE_SIZE,
-                    vec.as_mut_ptr(),
-                )
-            };
-            assert_eq!(ret, 0, "mincore: {}", std::io::Error::last_os_error());
-            vec.into_iter().map(|b| b & 1 != 0).collect()
+            // SAFETY: The range is the mapping.
+            unsafe { resident_pages(self.at.as_ptr(), self.pages * PAGE_SIZE) }.expect("mincore")
         }
     }
 
