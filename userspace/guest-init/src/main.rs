@@ -17,6 +17,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use muserload_test_guest_abi::ClockStamp;
 use nix::{
     mount::{mount, MsFlags},
     sys::reboot::{reboot, RebootMode},
@@ -30,11 +31,12 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The guest's wall-clock time, as lines end: `clock SECONDS.NANOSECONDS` since the epoch.
-fn clock() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    format!("clock {}.{:09}", now.as_secs(), now.subsec_nanos())
+fn clock() -> ClockStamp {
+    ClockStamp(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
 }
 
 /// Mounts what a command expects to find; one that fails is said and skipped.

@@ -16,7 +16,7 @@ use std::{
 };
 
 use muserload_test_guest_abi::{
-    run, Params, Reporter, PAGE_SIZE, PARAMS_MAGIC, PORTS, PORT_MISMATCH, PORT_SWEEP,
+    run, ClockStamp, Params, Reporter, PAGE_SIZE, PARAMS_MAGIC, PORTS, PORT_MISMATCH, PORT_SWEEP,
 };
 use nix::{
     libc,
@@ -32,11 +32,12 @@ fn mib(name: &str, default: u64) -> u64 {
 
 /// The guest's wall-clock time, as its lines end: `clock SECONDS.NANOSECONDS` since the
 /// epoch (0 before it).
-fn clock() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    format!("clock {}.{:09}", now.as_secs(), now.subsec_nanos())
+fn clock() -> ClockStamp {
+    ClockStamp(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
 }
 
 /// Reports with `out`, after `ioperm` gave this process the ports; prints a heartbeat.

@@ -10,6 +10,18 @@
 
 #![no_std]
 
+use core::{fmt, time::Duration};
+
+/// How a Linux guest's init ends a line that gives the guest's wall-clock time: `clock
+/// SECONDS.NANOSECONDS` since the epoch (the loader's tests hold it against the host's).
+pub struct ClockStamp(pub Duration);
+
+impl fmt::Display for ClockStamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "clock {}.{:09}", self.0.as_secs(), self.0.subsec_nanos())
+    }
+}
+
 /// Guest-physical address of [`Params`].
 pub const PARAMS_ADDR: u64 = 0x7000;
 
