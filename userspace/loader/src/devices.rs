@@ -56,6 +56,14 @@ pub struct TestReport {
     pub first_mismatch: Option<u64>,
 }
 
+impl TestReport {
+    /// Whether the guest reports at all: only the project's guests do, and they fill their
+    /// memory first; for any other guest the counts mean nothing.
+    pub fn reports(&self) -> bool {
+        self.filled
+    }
+}
+
 /// The serial port's registers, as `vm_superio::serial::SerialState` (which has no serde).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct SerialSnapshot {

@@ -225,8 +225,7 @@ impl Stopped {
         };
         let (p50, p99, max) = percentiles(&mut self.loading.timeline.waits_us());
         let (pages, counters) = (&self.loading.pages, &self.loading.counters);
-        // Only the project's guests report, having filled their memory first.
-        let reports = self.after.filled;
+        let reports = self.after.reports();
         Ok(DestinationReport {
             kind: arrival.kind,
             precopy_rounds: source.rounds,

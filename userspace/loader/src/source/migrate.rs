@@ -263,9 +263,8 @@ fn switch_over(
         clock: stopped.clock,
         devices: vm.devices().state(),
     };
-    // Only the project's guests report, having filled their memory first.
     let report = state.devices.test_report();
-    let guest_rounds = report.filled.then_some(report.rounds);
+    let guest_rounds = report.reports().then_some(report.rounds);
     let mut bytes = protocol::send_control(stream, &Control::Machine(Box::new(state)))?;
     bytes += protocol::send_control(
         stream,
