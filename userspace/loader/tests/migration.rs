@@ -13,9 +13,8 @@ use std::{
 };
 
 use common::{
-    assert_clocks_kept, check_reports, json, linux_guest_args, loader,
-    migrate_retrying_nested_deaths, scratch, test_guest, test_guest_args, u, Destination, Guest,
-    Migrated,
+    assert_clocks_kept, check_reports, json, loader, migrate_retrying_nested_deaths, scratch,
+    test_guest, u, Destination, Guest, Migrated,
 };
 use serde_json::Value;
 
@@ -96,22 +95,22 @@ fn hybrid(name: &str, guest: &Guest) {
 
 #[test]
 fn post_copy_in_queue_mode() {
-    post_copy("queue", "queue", &test_guest_args());
+    post_copy("queue", "queue", &Guest::test());
 }
 
 #[test]
 fn post_copy_in_signal_mode() {
-    post_copy("signal", "signal", &test_guest_args());
+    post_copy("signal", "signal", &Guest::test());
 }
 
 #[test]
 fn pre_copy_of_the_test_guest() {
-    pre_copy("pre-copy", &test_guest_args());
+    pre_copy("pre-copy", &Guest::test());
 }
 
 #[test]
 fn hybrid_of_the_test_guest() {
-    hybrid("hybrid", &test_guest_args());
+    hybrid("hybrid", &Guest::test());
 }
 
 // The Linux guest: boots, fills 64 MiB and is migrated mid-workload, after two rounds of
@@ -120,22 +119,22 @@ fn hybrid_of_the_test_guest() {
 
 #[test]
 fn post_copy_of_the_linux_guest() {
-    post_copy("linux-post-copy", "queue", &linux_guest_args());
+    post_copy("linux-post-copy", "queue", &Guest::linux());
 }
 
 #[test]
 fn post_copy_of_the_linux_guest_in_signal_mode() {
-    post_copy("linux-signal", "signal", &linux_guest_args());
+    post_copy("linux-signal", "signal", &Guest::linux());
 }
 
 #[test]
 fn pre_copy_of_the_linux_guest() {
-    pre_copy("linux-pre-copy", &linux_guest_args());
+    pre_copy("linux-pre-copy", &Guest::linux());
 }
 
 #[test]
 fn hybrid_of_the_linux_guest() {
-    hybrid("linux-hybrid", &linux_guest_args());
+    hybrid("linux-hybrid", &Guest::linux());
 }
 
 /// Runs the loader with `args`; returns its output once it exits (it must within 60 s).

@@ -18,8 +18,8 @@ use std::{
 };
 
 use common::{
-    assert_clocks_kept, check_reports, json, linux_guest_args, migrate_retrying_nested_deaths,
-    scratch, start_source, test_guest_args, u, Destination, Guest,
+    assert_clocks_kept, check_reports, json, migrate_retrying_nested_deaths, scratch, start_source,
+    u, Destination, Guest,
 };
 
 /// Bytes from the source after which the proxy cuts: the machine state and the maps are
@@ -175,17 +175,17 @@ fn cut_and_recover(name: &str, guest: &Guest, mode: &str) {
 
 #[test]
 fn a_network_cut_in_post_copy_is_recovered() {
-    cut_and_recover("cut-queue", &test_guest_args(), "queue");
+    cut_and_recover("cut-queue", &Guest::test(), "queue");
 }
 
 #[test]
 fn a_network_cut_in_post_copy_is_recovered_in_signal_mode() {
-    cut_and_recover("cut-signal", &test_guest_args(), "signal");
+    cut_and_recover("cut-signal", &Guest::test(), "signal");
 }
 
 #[test]
 fn a_network_cut_in_post_copy_of_the_linux_guest_is_recovered() {
-    cut_and_recover("cut-linux", &linux_guest_args(), "queue");
+    cut_and_recover("cut-linux", &Guest::linux(), "queue");
 }
 
 /// Kills `child` at once.
@@ -201,7 +201,7 @@ fn the_source_killed_in_post_copy_stops_the_destination_cleanly() {
     // Down for good: nothing reconnects.
     let proxy = Proxy::start(&destination.addr, Duration::MAX);
     let mut source = start_source(
-        &test_guest_args(),
+        &Guest::test(),
         "post-copy",
         &proxy.addr,
         &dir.join("source.json"),

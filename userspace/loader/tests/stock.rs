@@ -20,8 +20,8 @@ use std::{
 };
 
 use common::{
-    assert_clocks_kept, json, loader, migrate_retrying_nested_deaths, scratch, stock_guest, u,
-    wait_or_kill, Destination, Line, Migrated, Waited,
+    assert_clocks_kept, json, loader, migrate_retrying_nested_deaths, scratch, u, wait_or_kill,
+    Destination, Guest, Line, Migrated, Waited,
 };
 use serde_json::Value;
 
@@ -44,7 +44,7 @@ fn says(console: &[Line], text: &str) -> bool {
 fn migrate(name: &str, kind: &str, mode: &str) -> (Value, Value) {
     let dir = scratch(name);
     let (src_json, dst_json) = (dir.join("source.json"), dir.join("destination.json"));
-    let guest = stock_guest(STRESS);
+    let guest = Guest::stock(STRESS);
     let Migrated {
         destination,
         source_console,
@@ -131,7 +131,7 @@ fn hybrid_of_a_stock_linux_guest() {
 /// that says so.
 #[test]
 fn a_stock_linux_guest_that_powers_off_ends_the_loader() {
-    let guest = stock_guest("--vm 1 --vm-bytes 16M --verify --timeout 2s");
+    let guest = Guest::stock("--vm 1 --vm-bytes 16M --verify --timeout 2s");
     let dir = scratch("stock-power-off");
     let (console, stderr) = (dir.join("console"), dir.join("stderr"));
     let file = |path: &PathBuf| File::create(path).expect("an output file");

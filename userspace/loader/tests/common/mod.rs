@@ -1,7 +1,8 @@
 //! What the loader's integration tests share: the loader and the guests (in /bin in the
 //! test VM, or where MUSERLOAD_LOADER, MUSERLOAD_TEST_GUEST, MUSERLOAD_LINUX_KERNEL,
-//! MUSERLOAD_LINUX_INITRD, MUSERLOAD_STOCK_KERNEL and MUSERLOAD_STOCK_INITRD say), loaders running in the background, and their reports; what
-//! the guests' consoles say of their clocks is in `clock`.
+//! MUSERLOAD_LINUX_INITRD, MUSERLOAD_STOCK_KERNEL and MUSERLOAD_STOCK_INITRD say), loaders
+//! running in the background, and their reports; what the guests' consoles say of their
+//! clocks is in `clock`.
 
 mod clock;
 
@@ -47,63 +48,74 @@ pub struct Guest {
     pub migrate_on: Option<&'static str>,
 }
 
-/// The test guest.
-pub fn test_guest_args() -> Guest {
-    let args = [
-        "--test-guest",
-        &test_guest(),
-        "--mem-mib",
-        "64",
-        "--working-set-mib",
-        "8",
-        "--sweep-mib",
-        "8",
-    ];
-    Guest {
-        args: args.map(String::from).to_vec(),
-        migrate_on: None,
-    }
-}
-
-/// The project's Linux guest: its kernel, its memory workload as init.
-pub fn linux_guest_args() -> Guest {
-    let args = [
-        "--kernel",
-        &var("MUSERLOAD_LINUX_KERNEL", "/bin/linux-guest-bzImage"),
-        "--initrd",
-        &var("MUSERLOAD_LINUX_INITRD", "/bin/linux-guest.cpio.gz"),
-        // The workload takes half: 64 MiB, as the test guest's.
-        "--mem-mib",
-        "128",
-        "--cmdline",
-        "workload_mib=64 working_set_mib=8 sweep_mib=8",
-    ];
-    Guest {
-        args: args.map(String::from).to_vec(),
-        migrate_on: None,
-    }
-}
-
 #[allow(
     dead_code,
-    reason = "each test file compiles this module; only stock.rs uses it"
+    reason = "each test file compiles this module and uses some of its guests"
 )]
-/// A stock guest: Debian's kernel, whose init (muserload-guest-init) runs Debian's
-/// `stress-ng` with `stress` (its arguments) and powers off; migrated once stress-ng runs.
-pub fn stock_guest(stress: &str) -> Guest {
-    let args = [
-        "--kernel",
-        &var("MUSERLOAD_STOCK_KERNEL", "/bin/stock-bzImage"),
-        "--initrd",
-        &var("MUSERLOAD_STOCK_INITRD", "/bin/stock-guest.cpio.gz"),
-        "--mem-mib",
-        "256",
-        "--cmdline",
-        &format!("-- stress-ng {stress}"),
-    ];
-    Guest {
-        args: args.map(String::from).to_vec(),
-        migrate_on: Some("guest-init: heartbeat"),
+impl Guest {
+    fn new(args: &[&str], migrate_on: Option<&'static str>) -> Self {
+        Self {
+            args: args.iter().map(|&arg| arg.to_owned()).collect(),
+            migrate_on,
+        }
+    }
+
+    /// The test guest.
+    pub fn test() -> Self {
+        let image = test_guest();
+        let args = [
+            "--test-guest",
+            &image,
+            "--mem-mib",
+            "64",
+            "--working-set-mib",
+            "8",
+            "--sweep-mib",
+            "8",
+        ];
+        Self::new(&args, None)
+    }
+
+    /// The project's Linux guest: its kernel, its memory workload as init.
+    pub fn linux() -> Self {
+        let (kernel, initrd) = (
+            var("MUSERLOAD_LINUX_KERNEL", "/bin/linux-guest-bzImage"),
+            var("MUSERLOAD_LINUX_INITRD", "/bin/linux-guest.cpio.gz"),
+        );
+        let args = [
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            // The workload takes half: 64 MiB, as the test guest's.
+            "--mem-mib",
+            "128",
+            "--cmdline",
+            "workload_mib=64 working_set_mib=8 sweep_mib=8",
+        ];
+        Self::new(&args, None)
+    }
+
+    /// A stock guest: Debian's kernel, whose init (muserload-guest-init) runs Debian's
+    /// `stress-ng` with `stress` (its arguments) and powers off; migrated once stress-ng
+    /// runs.
+    pub fn stock(stress: &str) -> Self {
+        let (kernel, initrd) = (
+            var("MUSERLOAD_STOCK_KERNEL", "/bin/stock-bzImage"),
+            var("MUSERLOAD_STOCK_INITRD", "/bin/stock-guest.cpio.gz"),
+        );
+        let command = format!("-- stress-ng {stress}");
+        let args = [
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--mem-mib",
+            "256",
+            "--cmdline",
+            &command,
+        ];
+        Self::new(&args, Some("guest-init: heartbeat"))
     }
 }
 
