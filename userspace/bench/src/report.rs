@@ -90,24 +90,22 @@ impl Measurement {
                 .unwrap_or(0)
         };
         let pages = samples.len() * batch;
+        let (median_ns, pages_per_s) = (at(0.5), pages as f64 / total.as_secs_f64());
         Self {
             case: case.to_owned(),
             implementation: implementation.to_owned(),
             pinning: pinning.to_owned(),
             pages,
-            median_ns: at(0.5),
+            median_ns,
             p99_ns: at(0.99),
-            pages_per_s: pages as f64 / total.as_secs_f64(),
+            pages_per_s,
             work,
             quantiles: (0..QUANTILES)
                 .map(|i| at(i as f64 / (QUANTILES - 1) as f64))
                 .collect(),
             runs: 1,
-            median_ns_range: (at(0.5), at(0.5)),
-            pages_per_s_range: (
-                pages as f64 / total.as_secs_f64(),
-                pages as f64 / total.as_secs_f64(),
-            ),
+            median_ns_range: (median_ns, median_ns),
+            pages_per_s_range: (pages_per_s, pages_per_s),
         }
     }
 
