@@ -37,10 +37,8 @@ build_payload() {
 	# The loader's Linux test guest: an initramfs whose /init is the memory workload.
 	local initrd
 	initrd=$(mktemp -d)
-	mkdir "$initrd/dev"
 	cp "$target/x86_64-unknown-linux-musl/release/muserload-guest-workload" "$initrd/init"
-	mknod "$initrd/dev/console" c 5 1
-	(cd "$initrd" && find . | cpio -o -H newc --quiet | gzip -1) >"$payload/bin/linux-guest.cpio.gz"
+	pack_initramfs "$initrd" "$payload/bin/linux-guest.cpio.gz"
 	rm -rf "$initrd"
 	[[ -z "$bzimage" ]] || cp "$bzimage" "$payload/bin/linux-guest-bzImage"
 	build_stock_guest "$payload" "$target/x86_64-unknown-linux-musl/release/muserload-guest-init" ||
@@ -73,7 +71,7 @@ build_stock_guest() {
 		dpkg-deb -x "$deb" "$unpacked" || return 1
 	done
 	cp "$unpacked"/boot/vmlinuz-* "$payload/bin/stock-bzImage" || return 1
-	mkdir -p "$initrd/dev" "$initrd/usr/bin"
+	mkdir -p "$initrd/usr/bin"
 	cp "$init" "$initrd/init"
 	cp "$unpacked/usr/bin/stress-ng" "$initrd/usr/bin/"
 	"$unpacked/lib64/ld-linux-x86-64.so.2" \
@@ -83,9 +81,16 @@ build_stock_guest() {
 		mkdir -p "$(dirname "$initrd${lib#"$unpacked"}")"
 		cp -L "$lib" "$initrd${lib#"$unpacked"}"
 	done < <(awk '$2 == "=>" && $3 ~ /^\// { print $3 }' "$work/libs")
-	mknod "$initrd/dev/console" c 5 1
-	(cd "$initrd" && find . | cpio -o -H newc --quiet | gzip -1) >"$payload/bin/stock-guest.cpio.gz"
+	pack_initramfs "$initrd" "$payload/bin/stock-guest.cpio.gz"
 	rm -rf "$work"
+}
+
+# pack_initramfs ROOT OUT: a nested guest's initramfs of ROOT, with the /dev/console its
+# kernel opens for init before anything is mounted, gzipped into OUT.
+pack_initramfs() {
+	mkdir -p "$1/dev"
+	mknod "$1/dev/console" c 5 1
+	(cd "$1" && find . | cpio -o -H newc --quiet | gzip -1) >"$2"
 }
 
 # Installs what is missing and builds everything one guest of FLAVOUR needs; sets kdir,
