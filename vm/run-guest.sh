@@ -68,7 +68,7 @@ if [[ "$mode" == shell ]]; then
 fi
 
 # A guest that outlives GUEST_TIMEOUT is hung: before it is killed, the host asks QEMU where
-# its vCPUs are (a QEMU that does not answer is itself hung) and sends an NMI, which
+# its vCPUs are, twice (a QEMU that does not answer is itself hung), and sends an NMI, which
 # unknown_nmi_panic turns into a panic that prints every task's stack and every CPU's
 # backtrace to the console log (panic_sys_info). Exit status 124, as
 # timeout(1)'s. The guest's output goes out a line at a time (stdbuf: tr would hold it
@@ -112,16 +112,13 @@ if [[ -z "$why" ]]; then
 fi
 hang="${log%.log}-hang.txt"
 echo "run-guest: the guest $why: its vCPUs in $hang, the kernel's tasks in $log" >&2
-echo "info registers -a" >"$root.mon.in"
-# The monitor echoes what it is sent, a key at a time: only the answer is kept.
-timeout 5 cat "$root.mon.out" | grep -v "(qemu)" >"$hang" || true
-# Each vCPU's RIP, by the kernel's nearest symbol below it (System.map is sorted; addresses
-# of one width compare as strings).
-grep -oE 'RIP=[0-9a-f]{16}' "$hang" | cut -d= -f2 | while read -r rip; do
-	read -r addr name < <(awk -v rip="$rip" '$1 <= rip { addr = $1; name = $3 }
-		END { print addr, name }' "$kdir/System.map")
-	printf 'vCPU RIP %s: %s+0x%x\n' "$rip" "${name:-?}" $((0x$rip - 0x${addr:-0}))
-done | tee -a "$hang" >&2
+# Two samples of every vCPU's registers, 5 s apart (vm/wedge.sh reads them): the monitor
+# echoes what it is sent, a key at a time, so only the answer is kept.
+for sample in 1 2; do
+	echo "sample $sample"
+	echo "info registers -a" >"$root.mon.in"
+	timeout 5 cat "$root.mon.out" | grep -v "(qemu)" || true
+done >"$hang"
 echo nmi >"$root.mon.in"
 for _ in $(seq 60); do
 	kill -0 "$qemu_pid" 2>/dev/null || break

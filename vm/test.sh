@@ -119,22 +119,18 @@ kernel_of() { # kernel_of FLAVOUR: sets kdir and ko of a built flavour
 	ko[$1]=$("$here/build-module.sh" "${kdir[$1]}" 2>/dev/null)
 }
 
-# The wedge evidence: stack-trace lines from where program K started in LOG, and how many
-# of them are muserload's (its module's frames, or Rust symbols of its crate).
-stack_lines() { # stack_lines LOG K
-	sed -n "/muserload-test: program $2 /,\$p" "$1" | grep -E '\+0x[0-9a-f]+/0x[0-9a-f]+'
-}
-
 # Runs the suite in the FLAVOUR guest, in as many boots as it takes: a boot that ends in the
 # middle of a program (its kernel panicked, wedged or went silent) is followed by a fresh one
-# from the next program. That program runs once more first when the evidence clears
-# muserload: no muserload frame among the stacks printed after it started (QEMU's emulated
-# SVM has wedged this kernel on its own). It fails if it ends its boot again, and whenever a
-# muserload frame is there. Sets p, f, s.
+# from the next program. That program runs again first when the evidence clears muserload
+# (vm/wedge.sh: no muserload frame among the trusted stack frames printed after it started,
+# or no stack but a vCPU stuck where QEMU's SVM goes wrong), at most twice: QEMU's emulated
+# SVM has wedged the test kernel on its own, in the stock guest's program in 2 of 4 runs.
+# It fails whenever the evidence does not clear muserload, and on a third boot it ends.
+# Sets p, f, s.
 run_suite() {
 	local flavour=$1
-	local ktap="$results/ktap-$flavour.txt" first=1 boot=1 retried=0
-	local log status k name lines ours wedge resume append=""
+	local ktap="$results/ktap-$flavour.txt" first=1 boot=1 retries=0
+	local log status k name wedge resume append="" cleared
 	# Under KASAN the nested Linux guest now and then triple-faults (at boot on the source,
 	# or after the switch; never seen in the other guests): its tests run in the leak-check
 	# guest only. The debug guest takes about 12 minutes (KASAN, 1000 module loads, the
@@ -171,25 +167,25 @@ run_suite() {
 		fi
 		name=$(grep -o "muserload-test: program $k .*" "$log" | tail -n 1 | tr -d '\r' |
 			cut -d' ' -f4)
-		lines=$(stack_lines "$log" "$k" | wc -l)
-		ours=$(stack_lines "$log" "$k" | grep -c muserload)
-		echo "# $flavour guest: boot $boot ended in program $k ($name): $lines stack lines" \
-			"printed after it started, $ours of them muserload's"
-		stack_lines "$log" "$k" | head -n 60 | sed 's/^/#   /'
+		echo "# $flavour guest: boot $boot ended in program $k ($name); the evidence:"
+		"$here/wedge.sh" "$log" "$k" "${kdir[$flavour]}" | sed 's/^/#   /'
+		cleared=${PIPESTATUS[0]}
 		# What came before the program is this boot's to answer for.
 		sed "/muserload-test: program $k /q" "$log" >"$log.before"
 		step "$flavour guest: no kernel splat (boot $boot, before $name)" \
 			"$here/splats.sh" "$log.before"
-		if ((ours == 0 && lines > 0 && retried != k)); then
-			echo "# $flavour guest: no muserload frame: the kernel wedged on its own" \
-				"(QEMU TCG's nested SVM); $name runs once more in a fresh boot"
-			retried=$k first=$k
+		((first != k)) && retries=0
+		if ((cleared == 0 && retries < 2)); then
+			retries=$((retries + 1))
+			echo "# $flavour guest: the evidence clears muserload: the kernel wedged on its" \
+				"own (QEMU TCG's nested SVM); $name runs again in a fresh boot ($retries of 2)"
+			first=$k
 		else
 			# Program k is step k + 1 (step 1 is insmod).
 			echo "not ok $((k + 1)) selftests: muserload: $name # ended its boot" >>"$ktap"
 			echo "#   not ok: $name ended boot $boot" \
-				"$( ((ours)) && echo "with muserload frames in the stacks" ||
-					echo "again (or without any stack to clear it)")"
+				"$( ((cleared)) && echo "and the evidence does not clear muserload" ||
+					echo "for the third time")"
 			first=$((k + 1))
 		fi
 		boot=$((boot + 1))
