@@ -2,7 +2,10 @@
 
 use std::{num::NonZeroUsize, ptr::NonNull};
 
-use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
+use nix::{
+    errno::Errno,
+    sys::mman::{madvise, mmap_anonymous, munmap, MapFlags, MmapAdvise, ProtFlags},
+};
 
 use crate::{Error, Result};
 
@@ -38,6 +41,20 @@ impl Anon {
             ptr: ptr.cast(),
             len,
         })
+    }
+
+    /// Keeps transparent huge pages out, so that every 4 KiB page faults on its own (KVM's
+    /// `demand_paging_test` runs with THP off too). A kernel without THP has none to keep
+    /// out (`EINVAL`).
+    pub fn no_huge_pages(&self) -> Result<()> {
+        // SAFETY: Advice on this mapping only; it changes no contents.
+        match unsafe { madvise(self.ptr.cast(), self.len, MmapAdvise::MADV_NOHUGEPAGE) } {
+            Ok(()) | Err(Errno::EINVAL) => Ok(()),
+            Err(errno) => Err(Error::Sys {
+                op: "madvise",
+                errno,
+            }),
+        }
     }
 
     /// The first byte.

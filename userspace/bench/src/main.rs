@@ -10,6 +10,10 @@
 //! `muserload-bench --plot RESULTS.json OUT.svg` on the host to draw the results;
 //! `muserload-bench --migrations MIGRATIONS.json OUT.svg` tabulates and draws
 //! `make bench-migrate`'s.
+//!
+//! `muserload-bench --vcpus [--counts N,N,...] [--slice-mib N] [--repeat N] [--json FILE]`
+//! (`make bench-vcpus`): demand paging of a nested KVM VM whose vCPUs all fault at once
+//! ([`vcpus`]); `muserload-bench --plot-vcpus RESULTS.json OUT.svg` draws it.
 
 mod anon;
 mod bulk;
@@ -21,6 +25,7 @@ mod profile;
 mod report;
 mod roundtrip;
 mod uffd;
+mod vcpus;
 
 use std::{process::ExitCode, time::Instant};
 
@@ -64,6 +69,25 @@ pub enum Error {
         /// The page.
         page: usize,
     },
+    /// A page of the nested VM (`--vcpus`) did not hold what was loaded, afterwards.
+    #[error("{backend}: page {page} of the VM holds the wrong data")]
+    VcpusMismatch {
+        /// The backend.
+        backend: String,
+        /// The page.
+        page: usize,
+    },
+    /// The nested VM's guest read wrong first words (`--vcpus`).
+    #[error("{backend}: the guest read {pages} pages with the wrong data")]
+    VcpusGuestMismatch {
+        /// The backend.
+        backend: String,
+        /// How many pages.
+        pages: usize,
+    },
+    /// The nested VM failed.
+    #[error(transparent)]
+    Machine(#[from] vcpus::MachineError),
     /// The object was aborted while the resolver still had faults to serve.
     #[error("the object was aborted with faults left to serve")]
     Aborted,
@@ -301,14 +325,65 @@ fn migrations(json: &str, svg: &str) -> Result<()> {
     migrations::plot(&results, svg)
 }
 
+/// `--plot-vcpus RESULTS.json OUT.svg`.
+fn plot_vcpus(json: &str, svg: &str) -> Result<()> {
+    let points: Vec<vcpus::Point> = read_json(json)?;
+    vcpus::plot(&points, svg)
+}
+
+/// Writes `value` as JSON to `path`.
+fn write_json(path: &str, value: &impl serde::Serialize) -> std::result::Result<(), String> {
+    serde_json::to_string_pretty(value)
+        .map_err(std::io::Error::other)
+        .and_then(|json| std::fs::write(path, json))
+        .map_err(|err| format!("writing {path}: {err}"))
+}
+
+/// `--vcpus ...`: the nested VM's demand paging.
+fn vcpus_main(args: &[String]) -> ExitCode {
+    let pairs: Vec<(String, String)> = args
+        .chunks(2)
+        .map(|pair| (pair[0].clone(), pair.get(1).cloned().unwrap_or_default()))
+        .collect();
+    let json = pairs
+        .iter()
+        .find(|(a, _)| a == "--json")
+        .map(|(_, v)| v.clone());
+    let rest: Vec<(String, String)> = pairs.into_iter().filter(|(a, _)| a != "--json").collect();
+    let options = match vcpus::parse(&rest) {
+        Ok(options) => options,
+        Err(err) => {
+            eprintln!("muserload-bench: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let points = match vcpus::main(&options) {
+        Ok((points, seconds)) => {
+            println!("# --vcpus took {seconds:.0} s");
+            points
+        }
+        Err(err) => {
+            eprintln!("muserload-bench: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(path) = json {
+        if let Err(err) = write_json(&path, &points) {
+            eprintln!("muserload-bench: {err}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [flag, json, svg] = args.as_slice() {
-        if flag == "--plot" || flag == "--migrations" {
-            let result = if flag == "--plot" {
-                plot(json, svg)
-            } else {
-                migrations(json, svg)
+        if flag == "--plot" || flag == "--migrations" || flag == "--plot-vcpus" {
+            let result = match flag.as_str() {
+                "--plot" => plot(json, svg),
+                "--plot-vcpus" => plot_vcpus(json, svg),
+                _ => migrations(json, svg),
             };
             return match result {
                 Ok(()) => ExitCode::SUCCESS,
@@ -318,6 +393,9 @@ fn main() -> ExitCode {
                 }
             };
         }
+    }
+    if args.first().map(String::as_str) == Some("--vcpus") {
+        return vcpus_main(&args[1..]);
     }
     let options = match parse(args.into_iter()) {
         Ok(options) => options,
@@ -350,11 +428,8 @@ fn main() -> ExitCode {
         profile::print(&profiles);
     }
     if let Some(path) = &options.json {
-        let written = serde_json::to_string_pretty(&results)
-            .map_err(std::io::Error::other)
-            .and_then(|json| std::fs::write(path, json));
-        if let Err(err) = written {
-            eprintln!("muserload-bench: writing {path}: {err}");
+        if let Err(err) = write_json(path, &results) {
+            eprintln!("muserload-bench: {err}");
             return ExitCode::FAILURE;
         }
     }

@@ -27,7 +27,7 @@ use crate::{
 };
 
 /// How the resolver fills the page.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     /// Copy from the received buffer (`MUSERLOAD_LOAD_COPY`, `UFFDIO_COPY`).
     Copy,
@@ -259,7 +259,7 @@ fn serve_faults(
     let mut batch = [0u64; 16];
     let mut served = 0;
     while served < pages {
-        let n = uffd.next_faults(&mut batch)?;
+        let n = uffd.next_faults(&mut batch, None)?;
         for &fault in &batch[..n] {
             let address = fault & !(PAGE_SIZE as u64 - 1);
             let start = (address - region.addr(0)) as usize;

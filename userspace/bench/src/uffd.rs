@@ -3,7 +3,10 @@
 //! The structs mirror `include/uapi/linux/userfaultfd.h` of the 7.3 kernel the guest runs
 //! (Debian 12's own headers predate `UFFDIO_MOVE`); the ABI is stable.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::{
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::Duration,
+};
 
 use nix::{errno::Errno, libc};
 
@@ -92,7 +95,10 @@ impl Userfaultfd {
     /// Opens a userfaultfd with `features`.
     pub fn new(features: u64) -> Result<Self> {
         // SAFETY: The syscall takes flags only and returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
+        // Non-blocking: poll() never promises that read() will not block, since a fault
+        // may be woken before it is read (a nested VM's reader blocked in read() so).
+        let fd =
+            unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
         if fd < 0 {
             return Err(Error::Uffd {
                 op: "userfaultfd",
@@ -178,26 +184,35 @@ impl Userfaultfd {
         })
     }
 
-    /// Waits with `poll` for faults and reads up to `out.len()` of them (at most 16) into
-    /// `out` as faulting addresses; returns how many.
-    pub fn next_faults(&self, out: &mut [u64]) -> Result<usize> {
+    /// Waits with `poll` for faults (at most `within`, if given) and reads up to
+    /// `out.len()` of them (at most 16) into `out` as faulting addresses; returns how many
+    /// (0 if none came `within`, or the one that came was woken before it was read).
+    pub fn next_faults(&self, out: &mut [u64], within: Option<Duration>) -> Result<usize> {
         let mut pfd = libc::pollfd {
             fd: self.fd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
+        let timeout = within.map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32);
         // SAFETY: One valid `pollfd`.
-        if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
-            return Err(Error::Uffd {
-                op: "poll",
-                errno: Errno::last(),
-            });
+        match unsafe { libc::poll(&mut pfd, 1, timeout) } {
+            0 => return Ok(0),
+            n if n < 0 => {
+                return Err(Error::Uffd {
+                    op: "poll",
+                    errno: Errno::last(),
+                })
+            }
+            _ => {}
         }
         let mut msgs = [UffdMsg::default(); 16];
         let size = std::mem::size_of::<UffdMsg>();
         let want = out.len().min(msgs.len());
         // SAFETY: `msgs` has room for `want` messages.
         let n = unsafe { libc::read(self.fd.as_raw_fd(), msgs.as_mut_ptr().cast(), want * size) };
+        if n < 0 && Errno::last() == Errno::EAGAIN {
+            return Ok(0);
+        }
         if n <= 0 || n as usize % size != 0 {
             return Err(Error::Uffd {
                 op: "read",

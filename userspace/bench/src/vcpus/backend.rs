@@ -1,0 +1,434 @@
+//! What backs the nested VM's memory, and who serves its faults: the ways `--vcpus`
+//! compares. Each sets its memory up, serves faults while the vCPUs run, stops its
+//! serving threads once they are done, and checks every page afterwards.
+
+use std::{
+    cell::UnsafeCell,
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::Duration,
+};
+
+use muserload::{
+    features, signal, Event, FaultMode, GuestMemory, Loads, Object, Staging, Wake, PAGE_SIZE,
+};
+use nix::{errno::Errno, sys::signal::Signal};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    guest,
+    machine::{Machine, VcpuRun},
+};
+use crate::{
+    anon::Anon,
+    handler_slot::HandlerSlot,
+    roundtrip::Kind,
+    uffd::{self, Userfaultfd},
+    Error, Result,
+};
+
+/// Who reads the faults: one thread for the whole VM, or one per vCPU.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub enum Readers {
+    /// One thread.
+    One,
+    /// One thread per vCPU (userfaultfd: a descriptor per vCPU's slice, as
+    /// `demand_paging_test` has them; muserload: threads resolving one object's faults).
+    PerVcpu,
+}
+
+/// A way of backing the VM's memory.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub enum Backend {
+    /// Anonymous memory, no userfault: every page's first touch (the ceiling).
+    FirstTouch,
+    /// userfaultfd MISSING: `UFFDIO_COPY`, or `UFFDIO_MOVE` from staging.
+    Userfaultfd(Readers, Kind),
+    /// muserload queue mode: `MUSERLOAD_IOC_RESOLVE` loads each batch and reads the next.
+    Queue(Readers, Kind),
+    /// muserload signal mode: each vCPU thread's handler loads its own page (`KVM_RUN`
+    /// returns `EINTR`, entering again completes the access).
+    Signal(Kind),
+}
+
+impl Backend {
+    /// Every backend, in the order of the table.
+    pub const ALL: [Backend; 9] = [
+        Backend::FirstTouch,
+        Backend::Userfaultfd(Readers::One, Kind::Copy),
+        Backend::Userfaultfd(Readers::PerVcpu, Kind::Copy),
+        Backend::Queue(Readers::One, Kind::Copy),
+        Backend::Queue(Readers::PerVcpu, Kind::Copy),
+        Backend::Signal(Kind::Copy),
+        Backend::Userfaultfd(Readers::One, Kind::Move),
+        Backend::Queue(Readers::One, Kind::Move),
+        Backend::Signal(Kind::Move),
+    ];
+
+    /// Its name in the table.
+    pub fn name(self) -> String {
+        let readers = |r: Readers, who: &str| match r {
+            Readers::One => format!("1 {who}"),
+            Readers::PerVcpu => format!("{who} per vCPU"),
+        };
+        let kind = |k: Kind| match k {
+            Kind::Copy => "",
+            Kind::Move => ", move",
+        };
+        match self {
+            Backend::FirstTouch => "first touch (no userfault)".to_owned(),
+            Backend::Userfaultfd(r, k) => {
+                format!("userfaultfd, {}{}", readers(r, "reader"), kind(k))
+            }
+            Backend::Queue(r, k) => {
+                format!("muserload queue, {}{}", readers(r, "resolver"), kind(k))
+            }
+            Backend::Signal(k) => format!("muserload signal{}", kind(k)),
+        }
+    }
+
+    /// Whether it is muserload.
+    pub fn is_muserload(self) -> bool {
+        matches!(self, Backend::Queue(..) | Backend::Signal(_))
+    }
+
+    /// Runs `vcpus` vCPUs over slices of `slice_pages` pages on this backend; checks every
+    /// page afterwards. Returns each vCPU's run and the vCPUs' TSC rate.
+    pub fn run(self, vcpus: usize, slice_pages: usize) -> Result<(Vec<VcpuRun>, u32)> {
+        let pages = vcpus * slice_pages;
+        match self {
+            Backend::FirstTouch => {
+                let memory = Anon::new(pages * PAGE_SIZE)?;
+                memory.no_huge_pages()?;
+                let runs = run_machine(memory.as_ptr(), vcpus, slice_pages, false, || Ok(()))?;
+                verify(self, memory.as_ptr(), pages, false)?;
+                Ok(runs)
+            }
+            Backend::Userfaultfd(readers, kind) => {
+                userfaultfd(self, readers, kind, vcpus, slice_pages)
+            }
+            Backend::Queue(readers, kind) => queue(self, readers, kind, vcpus, slice_pages),
+            Backend::Signal(kind) => signal_mode(self, kind, vcpus, slice_pages),
+        }
+    }
+}
+
+/// Runs the machine over `memory`; `stop` ends the serving threads once the vCPUs are done
+/// (or failed).
+fn run_machine(
+    memory: *mut u8,
+    vcpus: usize,
+    slice_pages: usize,
+    loaded: bool,
+    stop: impl FnOnce() -> Result<()>,
+) -> Result<(Vec<VcpuRun>, u32)> {
+    let ran = Machine::new(memory, vcpus, slice_pages, loaded).and_then(|mut machine| {
+        let runs = machine.run()?;
+        Ok((runs, machine.tsc_khz()))
+    });
+    stop()?;
+    ran
+}
+
+/// Checks every page of the VM's memory (`pages` pages at `memory`).
+fn verify(backend: Backend, memory: *const u8, pages: usize, loaded: bool) -> Result<()> {
+    for page in 0..pages {
+        // SAFETY: The page lies in the backend's mapping, present after the run.
+        let data = unsafe { std::slice::from_raw_parts(memory.add(page * PAGE_SIZE), PAGE_SIZE) };
+        if !guest::page_holds((page * PAGE_SIZE) as u64, data, loaded) {
+            return Err(Error::VcpusMismatch {
+                backend: backend.name(),
+                page,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// How long a userfaultfd reader polls before it looks whether the vCPUs are done.
+const POLL: Duration = Duration::from_millis(50);
+/// Staging slots per serving thread (a moved slot is refilled by the next write to it).
+const STAGING_SLOTS: usize = 64;
+
+fn userfaultfd(
+    backend: Backend,
+    readers: Readers,
+    kind: Kind,
+    vcpus: usize,
+    slice_pages: usize,
+) -> Result<(Vec<VcpuRun>, u32)> {
+    let pages = vcpus * slice_pages;
+    let source = guest::source(pages);
+    let region = Anon::new(pages * PAGE_SIZE)?;
+    region.no_huge_pages()?;
+    let features = match kind {
+        Kind::Copy => 0,
+        Kind::Move => uffd::FEATURE_MOVE,
+    };
+    let ranges: Vec<(usize, usize)> = match readers {
+        Readers::One => vec![(0, pages)],
+        Readers::PerVcpu => (0..vcpus).map(|v| (v * slice_pages, slice_pages)).collect(),
+    };
+    let uffds = ranges
+        .iter()
+        .map(|&(first, count)| {
+            let uffd = Userfaultfd::new(features)?;
+            uffd.register(region.addr(first * PAGE_SIZE), (count * PAGE_SIZE) as u64)?;
+            Ok(uffd)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let done = AtomicBool::new(false);
+    let runs = thread::scope(|s| {
+        let serving: Vec<_> = uffds
+            .iter()
+            .map(|uffd| {
+                let (region, source, done) = (&region, &source, &done);
+                s.spawn(move || serve_uffd(uffd, region, source, kind, done))
+            })
+            .collect();
+        run_machine(region.as_ptr(), vcpus, slice_pages, true, || {
+            done.store(true, Ordering::Release);
+            for reader in serving {
+                reader
+                    .join()
+                    .map_err(|_| Error::Thread("userfaultfd reader"))??;
+            }
+            Ok(())
+        })
+    })?;
+    verify(backend, region.as_ptr(), pages, true)?;
+    Ok(runs)
+}
+
+/// A userfaultfd reader: copies (or moves) in each faulting page until `done`.
+fn serve_uffd(
+    uffd: &Userfaultfd,
+    region: &Anon,
+    source: &[u8],
+    kind: Kind,
+    done: &AtomicBool,
+) -> Result<()> {
+    let staging = Anon::new(STAGING_SLOTS * PAGE_SIZE)?;
+    let mut batch = [0u64; 16];
+    let mut served = 0;
+    while !done.load(Ordering::Acquire) {
+        let n = uffd.next_faults(&mut batch, Some(POLL))?;
+        for &fault in &batch[..n] {
+            let address = fault & !(PAGE_SIZE as u64 - 1);
+            let start = (address - region.addr(0)) as usize;
+            let data = &source[start..start + PAGE_SIZE];
+            let filled = match kind {
+                Kind::Copy => uffd.copy(address, data.as_ptr() as u64, PAGE_SIZE as u64),
+                Kind::Move => {
+                    let slot = (served % STAGING_SLOTS) * PAGE_SIZE;
+                    // SAFETY: The slot lies in `staging`, which only this thread uses.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            data.as_ptr(),
+                            staging.as_ptr().add(slot),
+                            PAGE_SIZE,
+                        )
+                    };
+                    uffd.move_pages(address, staging.addr(slot), PAGE_SIZE as u64)
+                }
+            };
+            match filled {
+                // Another fault on the page, read before the first one's fill: filled.
+                Err(Error::Uffd {
+                    errno: Errno::EEXIST,
+                    ..
+                }) => {}
+                other => other?,
+            }
+            served += 1;
+        }
+    }
+    Ok(())
+}
+
+fn queue(
+    backend: Backend,
+    readers: Readers,
+    kind: Kind,
+    vcpus: usize,
+    slice_pages: usize,
+) -> Result<(Vec<VcpuRun>, u32)> {
+    let pages = vcpus * slice_pages;
+    let source = guest::source(pages);
+    let resolvers = match readers {
+        Readers::One => 1,
+        Readers::PerVcpu => vcpus,
+    };
+    let staging_pages = match kind {
+        Kind::Copy => 0,
+        Kind::Move => resolvers * STAGING_SLOTS,
+    };
+    let object = Object::create(
+        (pages * PAGE_SIZE) as u64,
+        (staging_pages * PAGE_SIZE) as u64,
+        features::QUEUE | features::MOVE | features::RESOLVE,
+    )?;
+    let guest = object.map_guest()?;
+    object.arm(&guest, 0, guest.len() as u64, FaultMode::Queue)?;
+    // Held for as long as the resolvers run: closing it would abort the object.
+    let _events = object.events(false)?;
+    let runs = thread::scope(|s| {
+        let serving: Vec<_> = (0..resolvers)
+            .map(|r| {
+                let (object, guest, source) = (&object, &guest, &source);
+                s.spawn(move || -> Result<()> {
+                    let staging = match kind {
+                        Kind::Copy => None,
+                        Kind::Move => Some(object.map_staging()?),
+                    };
+                    resolve(object, guest, staging, r * STAGING_SLOTS, source, kind)
+                })
+            })
+            .collect();
+        run_machine(guest.as_ptr(), vcpus, slice_pages, true, || {
+            // The vCPUs are done (or failed): the resolvers, waiting for faults, end.
+            object.abort()?;
+            for resolver in serving {
+                resolver.join().map_err(|_| Error::Thread("resolver"))??;
+            }
+            Ok(())
+        })
+    })?;
+    verify(backend, guest.as_ptr(), pages, true)?;
+    Ok(runs)
+}
+
+/// A queue-mode resolver: loads each batch of faults it read in the call that reads the
+/// next, until the object is aborted. Moves go through staging slots `first_slot..` of its
+/// own mapping of staging.
+fn resolve(
+    object: &Object,
+    guest: &GuestMemory,
+    mut staging: Option<Staging>,
+    first_slot: usize,
+    source: &[u8],
+    kind: Kind,
+) -> Result<()> {
+    let mut batch = [Event::default(); 16];
+    let mut copies: Vec<(u64, &[u8])> = Vec::with_capacity(batch.len());
+    let mut moves: Vec<(u64, usize)> = Vec::with_capacity(batch.len());
+    let mut received = 0;
+    loop {
+        let loads = match (&mut staging, kind) {
+            (Some(staging), Kind::Move) => Loads::Move(staging, &moves),
+            _ => Loads::Copy(&copies),
+        };
+        let n = object.resolve(guest, loads, Wake::Now, &mut batch, true)?;
+        if n == 0 {
+            return Ok(());
+        }
+        copies.clear();
+        moves.clear();
+        for event in &batch[..n] {
+            let start = event.offset as usize;
+            let data = &source[start..start + PAGE_SIZE];
+            match &mut staging {
+                Some(staging) => {
+                    let slot = first_slot + received % STAGING_SLOTS;
+                    staging.slot_mut(slot)?.copy_from_slice(data);
+                    moves.push((event.offset, slot));
+                }
+                None => copies.push((event.offset, data)),
+            }
+            received += 1;
+        }
+    }
+}
+
+/// What signal mode's handler loads from and into.
+struct SignalTarget {
+    object: Object,
+    guest: GuestMemory,
+    /// For MOVE: a mapping of staging per vCPU, slot `vcpu` of which only that vCPU's
+    /// handler touches.
+    staging: Vec<HandlerStaging>,
+    source: Vec<u8>,
+    slice_bytes: u64,
+}
+
+/// Staging that only one vCPU thread's signal handler touches.
+struct HandlerStaging(UnsafeCell<Staging>);
+
+// SAFETY: Only one vCPU thread's handler touches it (the vCPU whose slice faulted), and a
+// handler does not nest in itself: its signal is blocked while it runs.
+unsafe impl Sync for HandlerStaging {}
+
+static SIGNAL_TARGET: HandlerSlot<SignalTarget> = HandlerSlot::new();
+const SIGNAL: Signal = Signal::SIGUSR1;
+
+/// Signal mode's handler, in the vCPU thread whose access faulted: loads the page.
+fn load_in_handler(address: u64) {
+    // SAFETY: A handler of a fault of the run that installed the target.
+    let Some(t) = (unsafe { SIGNAL_TARGET.get() }) else {
+        return;
+    };
+    let offset = address.wrapping_sub(t.guest.as_ptr() as u64) & !(PAGE_SIZE as u64 - 1);
+    // Not this run's memory: nothing to load (the access fails again, and the run with it).
+    let Some(data) = t.source.get(offset as usize..offset as usize + PAGE_SIZE) else {
+        return;
+    };
+    let vcpu = (offset / t.slice_bytes) as usize;
+    let _ = match t.staging.get(vcpu) {
+        None => t.object.load_copy(&t.guest, offset, data, Wake::Now),
+        Some(staging) => {
+            // SAFETY: Only this vCPU's handler touches its staging (`HandlerStaging`).
+            let staging = unsafe { &mut *staging.0.get() };
+            match staging.slot_mut(vcpu) {
+                Ok(slot) => {
+                    slot.copy_from_slice(data);
+                    t.object
+                        .load_move(&t.guest, offset, staging, vcpu, 1, Wake::Now)
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+}
+
+fn signal_mode(
+    backend: Backend,
+    kind: Kind,
+    vcpus: usize,
+    slice_pages: usize,
+) -> Result<(Vec<VcpuRun>, u32)> {
+    let pages = vcpus * slice_pages;
+    let (staging_pages, features) = match kind {
+        Kind::Copy => (0, features::SIGNAL),
+        Kind::Move => (vcpus, features::SIGNAL | features::MOVE),
+    };
+    let object = Object::create(
+        (pages * PAGE_SIZE) as u64,
+        (staging_pages * PAGE_SIZE) as u64,
+        features,
+    )?;
+    let guest = object.map_guest()?;
+    let staging = match kind {
+        Kind::Copy => Vec::new(),
+        Kind::Move => (0..vcpus)
+            .map(|_| Ok(HandlerStaging(UnsafeCell::new(object.map_staging()?))))
+            .collect::<Result<_>>()?,
+    };
+    object.arm(
+        &guest,
+        0,
+        guest.len() as u64,
+        FaultMode::Signal(SIGNAL as i32),
+    )?;
+    let installed = SIGNAL_TARGET.install(SignalTarget {
+        object,
+        guest,
+        staging,
+        source: guest::source(pages),
+        slice_bytes: (slice_pages * PAGE_SIZE) as u64,
+    });
+    signal::install(SIGNAL, load_in_handler)?;
+    let memory = installed.target().guest.as_ptr();
+    let runs = run_machine(memory, vcpus, slice_pages, true, || Ok(()))?;
+    verify(backend, memory, pages, true)?;
+    Ok(runs)
+}

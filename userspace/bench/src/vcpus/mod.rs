@@ -1,0 +1,198 @@
+//! `muserload-bench --vcpus`: demand paging of a nested VM whose vCPUs all fault at once,
+//! modelled on KVM's `tools/testing/selftests/kvm/demand_paging_test.c`: N vCPUs, each
+//! touching every page of its own slice of guest memory once, on every backend
+//! ([`Backend::ALL`]) in one boot, the repetitions the outer loop (a noisy spell of the
+//! emulated machine hits every case once). Every page's content is checked, by the guest
+//! (its first word) and afterwards by the host (all of it).
+
+mod backend;
+mod guest;
+mod machine;
+mod plot;
+mod report;
+
+use std::time::Instant;
+
+pub use backend::Backend;
+pub use machine::MachineError;
+pub use plot::plot;
+pub use report::{print, Point};
+
+use machine::{cycles_to_duration, mismatches, VcpuRun};
+use muserload::PAGE_SIZE;
+
+use crate::{Error, Result};
+
+/// What `--vcpus` runs.
+pub struct Options {
+    /// Each vCPU's slice, in MiB.
+    pub slice_mib: usize,
+    /// The vCPU counts.
+    pub vcpus: Vec<usize>,
+    /// How many times every case runs.
+    pub repeat: usize,
+}
+
+/// One case's run: the aggregate and mean per-vCPU rates, and every touch's latency.
+struct Run {
+    pages_per_s: f64,
+    per_vcpu_pages_per_s: f64,
+    latencies_ns: Vec<u64>,
+}
+
+impl Run {
+    fn new(runs: &[VcpuRun], slice_pages: usize, tsc_khz: u32) -> Self {
+        let start = runs.iter().map(|r| r.start).min();
+        let end = runs.iter().map(|r| r.end).max();
+        let wall = start.zip(end).map_or(0.0, |(s, e)| (e - s).as_secs_f64());
+        let pages = runs.len() * slice_pages;
+        let per_vcpu = runs
+            .iter()
+            .map(|r| slice_pages as f64 / (r.end - r.start).as_secs_f64())
+            .sum::<f64>()
+            / runs.len().max(1) as f64;
+        let mut latencies_ns: Vec<u64> = runs
+            .iter()
+            .flat_map(|r| &r.cycles)
+            .map(|&c| cycles_to_duration(c, tsc_khz).as_nanos() as u64)
+            .collect();
+        latencies_ns.sort_unstable();
+        Self {
+            pages_per_s: pages as f64 / wall,
+            per_vcpu_pages_per_s: per_vcpu,
+            latencies_ns,
+        }
+    }
+
+    /// The latency at quantile `q`, in microseconds.
+    fn latency_us(&self, q: f64) -> f64 {
+        let i = ((self.latencies_ns.len() as f64 - 1.0) * q) as usize;
+        self.latencies_ns
+            .get(i)
+            .map_or(0.0, |&ns| ns as f64 / 1000.0)
+    }
+}
+
+/// Runs every backend at every vCPU count, `repeat` times over; returns a point per
+/// backend and count: the run with the median aggregate rate, and the range of all.
+pub fn run(options: &Options) -> Result<Vec<Point>> {
+    let slice_pages = options.slice_mib * 1024 * 1024 / PAGE_SIZE;
+    let cases: Vec<(usize, Backend)> = options
+        .vcpus
+        .iter()
+        .flat_map(|&n| Backend::ALL.map(|b| (n, b)))
+        .collect();
+    let mut runs: Vec<Vec<Run>> = cases.iter().map(|_| Vec::new()).collect();
+    for repetition in 1..=options.repeat {
+        for (&(vcpus, backend), runs) in cases.iter().zip(&mut runs) {
+            eprintln!(
+                "# {vcpus} vCPUs, {} ({repetition}/{})",
+                backend.name(),
+                options.repeat
+            );
+            let (vcpu_runs, tsc_khz) = backend.run(vcpus, slice_pages)?;
+            let wrong = mismatches(&vcpu_runs);
+            if wrong > 0 {
+                return Err(Error::VcpusGuestMismatch {
+                    backend: backend.name(),
+                    pages: wrong,
+                });
+            }
+            runs.push(Run::new(&vcpu_runs, slice_pages, tsc_khz));
+        }
+    }
+    Ok(cases
+        .into_iter()
+        .zip(runs)
+        .map(|((vcpus, backend), mut runs)| {
+            runs.sort_by(|a, b| a.pages_per_s.total_cmp(&b.pages_per_s));
+            let (low, high) = (runs[0].pages_per_s, runs[runs.len() - 1].pages_per_s);
+            let median = &runs[(runs.len() - 1) / 2];
+            Point {
+                backend,
+                name: backend.name(),
+                vcpus,
+                pages: vcpus * slice_pages,
+                runs: runs.len(),
+                pages_per_s: median.pages_per_s,
+                pages_per_s_range: (low, high),
+                per_vcpu_pages_per_s: median.per_vcpu_pages_per_s,
+                p50_us: median.latency_us(0.5),
+                p99_us: median.latency_us(0.99),
+            }
+        })
+        .collect())
+}
+
+/// `--vcpus`'s own arguments: `--slice-mib N`, `--counts N,N,...`, `--repeat N`.
+pub fn parse(args: &[(String, String)]) -> Result<Options> {
+    let mut options = Options {
+        slice_mib: 16,
+        vcpus: vec![1, 2, 4, 8, 16],
+        repeat: 3,
+    };
+    let bad = |what: &str, value: &str| Error::Usage(format!("bad {what} {value}"));
+    for (arg, value) in args {
+        match arg.as_str() {
+            "--slice-mib" => {
+                options.slice_mib = value
+                    .parse()
+                    .ok()
+                    .filter(|&m| (1..=64).contains(&m))
+                    .ok_or_else(|| bad("slice size", value))?
+            }
+            "--counts" => {
+                options.vcpus = value
+                    .split(',')
+                    .map(|n| n.parse().ok().filter(|&n| (1..=16).contains(&n)))
+                    .collect::<Option<Vec<usize>>>()
+                    .ok_or_else(|| bad("vCPU counts", value))?
+            }
+            "--repeat" => {
+                options.repeat = value
+                    .parse()
+                    .ok()
+                    .filter(|&n| n >= 1)
+                    .ok_or_else(|| bad("repetition count", value))?
+            }
+            _ => return Err(Error::Usage(format!("unknown argument {arg} for --vcpus"))),
+        }
+    }
+    Ok(options)
+}
+
+/// Runs `--vcpus` and prints its table; the time it took.
+pub fn main(options: &Options) -> Result<(Vec<Point>, f64)> {
+    let start = Instant::now();
+    let points = run(options)?;
+    print(&points, options.slice_mib, options.repeat);
+    Ok((points, start.elapsed().as_secs_f64()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, v)| (a.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn arguments_parse_and_bad_ones_are_refused() {
+        let o = parse(&args(&[("--counts", "1,4"), ("--slice-mib", "8")])).expect("parses");
+        assert_eq!((o.vcpus, o.slice_mib, o.repeat), (vec![1, 4], 8, 3));
+        for bad in [
+            ("--counts", "0"),
+            ("--counts", "17"),
+            ("--counts", "1,,2"),
+            ("--slice-mib", "65"),
+            ("--repeat", "0"),
+            ("--pages", "64"),
+        ] {
+            assert!(parse(&args(&[bad])).is_err(), "{bad:?}");
+        }
+    }
+}

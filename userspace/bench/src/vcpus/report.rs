@@ -1,0 +1,256 @@
+//! `--vcpus`'s results: a point per backend and vCPU count, the table, the ratios and the
+//! issue's targets checked against them.
+
+use serde::{Deserialize, Serialize};
+
+use super::backend::{Backend, Readers};
+use crate::roundtrip::Kind;
+
+/// One backend at one vCPU count: the repetition with the median aggregate rate.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct Point {
+    /// The backend.
+    pub backend: Backend,
+    /// Its name in the table.
+    pub name: String,
+    /// The vCPUs.
+    pub vcpus: usize,
+    /// Pages touched (all vCPUs).
+    pub pages: usize,
+    /// How many times it ran.
+    pub runs: usize,
+    /// Aggregate pages per second: all pages over the time from the first vCPU's start to
+    /// the last one's end.
+    pub pages_per_s: f64,
+    /// The runs' least and greatest aggregate rate.
+    pub pages_per_s_range: (f64, f64),
+    /// A vCPU's own rate, the mean over the vCPUs.
+    pub per_vcpu_pages_per_s: f64,
+    /// The median touch, as the vCPU saw it (its TSC), in microseconds.
+    pub p50_us: f64,
+    /// The 99th percentile touch.
+    pub p99_us: f64,
+}
+
+/// How `a`'s rate compares with `b`'s, and whether it is called: ">" (faster in every pair
+/// of runs), "<" (slower in every pair), "~" (the ranges overlap).
+pub fn ratio(a: &Point, b: &Point) -> (f64, &'static str) {
+    let verdict = if a.pages_per_s_range.0 > b.pages_per_s_range.1 {
+        ">"
+    } else if a.pages_per_s_range.1 < b.pages_per_s_range.0 {
+        "<"
+    } else {
+        "~"
+    };
+    (a.pages_per_s / b.pages_per_s, verdict)
+}
+
+fn find(points: &[Point], vcpus: usize, backend: Backend) -> Option<&Point> {
+    points
+        .iter()
+        .find(|p| p.vcpus == vcpus && p.backend == backend)
+}
+
+/// The fastest muserload backend at `vcpus`.
+fn best_muserload(points: &[Point], vcpus: usize) -> Option<&Point> {
+    points
+        .iter()
+        .filter(|p| p.vcpus == vcpus && p.backend.is_muserload())
+        .max_by(|a, b| a.pages_per_s.total_cmp(&b.pages_per_s))
+}
+
+/// The vCPU counts measured, in order.
+fn counts(points: &[Point]) -> Vec<usize> {
+    let mut counts: Vec<usize> = points.iter().map(|p| p.vcpus).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    counts
+}
+
+/// Prints the table per vCPU count, then the targets.
+pub fn print(points: &[Point], slice_mib: usize, repeat: usize) {
+    let ceiling = Backend::FirstTouch;
+    let uffd_one = Backend::Userfaultfd(Readers::One, Kind::Copy);
+    let uffd_each = Backend::Userfaultfd(Readers::PerVcpu, Kind::Copy);
+    for n in counts(points) {
+        println!(
+            "\n## {n} vCPUs, {slice_mib} MiB each ({} pages)",
+            n * slice_mib * 256
+        );
+        println!(
+            "{:<40} {:>10} {:>21} {:>10} {:>8} {:>9} {:>9}",
+            "backend", "pages/s", "[min, max]", "per vCPU", "/ceiling", "p50 us", "p99 us"
+        );
+        let top = find(points, n, ceiling);
+        for p in points.iter().filter(|p| p.vcpus == n) {
+            let of_ceiling = top.map_or(String::from("-"), |t| {
+                let (r, v) = ratio(p, t);
+                format!("{:.0}%{v}", r * 100.0)
+            });
+            println!(
+                "{:<40} {:>10.0} {:>21} {:>10.0} {:>8} {:>9.1} {:>9.1}",
+                p.name,
+                p.pages_per_s,
+                format!(
+                    "[{:.0}, {:.0}]",
+                    p.pages_per_s_range.0, p.pages_per_s_range.1
+                ),
+                p.per_vcpu_pages_per_s,
+                of_ceiling,
+                p.p50_us,
+                p.p99_us
+            );
+        }
+        if let Some(best) = best_muserload(points, n) {
+            for other in [uffd_one, uffd_each] {
+                if let Some(o) = find(points, n, other) {
+                    let (r, v) = ratio(best, o);
+                    println!("best muserload ({}) / {}: {r:.2}x [{v}]", best.name, o.name);
+                }
+            }
+        }
+    }
+    println!("\n## Targets");
+    for line in targets(points) {
+        println!("{line}");
+    }
+    println!(
+        "# each case {repeat} times, interleaved; pages/s: the median run, [min, max] beside; \
+         a ratio is called (> faster, < slower) only when the runs' ranges do not overlap \
+         (~: they do); latencies as each vCPU's TSC measured its touches"
+    );
+}
+
+/// The issue's targets, each with its figures and whether it is met.
+pub fn targets(points: &[Point]) -> Vec<String> {
+    let mut lines = Vec::new();
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    let counts = counts(points);
+    for kind in [Kind::Copy, Kind::Move] {
+        let signal = Backend::Signal(kind);
+        let shares: Vec<(usize, f64)> = counts
+            .iter()
+            .filter_map(|&n| {
+                let (s, c) = (
+                    find(points, n, signal)?,
+                    find(points, n, Backend::FirstTouch)?,
+                );
+                Some((n, s.pages_per_s / c.pages_per_s))
+            })
+            .collect();
+        if shares.is_empty() {
+            continue;
+        }
+        let figures: Vec<String> = shares
+            .iter()
+            .map(|(n, s)| format!("{n}: {:.0}%", s * 100.0))
+            .collect();
+        lines.push(format!(
+            "{} >= 80% of first touch at every N ({}): {}",
+            signal.name(),
+            figures.join(", "),
+            met(shares.iter().all(|&(_, s)| s >= 0.8))
+        ));
+    }
+    if let Some(&n) = counts.last() {
+        if let Some(best) = best_muserload(points, n) {
+            for (other, want) in [
+                (Backend::Userfaultfd(Readers::One, Kind::Copy), 10.0),
+                (Backend::Userfaultfd(Readers::PerVcpu, Kind::Copy), 2.0),
+            ] {
+                if let Some(o) = find(points, n, other) {
+                    let (r, v) = ratio(best, o);
+                    lines.push(format!(
+                        "at {n} vCPUs best muserload ({}) >= {want}x {}: {r:.2}x [{v}]: {}",
+                        best.name,
+                        o.name,
+                        met(r >= want)
+                    ));
+                }
+            }
+        }
+    }
+    let rates: Vec<String> = counts
+        .iter()
+        .filter_map(|&n| best_muserload(points, n).map(|b| format!("{n}: {:.0}", b.pages_per_s)))
+        .collect();
+    let best: Vec<&Point> = counts
+        .iter()
+        .filter_map(|&n| best_muserload(points, n))
+        .collect();
+    // "Does not fall": each count's best run reaches the range of the count before.
+    let holds = best
+        .windows(2)
+        .all(|w| w[1].pages_per_s_range.1 >= w[0].pages_per_s_range.0);
+    lines.push(format!(
+        "muserload's aggregate pages/s does not fall as N grows ({}): {}",
+        rates.join(", "),
+        met(holds)
+    ));
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(backend: Backend, vcpus: usize, rate: f64, spread: f64) -> Point {
+        Point {
+            backend,
+            name: backend.name(),
+            vcpus,
+            pages: 0,
+            runs: 3,
+            pages_per_s: rate,
+            pages_per_s_range: (rate - spread, rate + spread),
+            per_vcpu_pages_per_s: rate / vcpus as f64,
+            p50_us: 0.0,
+            p99_us: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_ratio_is_called_only_when_the_ranges_do_not_overlap() {
+        let a = point(Backend::FirstTouch, 1, 100.0, 10.0);
+        assert_eq!(ratio(&a, &point(Backend::FirstTouch, 1, 50.0, 10.0)).1, ">");
+        assert_eq!(
+            ratio(&a, &point(Backend::FirstTouch, 1, 150.0, 10.0)).1,
+            "<"
+        );
+        assert_eq!(
+            ratio(&a, &point(Backend::FirstTouch, 1, 115.0, 10.0)).1,
+            "~"
+        );
+    }
+
+    #[test]
+    fn the_targets_are_judged_from_the_points() {
+        let signal = Backend::Signal(Kind::Copy);
+        let uffd = Backend::Userfaultfd(Readers::One, Kind::Copy);
+        let each = Backend::Userfaultfd(Readers::PerVcpu, Kind::Copy);
+        let points = vec![
+            point(Backend::FirstTouch, 1, 100.0, 1.0),
+            point(signal, 1, 90.0, 1.0),
+            point(uffd, 1, 50.0, 1.0),
+            point(each, 1, 50.0, 1.0),
+            point(Backend::FirstTouch, 2, 200.0, 1.0),
+            point(signal, 2, 150.0, 1.0),
+            point(uffd, 2, 10.0, 1.0),
+            point(each, 2, 100.0, 1.0),
+        ];
+        let lines = targets(&points);
+        assert!(
+            lines[0].contains("1: 90%, 2: 75%") && lines[0].ends_with("NOT met"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].contains("15.00x") && lines[1].ends_with(": met"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].contains("1.50x") && lines[2].ends_with("NOT met"),
+            "{lines:?}"
+        );
+        assert!(lines[3].ends_with(": met"), "{lines:?}");
+    }
+}
