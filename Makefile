@@ -11,6 +11,7 @@
 #   make bench      muserload against userfaultfd in the plain (non-debug) guest
 #   make bench-profile  where each bench case's time goes, sampled with perf (ONLY=group)
 #   make bench-migrate  the loader's migrations: downtime and total time by size and kind
+#   make bench-vcpus    demand paging of a nested VM whose vCPUs fault at once (COUNTS=)
 #   make shell      a shell in the guest (FLAVOUR=debug|leakcheck|plain)
 #   make kernel     build the FLAVOUR kernel (default debug)
 #   make prereqs    install what the build needs (Debian 12, root)
@@ -18,7 +19,8 @@
 
 FLAVOUR ?= debug
 
-.PHONY: all module test test-2vm fuzz demo bench bench-profile bench-migrate shell kernel prereqs clean
+.PHONY: all module test test-2vm fuzz demo bench bench-profile bench-migrate bench-vcpus shell \
+	kernel prereqs clean
 
 all: module
 
@@ -50,6 +52,9 @@ bench-profile:
 
 bench-migrate:
 	@vm/bench-migrate.sh
+
+bench-vcpus:
+	@vm/bench-vcpus.sh
 
 shell:
 	@FLAVOUR=$(FLAVOUR) vm/shell.sh

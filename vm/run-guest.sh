@@ -4,8 +4,8 @@
 #
 #   vm/run-guest.sh MODE KDIR MODULE PAYLOAD LOG
 #
-# MODE     test (run vm/guest/run-tests, KTAP on stdout), demo, bench, 2vm, fuzz, or shell
-#          (interactive)
+# MODE     test (run vm/guest/run-tests, KTAP on stdout), demo, bench, bench-migrate,
+#          bench-vcpus, 2vm, fuzz, or shell (interactive)
 # KDIR     a built kernel tree (vm/build-kernel.sh)
 # MODULE   muserload.ko built against it
 # PAYLOAD  a directory whose tests/ and bin/ go into the guest's /tests and /bin
@@ -34,7 +34,8 @@ mkdir -p "$root"/{bin,lib,tests,proc,sys,dev,tmp}
 cp /bin/busybox "$root/bin/busybox"
 cp "$here/guest/init" "$root/init"
 cp "$here/guest/run-tests" "$here/guest/run-demo" "$here/guest/run-bench" \
-	"$here/guest/run-bench-migrate" "$here/guest/run-fuzz" "$here/guest/run-2vm" "$root/bin/"
+	"$here/guest/run-bench-migrate" "$here/guest/run-bench-vcpus" "$here/guest/run-fuzz" \
+	"$here/guest/run-2vm" "$root/bin/"
 cp "$module" "$root/lib/muserload.ko"
 [[ -d "$payload/tests" ]] && cp -a "$payload/tests/." "$root/tests/"
 [[ -d "$payload/bin" ]] && cp -a "$payload/bin/." "$root/bin/"
