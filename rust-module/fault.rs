@@ -56,7 +56,7 @@ pub(crate) fn handle(object: Arc<Object>, fault: Fault) -> FaultResult {
     match layout.region(fault.offset()) {
         None => FaultResult::SigBus,
         Some(Region::Staging(index)) => {
-            let mut pages = object.pages.lock();
+            let mut pages = object.lock_pages();
             map_or_zero_fill(&mut pages.staging[index], &fault)
         }
         Some(Region::Guest(index)) => guest(&object, layout, index, fault),
@@ -78,7 +78,7 @@ fn map_or_zero_fill(slot: &mut Option<Page>, fault: &Fault) -> FaultResult {
 }
 
 fn guest(object: &Arc<Object>, layout: &Layout, index: usize, fault: Fault) -> FaultResult {
-    let mut pages = object.pages.lock();
+    let mut pages = object.lock_pages();
     let state = layout.states.get(&pages, index);
     let Some(mode) = state.armed() else {
         return map_or_zero_fill(&mut pages.guest[index], &fault);

@@ -35,6 +35,7 @@
 
 use crate::{
     anon_file::PrivateMapping,
+    clock::LocalInstant,
     events::EventQueue,
     layout::Layout,
     memcg::{
@@ -72,6 +73,7 @@ use kernel::{
         Arc,
         ArcBorrow,
         Mutex,
+        MutexGuard,
         SetOnce, //
     },
     uaccess::UserSlice,
@@ -90,9 +92,10 @@ pub(crate) struct Pages {
 /// One open of `/dev/muserload`.
 #[pin_data]
 pub(crate) struct Object {
-    /// The pages. See the lock order at the top of this file.
+    /// The pages. See the lock order at the top of this file. Taken only through
+    /// [`Object::lock_pages`], which counts its contention.
     #[pin]
-    pub(crate) pages: Mutex<Pages>,
+    pages: Mutex<Pages>,
     /// Set once, by `MUSERLOAD_IOC_SETUP`.
     layout: SetOnce<Layout>,
     /// Queue mode's fault events and their readers.
@@ -148,6 +151,20 @@ impl Object {
             pool <- PagePool::new(),
             refill_work <- new_work!("muserload::Object::refill_work"),
         })
+    }
+
+    /// Takes [`Object::pages`], counting in the statistics whether another thread held it
+    /// and how long taking it then took: the one lock every fault and load of the object
+    /// takes, and so where many vCPUs faulting at once would queue.
+    pub(crate) fn lock_pages(&self) -> MutexGuard<'_, Pages> {
+        if let Some(pages) = self.pages.try_lock() {
+            self.stats.pages_locked(None);
+            return pages;
+        }
+        let start = LocalInstant::now();
+        let pages = self.pages.lock();
+        self.stats.pages_locked(Some(start.elapsed_ns()));
+        pages
     }
 
     /// The layout, once the object is set up.
@@ -226,7 +243,7 @@ impl Object {
         // A kernel thread has no address space to name: nothing to translate.
         let mm = task.mm().ok_or(EINVAL)?;
         let guard = mm.mmap_read_lock();
-        let mut pages = self.pages.lock();
+        let mut pages = self.lock_pages();
         f(&guard, layout, &mut pages)
     }
 
@@ -247,7 +264,7 @@ impl Object {
         let staging_pages = (setup.staging_size >> PAGE_SHIFT) as usize;
 
         // Serialise setups on `pages`: the arrays and the layout go in together.
-        let mut pages = self.pages.lock();
+        let mut pages = self.lock_pages();
         if self.layout().is_some() {
             return Err(EBUSY);
         }

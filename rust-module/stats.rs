@@ -42,6 +42,8 @@ counters! {
     LoadZero,
     Wake,
     Eexist,
+    PagesLockTaken,
+    PagesLockContended,
 }
 
 /// The statistics of one object.
@@ -52,6 +54,7 @@ pub(crate) struct Stats {
     wait_ns_total: Atomic<u64>,
     wait_ns_max: Atomic<u64>,
     wait_hist: [Atomic<u64>; HIST],
+    pages_lock_wait_ns: Atomic<u64>,
 }
 
 impl Stats {
@@ -63,6 +66,7 @@ impl Stats {
             wait_ns_total: Atomic::new(0),
             wait_ns_max: Atomic::new(0),
             wait_hist: [const { Atomic::new(0) }; HIST],
+            pages_lock_wait_ns: Atomic::new(0),
         }
     }
 
@@ -108,6 +112,16 @@ impl Stats {
         self.wait_hist[bucket.min(HIST - 1)].add(1, Relaxed);
     }
 
+    /// The object's page lock was taken; `waited_ns`: it was held by another thread, and
+    /// taking it took that long.
+    pub(crate) fn pages_locked(&self, waited_ns: Option<u64>) {
+        self.add(Counter::PagesLockTaken, 1);
+        if let Some(ns) = waited_ns {
+            self.add(Counter::PagesLockContended, 1);
+            self.pages_lock_wait_ns.add(ns, Relaxed);
+        }
+    }
+
     /// A snapshot for userspace.
     pub(crate) fn snapshot(&self) -> muserload_stats {
         let c = |counter: Counter| self.counters[counter as usize].load(Relaxed);
@@ -127,6 +141,9 @@ impl Stats {
             wait_ns_total: self.wait_ns_total.load(Relaxed),
             wait_ns_max: self.wait_ns_max.load(Relaxed),
             wait_hist: core::array::from_fn(|i| self.wait_hist[i].load(Relaxed)),
+            pages_lock_taken: c(Counter::PagesLockTaken),
+            pages_lock_contended: c(Counter::PagesLockContended),
+            pages_lock_wait_ns: self.pages_lock_wait_ns.load(Relaxed),
         }
     }
 }

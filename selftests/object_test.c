@@ -432,4 +432,42 @@ TEST_F_TIMEOUT(obj, unloaded_never_wraps, 60)
 	EXPECT_GE(GUEST_PAGES, r.worst);
 }
 
+/*
+ * STATS counts every taking of the object's page lock, and the takings that
+ * found it held by another thread, with the time they waited: alone, an arm
+ * and a load take it once each and never wait; arm and load loops in more
+ * threads than CPUs find it held.
+ */
+TEST_F_TIMEOUT(obj, pages_lock_contention_counted, 60)
+{
+	void *(*loops[])(void *) = { arm_loop, arm_loop, load_loop, load_loop };
+	struct race r = { .ml = &self->ml };
+	struct muserload_stats before, after;
+	pthread_t t[4];
+	int i, tries;
+
+	ASSERT_EQ(0, ml_stats(&self->ml, &before));
+	ASSERT_EQ(0, ml_arm(&self->ml, self->ml.guest, PAGE, 0));
+	ASSERT_EQ(0, ml_load(&self->ml, self->ml.guest, NULL, PAGE, MUSERLOAD_LOAD_ZERO, NULL));
+	ASSERT_EQ(0, ml_stats(&self->ml, &after));
+	EXPECT_EQ(before.pages_lock_taken + 2, after.pages_lock_taken);
+	EXPECT_EQ(0, after.pages_lock_contended);
+	EXPECT_EQ(0, after.pages_lock_wait_ns);
+
+	for (i = 0; i < 4; i++)
+		ASSERT_EQ(0, pthread_create(&t[i], NULL, loops[i], &r));
+	/* Until a taking found it held: at most 20 s. */
+	for (tries = 0; tries < 200 && !after.pages_lock_contended; tries++) {
+		usleep(100000);
+		ASSERT_EQ(0, ml_stats(&self->ml, &after));
+	}
+	r.stop = 1;
+	for (i = 0; i < 4; i++)
+		pthread_join(t[i], NULL);
+	ASSERT_EQ(0, ml_stats(&self->ml, &after));
+	EXPECT_LT(0, after.pages_lock_contended);
+	EXPECT_LT(0, after.pages_lock_wait_ns);
+	EXPECT_LE(after.pages_lock_contended, after.pages_lock_taken);
+}
+
 TEST_HARNESS_MAIN
