@@ -27,6 +27,39 @@ use crate::{
     Error, Result,
 };
 
+/// The object's page lock over a run (muserload's `STATS`): the one lock every fault and
+/// load of the object takes.
+#[derive(Clone, Copy, Serialize, Deserialize, Debug, Default)]
+pub struct PagesLock {
+    /// Times taken.
+    pub taken: u64,
+    /// Times found held by another thread.
+    pub contended: u64,
+    /// Time those waited, in nanoseconds.
+    pub wait_ns: u64,
+}
+
+impl PagesLock {
+    fn of(object: &Object) -> Result<Self> {
+        let stats = object.stats()?;
+        Ok(Self {
+            taken: stats.pages_lock_taken,
+            contended: stats.pages_lock_contended,
+            wait_ns: stats.pages_lock_wait_ns,
+        })
+    }
+}
+
+/// A backend's run: each vCPU's, the vCPUs' TSC rate, and muserload's page lock.
+pub struct Outcome {
+    /// Each vCPU's run.
+    pub runs: Vec<VcpuRun>,
+    /// The vCPUs' TSC rate, in kHz.
+    pub tsc_khz: u32,
+    /// The object's page lock (muserload only).
+    pub pages_lock: Option<PagesLock>,
+}
+
 /// Who reads the faults: one thread for the whole VM, or one per vCPU.
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Debug)]
 pub enum Readers {
@@ -93,16 +126,21 @@ impl Backend {
     }
 
     /// Runs `vcpus` vCPUs over slices of `slice_pages` pages on this backend; checks every
-    /// page afterwards. Returns each vCPU's run and the vCPUs' TSC rate.
-    pub fn run(self, vcpus: usize, slice_pages: usize) -> Result<(Vec<VcpuRun>, u32)> {
+    /// page afterwards.
+    pub fn run(self, vcpus: usize, slice_pages: usize) -> Result<Outcome> {
         let pages = vcpus * slice_pages;
         match self {
             Backend::FirstTouch => {
                 let memory = Anon::new(pages * PAGE_SIZE)?;
                 memory.no_huge_pages()?;
-                let runs = run_machine(memory.as_ptr(), vcpus, slice_pages, false, || Ok(()))?;
+                let (runs, tsc_khz) =
+                    run_machine(memory.as_ptr(), vcpus, slice_pages, false, || Ok(()))?;
                 verify(self, memory.as_ptr(), pages, false)?;
-                Ok(runs)
+                Ok(Outcome {
+                    runs,
+                    tsc_khz,
+                    pages_lock: None,
+                })
             }
             Backend::Userfaultfd(readers, kind) => {
                 userfaultfd(self, readers, kind, vcpus, slice_pages)
@@ -156,7 +194,7 @@ fn userfaultfd(
     kind: Kind,
     vcpus: usize,
     slice_pages: usize,
-) -> Result<(Vec<VcpuRun>, u32)> {
+) -> Result<Outcome> {
     let pages = vcpus * slice_pages;
     let source = guest::source(pages);
     let region = Anon::new(pages * PAGE_SIZE)?;
@@ -178,7 +216,7 @@ fn userfaultfd(
         })
         .collect::<Result<Vec<_>>>()?;
     let done = AtomicBool::new(false);
-    let runs = thread::scope(|s| {
+    let (runs, tsc_khz) = thread::scope(|s| {
         let serving: Vec<_> = uffds
             .iter()
             .map(|uffd| {
@@ -197,7 +235,11 @@ fn userfaultfd(
         })
     })?;
     verify(backend, region.as_ptr(), pages, true)?;
-    Ok(runs)
+    Ok(Outcome {
+        runs,
+        tsc_khz,
+        pages_lock: None,
+    })
 }
 
 /// A userfaultfd reader: copies (or moves) in each faulting page until `done`.
@@ -252,7 +294,7 @@ fn queue(
     kind: Kind,
     vcpus: usize,
     slice_pages: usize,
-) -> Result<(Vec<VcpuRun>, u32)> {
+) -> Result<Outcome> {
     let pages = vcpus * slice_pages;
     let source = guest::source(pages);
     let resolvers = match readers {
@@ -272,7 +314,7 @@ fn queue(
     object.arm(&guest, 0, guest.len() as u64, FaultMode::Queue)?;
     // Held for as long as the resolvers run: closing it would abort the object.
     let _events = object.events(false)?;
-    let runs = thread::scope(|s| {
+    let (runs, tsc_khz) = thread::scope(|s| {
         let serving: Vec<_> = (0..resolvers)
             .map(|r| {
                 let (object, guest, source) = (&object, &guest, &source);
@@ -295,7 +337,11 @@ fn queue(
         })
     })?;
     verify(backend, guest.as_ptr(), pages, true)?;
-    Ok(runs)
+    Ok(Outcome {
+        runs,
+        tsc_khz,
+        pages_lock: Some(PagesLock::of(&object)?),
+    })
 }
 
 /// A queue-mode resolver: loads each batch of faults it read in the call that reads the
@@ -390,12 +436,7 @@ fn load_in_handler(address: u64) {
     };
 }
 
-fn signal_mode(
-    backend: Backend,
-    kind: Kind,
-    vcpus: usize,
-    slice_pages: usize,
-) -> Result<(Vec<VcpuRun>, u32)> {
+fn signal_mode(backend: Backend, kind: Kind, vcpus: usize, slice_pages: usize) -> Result<Outcome> {
     let pages = vcpus * slice_pages;
     let (staging_pages, features) = match kind {
         Kind::Copy => (0, features::SIGNAL),
@@ -428,7 +469,11 @@ fn signal_mode(
     });
     signal::install(SIGNAL, load_in_handler)?;
     let memory = installed.target().guest.as_ptr();
-    let runs = run_machine(memory, vcpus, slice_pages, true, || Ok(()))?;
+    let (runs, tsc_khz) = run_machine(memory, vcpus, slice_pages, true, || Ok(()))?;
     verify(backend, memory, pages, true)?;
-    Ok(runs)
+    Ok(Outcome {
+        runs,
+        tsc_khz,
+        pages_lock: Some(PagesLock::of(&installed.target().object)?),
+    })
 }

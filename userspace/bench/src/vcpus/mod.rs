@@ -18,7 +18,8 @@ pub use machine::MachineError;
 pub use plot::plot;
 pub use report::{print, Point};
 
-use machine::{cycles_to_duration, mismatches, VcpuRun};
+use backend::{Outcome, PagesLock};
+use machine::{cycles_to_duration, mismatches};
 use muserload::PAGE_SIZE;
 
 use crate::{Error, Result};
@@ -33,15 +34,18 @@ pub struct Options {
     pub repeat: usize,
 }
 
-/// One case's run: the aggregate and mean per-vCPU rates, and every touch's latency.
+/// One case's run: the aggregate and mean per-vCPU rates, every touch's latency, and
+/// muserload's page lock.
 struct Run {
     pages_per_s: f64,
     per_vcpu_pages_per_s: f64,
     latencies_ns: Vec<u64>,
+    pages_lock: Option<PagesLock>,
 }
 
 impl Run {
-    fn new(runs: &[VcpuRun], slice_pages: usize, tsc_khz: u32) -> Self {
+    fn new(outcome: Outcome, slice_pages: usize) -> Self {
+        let (runs, tsc_khz) = (&outcome.runs, outcome.tsc_khz);
         let start = runs.iter().map(|r| r.start).min();
         let end = runs.iter().map(|r| r.end).max();
         let wall = start.zip(end).map_or(0.0, |(s, e)| (e - s).as_secs_f64());
@@ -61,6 +65,7 @@ impl Run {
             pages_per_s: pages as f64 / wall,
             per_vcpu_pages_per_s: per_vcpu,
             latencies_ns,
+            pages_lock: outcome.pages_lock,
         }
     }
 
@@ -90,15 +95,15 @@ pub fn run(options: &Options) -> Result<Vec<Point>> {
                 backend.name(),
                 options.repeat
             );
-            let (vcpu_runs, tsc_khz) = backend.run(vcpus, slice_pages)?;
-            let wrong = mismatches(&vcpu_runs);
+            let outcome = backend.run(vcpus, slice_pages)?;
+            let wrong = mismatches(&outcome.runs);
             if wrong > 0 {
                 return Err(Error::VcpusGuestMismatch {
                     backend: backend.name(),
                     pages: wrong,
                 });
             }
-            runs.push(Run::new(&vcpu_runs, slice_pages, tsc_khz));
+            runs.push(Run::new(outcome, slice_pages));
         }
     }
     Ok(cases
@@ -119,6 +124,7 @@ pub fn run(options: &Options) -> Result<Vec<Point>> {
                 per_vcpu_pages_per_s: median.per_vcpu_pages_per_s,
                 p50_us: median.latency_us(0.5),
                 p99_us: median.latency_us(0.99),
+                pages_lock: median.pages_lock,
             }
         })
         .collect())

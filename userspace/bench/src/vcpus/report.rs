@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::backend::{Backend, Readers};
+use super::backend::{Backend, PagesLock, Readers};
 use crate::roundtrip::Kind;
 
 /// One backend at one vCPU count: the repetition with the median aggregate rate.
@@ -30,6 +30,8 @@ pub struct Point {
     pub p50_us: f64,
     /// The 99th percentile touch.
     pub p99_us: f64,
+    /// muserload's page lock over the run.
+    pub pages_lock: Option<PagesLock>,
 }
 
 /// How `a`'s rate compares with `b`'s, and whether it is called: ">" (faster in every pair
@@ -78,8 +80,16 @@ pub fn print(points: &[Point], slice_mib: usize, repeat: usize) {
             n * slice_mib * 256
         );
         println!(
-            "{:<40} {:>10} {:>21} {:>10} {:>8} {:>9} {:>9}",
-            "backend", "pages/s", "[min, max]", "per vCPU", "/ceiling", "p50 us", "p99 us"
+            "{:<40} {:>10} {:>21} {:>10} {:>8} {:>9} {:>9} {:>10} {:>11}",
+            "backend",
+            "pages/s",
+            "[min, max]",
+            "per vCPU",
+            "/ceiling",
+            "p50 us",
+            "p99 us",
+            "lock held",
+            "lock wait"
         );
         let top = find(points, n, ceiling);
         for p in points.iter().filter(|p| p.vcpus == n) {
@@ -117,7 +127,9 @@ pub fn print(points: &[Point], slice_mib: usize, repeat: usize) {
     println!(
         "# each case {repeat} times, interleaved; pages/s: the median run, [min, max] beside; \
          a ratio is called (> faster, < slower) only when the runs' ranges do not overlap \
-         (~: they do); latencies as each vCPU's TSC measured its touches"
+         (~: they do); latencies as each vCPU's TSC measured its touches; lock held: the \
+         share of the object's page lock's takings that found it held by another thread, \
+         lock wait: the time they waited, per page (muserload's STATS)"
     );
 }
 
@@ -206,6 +218,7 @@ mod tests {
             per_vcpu_pages_per_s: rate / vcpus as f64,
             p50_us: 0.0,
             p99_us: 0.0,
+            pages_lock: None,
         }
     }
 
