@@ -60,6 +60,23 @@ pub struct Outcome {
     pub pages_lock: Option<PagesLock>,
 }
 
+/// The VM a case runs: its vCPUs, each one's slice, and how long they may take.
+#[derive(Clone, Copy)]
+pub struct Shape {
+    /// The vCPUs.
+    pub vcpus: usize,
+    /// Pages per vCPU.
+    pub slice_pages: usize,
+    /// How long the vCPUs may take before those not done count as stuck.
+    pub deadline: Duration,
+}
+
+impl Shape {
+    fn pages(self) -> usize {
+        self.vcpus * self.slice_pages
+    }
+}
+
 /// Who reads the faults: one thread for the whole VM, or one per vCPU.
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Debug)]
 pub enum Readers {
@@ -125,16 +142,14 @@ impl Backend {
         matches!(self, Backend::Queue(..) | Backend::Signal(_))
     }
 
-    /// Runs `vcpus` vCPUs over slices of `slice_pages` pages on this backend; checks every
-    /// page afterwards.
-    pub fn run(self, vcpus: usize, slice_pages: usize) -> Result<Outcome> {
-        let pages = vcpus * slice_pages;
+    /// Runs the VM `shape` says on this backend; checks every page afterwards.
+    pub fn run(self, shape: Shape) -> Result<Outcome> {
+        let pages = shape.pages();
         match self {
             Backend::FirstTouch => {
                 let memory = Anon::new(pages * PAGE_SIZE)?;
                 memory.no_huge_pages()?;
-                let (runs, tsc_khz) =
-                    run_machine(memory.as_ptr(), vcpus, slice_pages, false, || Ok(()))?;
+                let (runs, tsc_khz) = run_machine(memory.as_ptr(), shape, false, || Ok(()))?;
                 verify(self, memory.as_ptr(), pages, false)?;
                 Ok(Outcome {
                     runs,
@@ -142,11 +157,9 @@ impl Backend {
                     pages_lock: None,
                 })
             }
-            Backend::Userfaultfd(readers, kind) => {
-                userfaultfd(self, readers, kind, vcpus, slice_pages)
-            }
-            Backend::Queue(readers, kind) => queue(self, readers, kind, vcpus, slice_pages),
-            Backend::Signal(kind) => signal_mode(self, kind, vcpus, slice_pages),
+            Backend::Userfaultfd(readers, kind) => userfaultfd(self, readers, kind, shape),
+            Backend::Queue(readers, kind) => queue(self, readers, kind, shape),
+            Backend::Signal(kind) => signal_mode(self, kind, shape),
         }
     }
 }
@@ -155,15 +168,15 @@ impl Backend {
 /// (or failed).
 fn run_machine(
     memory: *mut u8,
-    vcpus: usize,
-    slice_pages: usize,
+    shape: Shape,
     loaded: bool,
     stop: impl FnOnce() -> Result<()>,
 ) -> Result<(Vec<VcpuRun>, u32)> {
-    let ran = Machine::new(memory, vcpus, slice_pages, loaded).and_then(|mut machine| {
-        let runs = machine.run()?;
-        Ok((runs, machine.tsc_khz()))
-    });
+    let ran =
+        Machine::new(memory, shape.vcpus, shape.slice_pages, loaded).and_then(|mut machine| {
+            let runs = machine.run(shape.deadline)?;
+            Ok((runs, machine.tsc_khz()))
+        });
     stop()?;
     ran
 }
@@ -188,14 +201,11 @@ const POLL: Duration = Duration::from_millis(50);
 /// Staging slots per serving thread (a moved slot is refilled by the next write to it).
 const STAGING_SLOTS: usize = 64;
 
-fn userfaultfd(
-    backend: Backend,
-    readers: Readers,
-    kind: Kind,
-    vcpus: usize,
-    slice_pages: usize,
-) -> Result<Outcome> {
-    let pages = vcpus * slice_pages;
+fn userfaultfd(backend: Backend, readers: Readers, kind: Kind, shape: Shape) -> Result<Outcome> {
+    let Shape {
+        vcpus, slice_pages, ..
+    } = shape;
+    let pages = shape.pages();
     let source = guest::source(pages);
     let region = Anon::new(pages * PAGE_SIZE)?;
     region.no_huge_pages()?;
@@ -224,7 +234,7 @@ fn userfaultfd(
                 s.spawn(move || serve_uffd(uffd, region, source, kind, done))
             })
             .collect();
-        run_machine(region.as_ptr(), vcpus, slice_pages, true, || {
+        run_machine(region.as_ptr(), shape, true, || {
             done.store(true, Ordering::Release);
             for reader in serving {
                 reader
@@ -288,18 +298,12 @@ fn serve_uffd(
     Ok(())
 }
 
-fn queue(
-    backend: Backend,
-    readers: Readers,
-    kind: Kind,
-    vcpus: usize,
-    slice_pages: usize,
-) -> Result<Outcome> {
-    let pages = vcpus * slice_pages;
+fn queue(backend: Backend, readers: Readers, kind: Kind, shape: Shape) -> Result<Outcome> {
+    let pages = shape.pages();
     let source = guest::source(pages);
     let resolvers = match readers {
         Readers::One => 1,
-        Readers::PerVcpu => vcpus,
+        Readers::PerVcpu => shape.vcpus,
     };
     let staging_pages = match kind {
         Kind::Copy => 0,
@@ -327,7 +331,7 @@ fn queue(
                 })
             })
             .collect();
-        run_machine(guest.as_ptr(), vcpus, slice_pages, true, || {
+        run_machine(guest.as_ptr(), shape, true, || {
             // The vCPUs are done (or failed): the resolvers, waiting for faults, end.
             object.abort()?;
             for resolver in serving {
@@ -436,8 +440,11 @@ fn load_in_handler(address: u64) {
     };
 }
 
-fn signal_mode(backend: Backend, kind: Kind, vcpus: usize, slice_pages: usize) -> Result<Outcome> {
-    let pages = vcpus * slice_pages;
+fn signal_mode(backend: Backend, kind: Kind, shape: Shape) -> Result<Outcome> {
+    let Shape {
+        vcpus, slice_pages, ..
+    } = shape;
+    let pages = shape.pages();
     let (staging_pages, features) = match kind {
         Kind::Copy => (0, features::SIGNAL),
         Kind::Move => (vcpus, features::SIGNAL | features::MOVE),
@@ -469,7 +476,7 @@ fn signal_mode(backend: Backend, kind: Kind, vcpus: usize, slice_pages: usize) -
     });
     signal::install(SIGNAL, load_in_handler)?;
     let memory = installed.target().guest.as_ptr();
-    let (runs, tsc_khz) = run_machine(memory, vcpus, slice_pages, true, || Ok(()))?;
+    let (runs, tsc_khz) = run_machine(memory, shape, true, || Ok(()))?;
     verify(backend, memory, pages, true)?;
     Ok(Outcome {
         runs,

@@ -4,7 +4,10 @@
 //! No interrupt controller: nothing interrupts the loop, and its end is a port write.
 
 use std::{
-    sync::Barrier,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc, Barrier,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -12,7 +15,13 @@ use std::{
 use kvm_bindings::{kvm_segment, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use muserload::PAGE_SIZE;
-use nix::errno::Errno;
+use nix::{
+    errno::Errno,
+    sys::{
+        pthread::{pthread_kill, pthread_self, Pthread},
+        signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal},
+    },
+};
 
 use super::guest::{self, CODE, CODE_GPA, DONE_PORT, LOG_GPA, MISMATCH};
 use crate::{anon::Anon, Error, Result};
@@ -28,6 +37,14 @@ pub enum MachineError {
         /// Its error.
         #[source]
         source: kvm_ioctls::Error,
+    },
+    /// vCPUs were not done by the deadline.
+    #[error("vCPUs stuck after {seconds} s: {vcpus}")]
+    Stuck {
+        /// The deadline.
+        seconds: u64,
+        /// Each one, and how far it got.
+        vcpus: String,
     },
     /// A vCPU exited in a way the loop never makes it.
     #[error("vCPU {vcpu} exited unexpectedly: {exit}")]
@@ -122,45 +139,146 @@ impl Machine {
     }
 
     /// Runs every vCPU in a thread of its own until the loop is done, all starting
-    /// together. Returns each vCPU's run.
-    pub fn run(&mut self) -> Result<Vec<VcpuRun>> {
-        let start = Barrier::new(self.vcpus.len());
-        let (start, vcpus) = (&start, &mut self.vcpus);
+    /// together. Returns each vCPU's run; [`MachineError::Stuck`] if some are not done by
+    /// `deadline` (their threads are kicked out of `KVM_RUN` first): a case that hangs ends
+    /// the run with where its vCPUs stopped, long before the guest's timeout.
+    pub fn run(&mut self, deadline: Duration) -> Result<Vec<VcpuRun>> {
+        let n = self.vcpus.len();
+        install_kick()?;
+        let start = Barrier::new(n);
+        let abandon = AtomicBool::new(false);
+        let (done_tx, done_rx) = mpsc::channel::<usize>();
+        let pthreads: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+        let (start, abandon, pthreads, vcpus) = (&start, &abandon, &pthreads, &mut self.vcpus);
         let runs = thread::scope(|s| {
             let threads: Vec<_> = vcpus
                 .iter_mut()
                 .enumerate()
                 .map(|(id, vcpu)| {
-                    s.spawn(move || -> Result<(Instant, Instant)> {
-                        start.wait();
-                        let began = Instant::now();
-                        run_loop(vcpu, id)?;
-                        Ok((began, Instant::now()))
-                    })
+                    let done = done_tx.clone();
+                    // Ok(Err(where)): abandoned, and where the vCPU stood.
+                    s.spawn(
+                        move || -> Result<std::result::Result<(Instant, Instant), String>> {
+                            pthreads[id].store(pthread_self() as usize, Ordering::Release);
+                            start.wait();
+                            let began = Instant::now();
+                            let finished = run_loop(vcpu, id, abandon);
+                            let _ = done.send(id);
+                            if finished? {
+                                return Ok(Ok((began, Instant::now())));
+                            }
+                            Ok(Err(whereabouts(vcpu)))
+                        },
+                    )
                 })
                 .collect();
+            await_or_kick(n, deadline, &done_rx, abandon, pthreads);
             threads
                 .into_iter()
                 .map(|t| t.join().map_err(|_| Error::Thread("vCPU"))?)
                 .collect::<Result<Vec<_>>>()
         })?;
         let log = self.log.as_ptr().cast::<u32>();
+        let cycles = |id: usize| -> Vec<u32> {
+            (0..self.slice_pages)
+                // SAFETY: The log holds `slice_pages` entries per vCPU, and no vCPU runs
+                // any more.
+                .map(|i| unsafe { log.add(id * self.slice_pages + i).read_volatile() })
+                .collect()
+        };
+        if runs.iter().any(std::result::Result::is_err) {
+            // A logged touch is never 0 cycles: the entries before the first 0 are done.
+            let stuck = runs
+                .iter()
+                .enumerate()
+                .filter_map(|(id, run)| run.as_ref().err().map(|at| (id, at)))
+                .map(|(id, at)| {
+                    let touched = cycles(id).iter().take_while(|&&c| c != 0).count();
+                    format!(
+                        "vCPU {id} after {touched} of {} pages ({at})",
+                        self.slice_pages
+                    )
+                })
+                .collect::<Vec<_>>();
+            return Err(MachineError::Stuck {
+                seconds: deadline.as_secs(),
+                vcpus: stuck.join(", "),
+            }
+            .into());
+        }
         Ok(runs
             .into_iter()
             .enumerate()
-            .map(|(id, (start, end))| VcpuRun {
-                start,
-                end,
-                cycles: (0..self.slice_pages)
-                    // SAFETY: The log holds `slice_pages` entries per vCPU, and no vCPU
-                    // runs any more.
-                    .map(|i| unsafe { log.add(id * self.slice_pages + i).read_volatile() })
-                    .collect(),
+            .filter_map(|(id, run)| {
+                run.ok().map(|(start, end)| VcpuRun {
+                    start,
+                    end,
+                    cycles: cycles(id),
+                })
             })
             .collect())
     }
 }
 
+/// The signal that kicks a stuck vCPU's thread out of `KVM_RUN` (signal mode's is SIGUSR1).
+const KICK: Signal = Signal::SIGUSR2;
+
+extern "C" fn kicked(_: nix::libc::c_int) {}
+
+/// Installs [`KICK`]'s handler, which does nothing: the signal only makes `KVM_RUN` (and a
+/// fault it waits in) return `EINTR`. Without `SA_RESTART`.
+fn install_kick() -> Result<()> {
+    let action = SigAction::new(
+        SigHandler::Handler(kicked),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: The handler does nothing, which is async-signal-safe.
+    unsafe { sigaction(KICK, &action) }.map_err(|errno| Error::Sys {
+        op: "sigaction",
+        errno,
+    })?;
+    Ok(())
+}
+
+/// Waits until all `n` vCPUs said they are done or `deadline` passed; then tells those
+/// still running to give up and kicks them until they have.
+fn await_or_kick(
+    n: usize,
+    deadline: Duration,
+    done: &mpsc::Receiver<usize>,
+    abandon: &AtomicBool,
+    pthreads: &[AtomicUsize],
+) {
+    let deadline = Instant::now() + deadline;
+    let mut finished = vec![false; n];
+    let mut left = n;
+    while left > 0 {
+        match done.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(id) => {
+                finished[id] = true;
+                left -= 1;
+            }
+            Err(_) => break,
+        }
+    }
+    if left == 0 {
+        return;
+    }
+    abandon.store(true, Ordering::Release);
+    while left > 0 {
+        for (id, pthread) in pthreads.iter().enumerate() {
+            if !finished[id] {
+                // ESRCH (the thread ended meanwhile) is no error.
+                let _ = pthread_kill(pthread.load(Ordering::Acquire) as Pthread, KICK);
+            }
+        }
+        while let Ok(id) = done.recv_timeout(Duration::from_millis(10)) {
+            finished[id] = true;
+            left -= 1;
+        }
+    }
+}
 /// Puts `vcpu` at the loop's start over slice `id`: flat 32-bit segments, paging off.
 fn enter_loop(vcpu: &VcpuFd, id: usize, slice_pages: usize, loaded: bool) -> Result<()> {
     let mut sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
@@ -202,12 +320,13 @@ fn enter_loop(vcpu: &VcpuFd, id: usize, slice_pages: usize, loaded: bool) -> Res
     vcpu.set_regs(&regs).map_err(kvm("KVM_SET_REGS"))
 }
 
-/// Runs `vcpu` until the loop writes to its port. A signal (signal mode's fault, loaded
-/// by the handler) makes KVM_RUN return `EINTR`; entering again retries the access.
-fn run_loop(vcpu: &mut VcpuFd, id: usize) -> Result<()> {
+/// Runs `vcpu` until the loop writes to its port: `true`; `false` if told to `abandon`
+/// it. A signal (signal mode's fault, loaded by the handler, or a kick) makes KVM_RUN
+/// return `EINTR`; entering again retries the access.
+fn run_loop(vcpu: &mut VcpuFd, id: usize, abandon: &AtomicBool) -> Result<bool> {
     loop {
         match vcpu.run() {
-            Ok(VcpuExit::IoOut(DONE_PORT, _)) => return Ok(()),
+            Ok(VcpuExit::IoOut(DONE_PORT, _)) => return Ok(true),
             Ok(exit) => {
                 return Err(MachineError::Exit {
                     vcpu: id,
@@ -215,7 +334,11 @@ fn run_loop(vcpu: &mut VcpuFd, id: usize) -> Result<()> {
                 }
                 .into())
             }
-            Err(e) if e.errno() == Errno::EINTR as i32 || e.errno() == Errno::EAGAIN as i32 => {}
+            Err(e) if e.errno() == Errno::EINTR as i32 || e.errno() == Errno::EAGAIN as i32 => {
+                if abandon.load(Ordering::Acquire) {
+                    return Ok(false);
+                }
+            }
             Err(source) => {
                 return Err(MachineError::Kvm {
                     op: "KVM_RUN",
@@ -224,6 +347,18 @@ fn run_loop(vcpu: &mut VcpuFd, id: usize) -> Result<()> {
                 .into())
             }
         }
+    }
+}
+
+/// Where an abandoned vCPU stood in the loop: the instruction, the page it was touching
+/// (ESI) and how many were left (ECX).
+fn whereabouts(vcpu: &VcpuFd) -> String {
+    match vcpu.get_regs() {
+        Ok(regs) => format!(
+            "RIP {:#x}, ESI {:#x}, ECX {}",
+            regs.rip, regs.rsi as u32, regs.rcx as u32
+        ),
+        Err(e) => format!("registers unreadable: {e}"),
     }
 }
 

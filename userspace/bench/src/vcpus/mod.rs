@@ -11,10 +11,11 @@ mod machine;
 mod plot;
 mod report;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-pub use backend::Backend;
+pub use backend::{Backend, Shape};
 pub use machine::MachineError;
+
 pub use plot::plot;
 pub use report::{print, Point};
 
@@ -32,6 +33,8 @@ pub struct Options {
     pub vcpus: Vec<usize>,
     /// How many times every case runs.
     pub repeat: usize,
+    /// How long a case's vCPUs may take before those not done count as stuck.
+    pub deadline: Duration,
 }
 
 /// One case's run: the aggregate and mean per-vCPU rates, every touch's latency, and
@@ -88,14 +91,27 @@ pub fn run(options: &Options) -> Result<Vec<Point>> {
         .flat_map(|&n| Backend::ALL.map(|b| (n, b)))
         .collect();
     let mut runs: Vec<Vec<Run>> = cases.iter().map(|_| Vec::new()).collect();
+    let mut stuck: Vec<Vec<String>> = cases.iter().map(|_| Vec::new()).collect();
     for repetition in 1..=options.repeat {
-        for (&(vcpus, backend), runs) in cases.iter().zip(&mut runs) {
+        for ((&(vcpus, backend), runs), stuck) in cases.iter().zip(&mut runs).zip(&mut stuck) {
             eprintln!(
                 "# {vcpus} vCPUs, {} ({repetition}/{})",
                 backend.name(),
                 options.repeat
             );
-            let outcome = backend.run(vcpus, slice_pages)?;
+            let outcome = match backend.run(Shape {
+                vcpus,
+                slice_pages,
+                deadline: options.deadline,
+            }) {
+                // Its vCPUs were kicked out and the VM is gone: the other cases go on.
+                Err(Error::Machine(e @ MachineError::Stuck { .. })) => {
+                    eprintln!("# {e}");
+                    stuck.push(e.to_string());
+                    continue;
+                }
+                outcome => outcome?,
+            };
             let wrong = mismatches(&outcome.runs);
             if wrong > 0 {
                 return Err(Error::VcpusGuestMismatch {
@@ -109,33 +125,56 @@ pub fn run(options: &Options) -> Result<Vec<Point>> {
     Ok(cases
         .into_iter()
         .zip(runs)
-        .map(|((vcpus, backend), mut runs)| {
-            runs.sort_by(|a, b| a.pages_per_s.total_cmp(&b.pages_per_s));
-            let (low, high) = (runs[0].pages_per_s, runs[runs.len() - 1].pages_per_s);
-            let median = &runs[(runs.len() - 1) / 2];
-            Point {
-                backend,
-                name: backend.name(),
-                vcpus,
-                pages: vcpus * slice_pages,
-                runs: runs.len(),
-                pages_per_s: median.pages_per_s,
-                pages_per_s_range: (low, high),
-                per_vcpu_pages_per_s: median.per_vcpu_pages_per_s,
-                p50_us: median.latency_us(0.5),
-                p99_us: median.latency_us(0.99),
-                pages_lock: median.pages_lock,
-            }
+        .zip(stuck)
+        .map(|(((vcpus, backend), runs), stuck)| {
+            point(backend, vcpus * slice_pages, vcpus, runs, stuck)
         })
         .collect())
 }
 
-/// `--vcpus`'s own arguments: `--slice-mib N`, `--counts N,N,...`, `--repeat N`.
+/// A case's point from its runs: the one with the median aggregate rate, with the range of
+/// all (a case whose every run was stuck has none: rates 0).
+fn point(
+    backend: Backend,
+    pages: usize,
+    vcpus: usize,
+    mut runs: Vec<Run>,
+    stuck: Vec<String>,
+) -> Point {
+    runs.sort_by(|a, b| a.pages_per_s.total_cmp(&b.pages_per_s));
+    let range = runs
+        .first()
+        .zip(runs.last())
+        .map_or((0.0, 0.0), |(low, high)| {
+            (low.pages_per_s, high.pages_per_s)
+        });
+    let median = runs.len().checked_sub(1).map(|last| &runs[last / 2]);
+    Point {
+        backend,
+        name: backend.name(),
+        vcpus,
+        pages,
+        runs: runs.len(),
+        pages_per_s: median.map_or(0.0, |m| m.pages_per_s),
+        pages_per_s_range: range,
+        per_vcpu_pages_per_s: median.map_or(0.0, |m| m.per_vcpu_pages_per_s),
+        p50_us: median.map_or(0.0, |m| m.latency_us(0.5)),
+        p99_us: median.map_or(0.0, |m| m.latency_us(0.99)),
+        pages_lock: median.and_then(|m| m.pages_lock),
+        stuck,
+    }
+}
+
+/// `--vcpus`'s own arguments: `--slice-mib N`, `--counts N,N,...`, `--repeat N`,
+/// `--deadline-s N`.
 pub fn parse(args: &[(String, String)]) -> Result<Options> {
     let mut options = Options {
         slice_mib: 16,
         vcpus: vec![1, 2, 4, 8, 16],
         repeat: 3,
+        // Ten times the slowest case measured (about 60 s at 8 vCPUs), far below the
+        // guest's timeout: a vCPU that hangs ends the run saying where it stopped.
+        deadline: Duration::from_secs(600),
     };
     let bad = |what: &str, value: &str| Error::Usage(format!("bad {what} {value}"));
     for (arg, value) in args {
@@ -153,6 +192,14 @@ pub fn parse(args: &[(String, String)]) -> Result<Options> {
                     .map(|n| n.parse().ok().filter(|&n| (1..=16).contains(&n)))
                     .collect::<Option<Vec<usize>>>()
                     .ok_or_else(|| bad("vCPU counts", value))?
+            }
+            "--deadline-s" => {
+                options.deadline = value
+                    .parse()
+                    .ok()
+                    .filter(|&s| s >= 1)
+                    .map(Duration::from_secs)
+                    .ok_or_else(|| bad("deadline", value))?
             }
             "--repeat" => {
                 options.repeat = value
@@ -187,6 +234,40 @@ mod tests {
     }
 
     #[test]
+    fn a_case_stuck_in_every_run_has_no_figures_but_says_why() {
+        let p = point(
+            Backend::FirstTouch,
+            64,
+            2,
+            Vec::new(),
+            vec!["vCPU 1".into()],
+        );
+        assert_eq!(
+            (p.runs, p.pages_per_s, p.pages_per_s_range),
+            (0, 0.0, (0.0, 0.0))
+        );
+        assert_eq!(p.stuck, ["vCPU 1"]);
+        let run = |rate| Run {
+            pages_per_s: rate,
+            per_vcpu_pages_per_s: rate / 2.0,
+            latencies_ns: vec![1000, 2000, 3000],
+            pages_lock: None,
+        };
+        let p = point(
+            Backend::FirstTouch,
+            64,
+            2,
+            vec![run(30.0), run(10.0), run(20.0)],
+            vec![],
+        );
+        assert_eq!(
+            (p.runs, p.pages_per_s, p.pages_per_s_range),
+            (3, 20.0, (10.0, 30.0))
+        );
+        assert_eq!((p.p50_us, p.p99_us), (2.0, 2.0));
+    }
+
+    #[test]
     fn arguments_parse_and_bad_ones_are_refused() {
         let o = parse(&args(&[("--counts", "1,4"), ("--slice-mib", "8")])).expect("parses");
         assert_eq!((o.vcpus, o.slice_mib, o.repeat), (vec![1, 4], 8, 3));
@@ -196,6 +277,7 @@ mod tests {
             ("--counts", "1,,2"),
             ("--slice-mib", "65"),
             ("--repeat", "0"),
+            ("--deadline-s", "0"),
             ("--pages", "64"),
         ] {
             assert!(parse(&args(&[bad])).is_err(), "{bad:?}");

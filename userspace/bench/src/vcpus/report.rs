@@ -32,6 +32,9 @@ pub struct Point {
     pub p99_us: f64,
     /// muserload's page lock over the run.
     pub pages_lock: Option<PagesLock>,
+    /// Why each run that has no figures failed: its vCPUs stuck past the deadline.
+    #[serde(default)]
+    pub stuck: Vec<String>,
 }
 
 /// How `a`'s rate compares with `b`'s, and whether it is called: ">" (faster in every pair
@@ -47,17 +50,18 @@ pub fn ratio(a: &Point, b: &Point) -> (f64, &'static str) {
     (a.pages_per_s / b.pages_per_s, verdict)
 }
 
+/// The point of `backend` at `vcpus`, if it has figures (not every run stuck).
 fn find(points: &[Point], vcpus: usize, backend: Backend) -> Option<&Point> {
     points
         .iter()
-        .find(|p| p.vcpus == vcpus && p.backend == backend)
+        .find(|p| p.vcpus == vcpus && p.backend == backend && p.runs > 0)
 }
 
 /// The fastest muserload backend at `vcpus`.
 fn best_muserload(points: &[Point], vcpus: usize) -> Option<&Point> {
     points
         .iter()
-        .filter(|p| p.vcpus == vcpus && p.backend.is_muserload())
+        .filter(|p| p.vcpus == vcpus && p.backend.is_muserload() && p.runs > 0)
         .max_by(|a, b| a.pages_per_s.total_cmp(&b.pages_per_s))
 }
 
@@ -93,6 +97,10 @@ pub fn print(points: &[Point], slice_mib: usize, repeat: usize) {
         );
         let top = find(points, n, ceiling);
         for p in points.iter().filter(|p| p.vcpus == n) {
+            if p.runs == 0 {
+                println!("{:<40} stuck in every run: {}", p.name, p.stuck.join("; "));
+                continue;
+            }
             let of_ceiling = top.map_or(String::from("-"), |t| {
                 let (r, v) = ratio(p, t);
                 format!("{:.0}%{v}", r * 100.0)
@@ -219,6 +227,7 @@ mod tests {
             p50_us: 0.0,
             p99_us: 0.0,
             pages_lock: None,
+            stuck: Vec::new(),
         }
     }
 
@@ -265,5 +274,22 @@ mod tests {
             "{lines:?}"
         );
         assert!(lines[3].ends_with(": met"), "{lines:?}");
+        // A case stuck in every run has no figures: no ratio is made of it.
+        let mut stuck = points.clone();
+        stuck[6] = Point {
+            runs: 0,
+            pages_per_s: 0.0,
+            pages_per_s_range: (0.0, 0.0),
+            ..stuck[6].clone()
+        };
+        let lines = targets(&stuck);
+        assert!(
+            !lines.iter().any(|l| l.contains("userfaultfd, 1 reader:")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains("reader per vCPU")),
+            "{lines:?}"
+        );
     }
 }
