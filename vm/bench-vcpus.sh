@@ -25,9 +25,8 @@ GUEST_CPUS=${GUEST_CPUS:-8} GUEST_TIMEOUT=${GUEST_TIMEOUT:-5400} GUEST_APPEND="$
 sed -n '/^--- bench-vcpus.json ---$/,/^--- end ---$/p' "$raw" | sed '1d;$d' \
 	>"$results/bench-vcpus.json"
 grep -q "\[" "$results/bench-vcpus.json" || { echo "[bench-vcpus] error: no results" >&2; exit 1; }
-sed '/^--- bench-vcpus.json ---$/,$d' "$raw" | grep -v '^# [0-9]* vCPUs, ' \
-	>"$results/bench-vcpus.txt"
 CARGO_TARGET_DIR="$MUSERLOAD_CACHE/target" cargo run -q --release \
 	--manifest-path "$top/userspace/Cargo.toml" -p muserload-bench -- \
-	--plot-vcpus "$results/bench-vcpus.json" "$results/bench-vcpus.svg"
+	--plot-vcpus "$results/bench-vcpus.json" "$results/bench-vcpus.svg" |
+	tee "$results/bench-vcpus.txt"
 echo "[bench-vcpus] results: $results/bench-vcpus.{txt,json,svg}" >&2

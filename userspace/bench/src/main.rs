@@ -13,7 +13,7 @@
 //!
 //! `muserload-bench --vcpus [--counts N,N,...] [--slice-mib N] [--repeat N] [--json FILE]`
 //! (`make bench-vcpus`): demand paging of a nested KVM VM whose vCPUs all fault at once
-//! ([`vcpus`]); `muserload-bench --plot-vcpus RESULTS.json OUT.svg` draws it.
+//! ([`vcpus`]); `muserload-bench --plot-vcpus RESULTS.json OUT.svg` tabulates and draws it.
 
 mod anon;
 mod bulk;
@@ -325,9 +325,10 @@ fn migrations(json: &str, svg: &str) -> Result<()> {
     migrations::plot(&results, svg)
 }
 
-/// `--plot-vcpus RESULTS.json OUT.svg`.
+/// `--plot-vcpus RESULTS.json OUT.svg`: `make bench-vcpus`'s table and picture.
 fn plot_vcpus(json: &str, svg: &str) -> Result<()> {
     let points: Vec<vcpus::Point> = read_json(json)?;
+    vcpus::print(&points);
     vcpus::plot(&points, svg)
 }
 

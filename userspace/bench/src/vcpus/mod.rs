@@ -218,7 +218,7 @@ pub fn parse(args: &[(String, String)]) -> Result<Options> {
 pub fn main(options: &Options) -> Result<(Vec<Point>, f64)> {
     let start = Instant::now();
     let points = run(options)?;
-    print(&points, options.slice_mib, options.repeat);
+    print(&points);
     Ok((points, start.elapsed().as_secs_f64()))
 }
 

@@ -1,6 +1,7 @@
 //! `--vcpus`'s results: a point per backend and vCPU count, the table, the ratios and the
 //! issue's targets checked against them.
 
+use muserload::PAGE_SIZE;
 use serde::{Deserialize, Serialize};
 
 use super::backend::{Backend, PagesLock, Readers};
@@ -74,7 +75,15 @@ fn counts(points: &[Point]) -> Vec<usize> {
 }
 
 /// Prints the table per vCPU count, then the targets.
-pub fn print(points: &[Point], slice_mib: usize, repeat: usize) {
+pub fn print(points: &[Point]) {
+    let slice_mib = points
+        .first()
+        .map_or(0, |p| (p.pages / p.vcpus.max(1) * PAGE_SIZE) >> 20);
+    let repeat = points
+        .iter()
+        .map(|p| p.runs + p.stuck.len())
+        .max()
+        .unwrap_or(0);
     let ceiling = Backend::FirstTouch;
     let uffd_one = Backend::Userfaultfd(Readers::One, Kind::Copy);
     let uffd_each = Backend::Userfaultfd(Readers::PerVcpu, Kind::Copy);
@@ -105,8 +114,17 @@ pub fn print(points: &[Point], slice_mib: usize, repeat: usize) {
                 let (r, v) = ratio(p, t);
                 format!("{:.0}%{v}", r * 100.0)
             });
+            let (held, wait) = p.pages_lock.map_or(("-".into(), "-".into()), |l| {
+                (
+                    format!("{:.1}%", 100.0 * l.contended as f64 / l.taken.max(1) as f64),
+                    format!(
+                        "{:.1} us/pg",
+                        l.wait_ns as f64 / 1000.0 / p.pages.max(1) as f64
+                    ),
+                )
+            });
             println!(
-                "{:<40} {:>10.0} {:>21} {:>10.0} {:>8} {:>9.1} {:>9.1}",
+                "{:<40} {:>10.0} {:>21} {:>10.0} {:>8} {:>9.1} {:>9.1} {:>10} {:>11}",
                 p.name,
                 p.pages_per_s,
                 format!(
@@ -116,8 +134,13 @@ pub fn print(points: &[Point], slice_mib: usize, repeat: usize) {
                 p.per_vcpu_pages_per_s,
                 of_ceiling,
                 p.p50_us,
-                p.p99_us
+                p.p99_us,
+                held,
+                wait
             );
+            for why in &p.stuck {
+                println!("{:<40} a run stuck: {why}", "");
+            }
         }
         if let Some(best) = best_muserload(points, n) {
             for other in [uffd_one, uffd_each] {
