@@ -36,7 +36,8 @@ pub enum Kind {
     Move,
 }
 
-const STAGING_SLOTS: usize = 64;
+/// Staging slots per serving thread (a moved slot is refilled by the next write to it).
+pub const STAGING_SLOTS: usize = 64;
 
 /// Touches every page of `[base, base + pages * PAGE_SIZE)` once, timing each touch:
 /// thread `t` of `threads` takes pages `t`, `t + threads`, ..., so that their faults
@@ -148,6 +149,59 @@ pub fn queue_muserload(pages: usize, kind: Kind, threads: usize) -> Result<Measu
     ))
 }
 
+/// A queue-mode resolver's replies to its last batch of events, which its next
+/// `MUSERLOAD_IOC_RESOLVE` loads: each page copied from `source`, or written into a staging
+/// slot (from `first_slot` on, round [`STAGING_SLOTS`] of them) and moved.
+pub struct Replies<'a> {
+    source: &'a [u8],
+    first_slot: usize,
+    copies: Vec<(u64, &'a [u8])>,
+    moves: Vec<(u64, usize)>,
+    /// Events answered so far.
+    pub received: usize,
+}
+
+impl<'a> Replies<'a> {
+    /// No replies yet, to a batch of up to `batch` events.
+    pub fn new(source: &'a [u8], first_slot: usize, batch: usize) -> Self {
+        Self {
+            source,
+            first_slot,
+            copies: Vec::with_capacity(batch),
+            moves: Vec::with_capacity(batch),
+            received: 0,
+        }
+    }
+
+    /// The loads that reply: moves from `staging` if given, else copies.
+    pub fn loads<'s>(&'s self, staging: Option<&'s mut Staging>) -> Loads<'s> {
+        match staging {
+            Some(staging) => Loads::Move(staging, &self.moves),
+            None => Loads::Copy(&self.copies),
+        }
+    }
+
+    /// Replaces the replies with those to `events`: through `staging` if given.
+    pub fn answer(&mut self, events: &[Event], mut staging: Option<&mut Staging>) -> Result<()> {
+        self.copies.clear();
+        self.moves.clear();
+        for event in events {
+            let start = event.offset as usize;
+            let data = &self.source[start..start + PAGE_SIZE];
+            match staging.as_deref_mut() {
+                Some(staging) => {
+                    let slot = self.first_slot + self.received % STAGING_SLOTS;
+                    staging.slot_mut(slot)?.copy_from_slice(data);
+                    self.moves.push((event.offset, slot));
+                }
+                None => self.copies.push((event.offset, data)),
+            }
+            self.received += 1;
+        }
+        Ok(())
+    }
+}
+
 /// The muserload resolver: serves one event per page of `source`, loading each batch of
 /// events it read in the call that reads the next batch.
 fn serve_events(
@@ -160,16 +214,15 @@ fn serve_events(
     pin(CPU)?;
     let pages = source.len() / PAGE_SIZE;
     let mut batch = [Event::default(); 16];
-    let mut copies: Vec<(u64, &[u8])> = Vec::with_capacity(batch.len());
-    let mut moves: Vec<(u64, usize)> = Vec::with_capacity(batch.len());
-    let mut received = 0;
+    let mut replies = Replies::new(source, 0, batch.len());
+    let mut staging = match kind {
+        Kind::Copy => None,
+        Kind::Move => Some(staging),
+    };
     loop {
-        let loads = match kind {
-            Kind::Copy => Loads::Copy(&copies),
-            Kind::Move => Loads::Move(staging, &moves),
-        };
+        let loads = replies.loads(staging.as_deref_mut());
         // Once every page's event is in, the last loads wait for nothing after them.
-        let wait = received < pages;
+        let wait = replies.received < pages;
         let n = object.resolve(guest, loads, Wake::Now, &mut batch, wait)?;
         if !wait {
             return Ok(());
@@ -177,21 +230,7 @@ fn serve_events(
         if n == 0 {
             return Err(Error::Aborted);
         }
-        copies.clear();
-        moves.clear();
-        for event in &batch[..n] {
-            let start = event.offset as usize;
-            let data = &source[start..start + PAGE_SIZE];
-            match kind {
-                Kind::Copy => copies.push((event.offset, data)),
-                Kind::Move => {
-                    let slot = received % STAGING_SLOTS;
-                    staging.slot_mut(slot)?.copy_from_slice(data);
-                    moves.push((event.offset, slot));
-                }
-            }
-            received += 1;
-        }
+        replies.answer(&batch[..n], staging.as_deref_mut())?;
     }
 }
 
@@ -261,28 +300,39 @@ fn serve_faults(
     while served < pages {
         let n = uffd.next_faults(&mut batch, None)?;
         for &fault in &batch[..n] {
-            let address = fault & !(PAGE_SIZE as u64 - 1);
-            let start = (address - region.addr(0)) as usize;
-            let data = &source[start..start + PAGE_SIZE];
-            match kind {
-                Kind::Copy => uffd.copy(address, data.as_ptr() as u64, PAGE_SIZE as u64)?,
-                Kind::Move => {
-                    let slot = (served % STAGING_SLOTS) * PAGE_SIZE;
-                    // SAFETY: The slot lies in `staging`, which only this thread uses.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            data.as_ptr(),
-                            staging.as_ptr().add(slot),
-                            PAGE_SIZE,
-                        )
-                    };
-                    uffd.move_pages(address, staging.addr(slot), PAGE_SIZE as u64)?;
-                }
-            }
+            fill_fault(uffd, region, staging, source, fault, kind, served)?;
             served += 1;
         }
     }
     Ok(())
+}
+
+/// Fills the page of `region` that faulted at `fault` with its data in `source`:
+/// `UFFDIO_COPY`, or a write into staging slot `served % STAGING_SLOTS` and `UFFDIO_MOVE`.
+/// `staging` is only the calling thread's.
+pub fn fill_fault(
+    uffd: &Userfaultfd,
+    region: &Anon,
+    staging: &Anon,
+    source: &[u8],
+    fault: u64,
+    kind: Kind,
+    served: usize,
+) -> Result<()> {
+    let address = fault & !(PAGE_SIZE as u64 - 1);
+    let start = (address - region.addr(0)) as usize;
+    let data = &source[start..start + PAGE_SIZE];
+    match kind {
+        Kind::Copy => uffd.copy(address, data.as_ptr() as u64, PAGE_SIZE as u64),
+        Kind::Move => {
+            let slot = (served % STAGING_SLOTS) * PAGE_SIZE;
+            // SAFETY: The slot lies in `staging`, which only the calling thread uses.
+            unsafe {
+                std::ptr::copy_nonoverlapping(data.as_ptr(), staging.as_ptr().add(slot), PAGE_SIZE)
+            };
+            uffd.move_pages(address, staging.addr(slot), PAGE_SIZE as u64)
+        }
+    }
 }
 
 /// What the signal handlers load from and into.
@@ -489,6 +539,26 @@ pub fn signal_uffd(pages: usize, kind: Kind) -> Result<Measurement> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_copy_each_events_page_and_count_it() {
+        let source = pattern::source(4);
+        let mut replies = Replies::new(&source, 0, 2);
+        let event = |page: usize| Event {
+            offset: (page * PAGE_SIZE) as u64,
+            ..Event::default()
+        };
+        replies.answer(&[event(3), event(1)], None).expect("copies");
+        replies.answer(&[event(2)], None).expect("copies");
+        assert_eq!(replies.received, 3);
+        let Loads::Copy(copies) = replies.loads(None) else {
+            panic!("copies expected");
+        };
+        assert_eq!(copies.len(), 1, "only the last batch's");
+        assert_eq!(copies[0].0, (2 * PAGE_SIZE) as u64);
+        assert_eq!(copies[0].1, &source[2 * PAGE_SIZE..3 * PAGE_SIZE]);
+    }
     #[test]
     fn uffd_queue_copy() {
         for threads in [1, 4] {

@@ -10,7 +10,7 @@ use std::{
 };
 
 use muserload::{
-    features, signal, Event, FaultMode, GuestMemory, Loads, Object, Staging, Wake, PAGE_SIZE,
+    features, signal, Event, FaultMode, GuestMemory, Object, Staging, Wake, PAGE_SIZE,
 };
 use nix::{errno::Errno, sys::signal::Signal};
 use serde::{Deserialize, Serialize};
@@ -22,7 +22,7 @@ use super::{
 use crate::{
     anon::Anon,
     handler_slot::HandlerSlot,
-    roundtrip::Kind,
+    roundtrip::{fill_fault, Kind, Replies, STAGING_SLOTS},
     uffd::{self, Userfaultfd},
     Error, Result,
 };
@@ -198,8 +198,6 @@ fn verify(backend: Backend, memory: *const u8, pages: usize, loaded: bool) -> Re
 
 /// How long a userfaultfd reader polls before it looks whether the vCPUs are done.
 const POLL: Duration = Duration::from_millis(50);
-/// Staging slots per serving thread (a moved slot is refilled by the next write to it).
-const STAGING_SLOTS: usize = 64;
 
 fn userfaultfd(backend: Backend, readers: Readers, kind: Kind, shape: Shape) -> Result<Outcome> {
     let Shape {
@@ -266,25 +264,7 @@ fn serve_uffd(
     while !done.load(Ordering::Acquire) {
         let n = uffd.next_faults(&mut batch, Some(POLL))?;
         for &fault in &batch[..n] {
-            let address = fault & !(PAGE_SIZE as u64 - 1);
-            let start = (address - region.addr(0)) as usize;
-            let data = &source[start..start + PAGE_SIZE];
-            let filled = match kind {
-                Kind::Copy => uffd.copy(address, data.as_ptr() as u64, PAGE_SIZE as u64),
-                Kind::Move => {
-                    let slot = (served % STAGING_SLOTS) * PAGE_SIZE;
-                    // SAFETY: The slot lies in `staging`, which only this thread uses.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            data.as_ptr(),
-                            staging.as_ptr().add(slot),
-                            PAGE_SIZE,
-                        )
-                    };
-                    uffd.move_pages(address, staging.addr(slot), PAGE_SIZE as u64)
-                }
-            };
-            match filled {
+            match fill_fault(uffd, region, &staging, source, fault, kind, served) {
                 // Another fault on the page, read before the first one's fill: filled.
                 Err(Error::Uffd {
                     errno: Errno::EEXIST,
@@ -327,7 +307,7 @@ fn queue(backend: Backend, readers: Readers, kind: Kind, shape: Shape) -> Result
                         Kind::Copy => None,
                         Kind::Move => Some(object.map_staging()?),
                     };
-                    resolve(object, guest, staging, r * STAGING_SLOTS, source, kind)
+                    resolve(object, guest, staging, r * STAGING_SLOTS, source)
                 })
             })
             .collect();
@@ -357,36 +337,16 @@ fn resolve(
     mut staging: Option<Staging>,
     first_slot: usize,
     source: &[u8],
-    kind: Kind,
 ) -> Result<()> {
     let mut batch = [Event::default(); 16];
-    let mut copies: Vec<(u64, &[u8])> = Vec::with_capacity(batch.len());
-    let mut moves: Vec<(u64, usize)> = Vec::with_capacity(batch.len());
-    let mut received = 0;
+    let mut replies = Replies::new(source, first_slot, batch.len());
     loop {
-        let loads = match (&mut staging, kind) {
-            (Some(staging), Kind::Move) => Loads::Move(staging, &moves),
-            _ => Loads::Copy(&copies),
-        };
+        let loads = replies.loads(staging.as_mut());
         let n = object.resolve(guest, loads, Wake::Now, &mut batch, true)?;
         if n == 0 {
             return Ok(());
         }
-        copies.clear();
-        moves.clear();
-        for event in &batch[..n] {
-            let start = event.offset as usize;
-            let data = &source[start..start + PAGE_SIZE];
-            match &mut staging {
-                Some(staging) => {
-                    let slot = first_slot + received % STAGING_SLOTS;
-                    staging.slot_mut(slot)?.copy_from_slice(data);
-                    moves.push((event.offset, slot));
-                }
-                None => copies.push((event.offset, data)),
-            }
-            received += 1;
-        }
+        replies.answer(&batch[..n], staging.as_mut())?;
     }
 }
 
