@@ -7,7 +7,10 @@
 use plotters::prelude::*;
 use serde::Deserialize;
 
-use crate::{plot::draw_error, Result};
+use crate::{
+    plot::{draw_error, legend, line_with_dots},
+    Result,
+};
 
 /// The load of the Linux guest that leaves most of its RAM untouched.
 pub const UNTOUCHED: &str = "mostly-untouched";
@@ -250,25 +253,14 @@ fn panel(
             } else {
                 color.stroke_width(3)
             };
-            chart
-                .draw_series(LineSeries::new(points.clone(), style))
-                .map_err(draw_error)?
-                .label(format!("{kind}, {load}"))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
-            chart
-                .draw_series(
-                    points
-                        .into_iter()
-                        .map(|p| Circle::new(p, 3, color.filled())),
-                )
-                .map_err(draw_error)?;
+            line_with_dots(
+                &mut chart,
+                points,
+                style,
+                (3, color.filled()),
+                format!("{kind}, {load}"),
+            )?;
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(draw_error)
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)
 }

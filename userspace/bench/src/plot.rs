@@ -20,34 +20,66 @@ pub fn plot(results: &[Measurement], path: &str) -> Result<()> {
     root.present().map_err(draw_error)
 }
 
-/// Draws the series labels in the lower right corner.
-fn legend<'a, CT: plotters::coord::CoordTranslate>(
+/// Draws the series labels at `position`.
+pub(crate) fn legend<'a, CT: plotters::coord::CoordTranslate>(
     chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    position: SeriesLabelPosition,
 ) -> Result<()> {
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(position)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
         .map_err(draw_error)
 }
 
-fn color(implementation: &str, index: usize) -> RGBColor {
-    let muserload = [
+/// Draws `points` as a line in `line` labelled `label`, and a dot of `radius` in `dot` on
+/// each point.
+pub(crate) fn line_with_dots<'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    points: Vec<(X::ValueType, Y::ValueType)>,
+    line: ShapeStyle,
+    dot: (i32, ShapeStyle),
+    label: String,
+) -> Result<()>
+where
+    X: Ranged,
+    Y: Ranged,
+    X::ValueType: Clone + 'static,
+    Y::ValueType: Clone + 'static,
+{
+    chart
+        .draw_series(LineSeries::new(points.clone(), line))
+        .map_err(draw_error)?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], line));
+    let (radius, style) = dot;
+    chart
+        .draw_series(points.into_iter().map(|p| Circle::new(p, radius, style)))
+        .map_err(draw_error)?;
+    Ok(())
+}
+
+/// The `index`th colour of muserload's (blue-ish) or userfaultfd's (red-ish) series.
+pub(crate) fn color(muserload: bool, index: usize) -> RGBColor {
+    let muserload_colors = [
         RGBColor(0, 90, 200),
         RGBColor(0, 160, 220),
         RGBColor(80, 60, 220),
+        RGBColor(0, 130, 120),
+        RGBColor(120, 150, 255),
     ];
-    let uffd = [
+    let uffd_colors = [
         RGBColor(200, 60, 0),
         RGBColor(230, 140, 0),
         RGBColor(170, 0, 90),
+        RGBColor(140, 80, 20),
     ];
-    let palette = if implementation == "muserload" {
-        &muserload
+    let palette: &[RGBColor] = if muserload {
+        &muserload_colors
     } else {
-        &uffd
+        &uffd_colors
     };
     palette[index % palette.len()]
 }
@@ -87,7 +119,7 @@ fn cdfs(
     };
     for m in &round_trips {
         let index = cases.iter().position(|c| *c == m.case).unwrap_or(0);
-        let style = color(&m.implementation, index);
+        let style = color(m.implementation == "muserload", index);
         let n = m.quantiles.len().saturating_sub(1).max(1);
         let points = m
             .quantiles
@@ -100,7 +132,7 @@ fn cdfs(
             .label(format!("{}: {}", m.implementation, m.case))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
-    legend(&mut chart)
+    legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
 fn scaling(
@@ -140,20 +172,15 @@ fn scaling(
         .draw()
         .map_err(draw_error)?;
     for implementation in ["muserload", "userfaultfd"] {
-        let style = color(implementation, 0);
+        let style = color(implementation == "muserload", 0);
         let points = series(implementation);
-        chart
-            .draw_series(LineSeries::new(points.clone(), style.stroke_width(2)))
-            .map_err(draw_error)?
-            .label(implementation)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
-        chart
-            .draw_series(
-                points
-                    .into_iter()
-                    .map(|p| Circle::new(p, 4, style.filled())),
-            )
-            .map_err(draw_error)?;
+        line_with_dots(
+            &mut chart,
+            points,
+            style.stroke_width(2),
+            (4, style.filled()),
+            implementation.to_owned(),
+        )?;
     }
-    legend(&mut chart)
+    legend(&mut chart, SeriesLabelPosition::LowerRight)
 }

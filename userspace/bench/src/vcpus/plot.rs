@@ -4,25 +4,15 @@
 use plotters::prelude::*;
 
 use super::{report::Point, Backend};
-use crate::{plot::draw_error, Result};
+use crate::{
+    plot::{self, draw_error},
+    Result,
+};
 
 fn color(backend: Backend, index: usize) -> RGBColor {
-    let muserload = [
-        RGBColor(0, 90, 200),
-        RGBColor(0, 160, 220),
-        RGBColor(80, 60, 220),
-        RGBColor(0, 130, 120),
-        RGBColor(120, 150, 255),
-    ];
-    let uffd = [
-        RGBColor(200, 60, 0),
-        RGBColor(230, 140, 0),
-        RGBColor(170, 0, 90),
-    ];
     match backend {
         Backend::FirstTouch => BLACK,
-        b if b.is_muserload() => muserload[index % muserload.len()],
-        _ => uffd[index % uffd.len()],
+        b => plot::color(b.is_muserload(), index),
     }
 }
 
@@ -50,10 +40,11 @@ pub fn plot(points: &[Point], path: &str) -> Result<()> {
         .y_desc("aggregate pages per second (median run)")
         .draw()
         .map_err(draw_error)?;
-    let mut backends: Vec<Backend> = points.iter().map(|p| p.backend).collect();
-    backends.dedup();
     let (mut mine, mut theirs) = (0, 0);
-    for backend in Backend::ALL.into_iter().filter(|b| backends.contains(b)) {
+    for backend in Backend::ALL
+        .into_iter()
+        .filter(|&b| points.iter().any(|p| p.backend == b))
+    {
         let index = if backend.is_muserload() {
             &mut mine
         } else {
@@ -67,25 +58,14 @@ pub fn plot(points: &[Point], path: &str) -> Result<()> {
             .map(|p| (p.vcpus as u32, p.pages_per_s))
             .collect();
         series.sort_by_key(|p| p.0);
-        chart
-            .draw_series(LineSeries::new(series.clone(), style.stroke_width(2)))
-            .map_err(draw_error)?
-            .label(backend.name())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
-        chart
-            .draw_series(
-                series
-                    .into_iter()
-                    .map(|p| Circle::new(p, 4, style.filled())),
-            )
-            .map_err(draw_error)?;
+        plot::line_with_dots(
+            &mut chart,
+            series,
+            style.stroke_width(2),
+            (4, style.filled()),
+            backend.name(),
+        )?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(draw_error)?;
+    plot::legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     root.present().map_err(draw_error)
 }
