@@ -160,6 +160,19 @@ struct Options {
     profile: bool,
 }
 
+/// `value` as a number `valid` accepts; a usage error naming it as `what` otherwise.
+pub(crate) fn number<T: std::str::FromStr>(
+    value: &str,
+    what: &str,
+    valid: impl Fn(&T) -> bool,
+) -> Result<T> {
+    value
+        .parse()
+        .ok()
+        .filter(|n| valid(n))
+        .ok_or_else(|| Error::Usage(format!("bad {what} {value}")))
+}
+
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options> {
     let mut options = Options {
         pages: 4096,
@@ -177,20 +190,8 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options> {
             .next()
             .ok_or_else(|| Error::Usage(format!("{arg} needs a value")))?;
         match arg.as_str() {
-            "--pages" => {
-                options.pages = value
-                    .parse()
-                    .ok()
-                    .filter(|&p: &usize| p >= 64 && p % 64 == 0)
-                    .ok_or_else(|| Error::Usage(format!("bad page count {value}")))?;
-            }
-            "--repeat" => {
-                options.repeat = value
-                    .parse()
-                    .ok()
-                    .filter(|&n: &usize| n >= 1)
-                    .ok_or_else(|| Error::Usage(format!("bad repetition count {value}")))?;
-            }
+            "--pages" => options.pages = number(&value, "page count", |&p| p >= 64 && p % 64 == 0)?,
+            "--repeat" => options.repeat = number(&value, "repetition count", |&n| n >= 1)?,
             "--json" => options.json = Some(value),
             "--only" => {
                 options.only = Some(match value.as_str() {

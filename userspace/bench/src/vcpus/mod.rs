@@ -23,7 +23,7 @@ use backend::{Outcome, PagesLock};
 use machine::{cycles_to_duration, mismatches};
 use muserload::PAGE_SIZE;
 
-use crate::{Error, Result};
+use crate::{number, Error, Result};
 
 /// What `--vcpus` runs.
 pub struct Options {
@@ -176,38 +176,22 @@ pub fn parse(args: &[(String, String)]) -> Result<Options> {
         // guest's timeout: a vCPU that hangs ends the run saying where it stopped.
         deadline: Duration::from_secs(600),
     };
-    let bad = |what: &str, value: &str| Error::Usage(format!("bad {what} {value}"));
     for (arg, value) in args {
         match arg.as_str() {
             "--slice-mib" => {
-                options.slice_mib = value
-                    .parse()
-                    .ok()
-                    .filter(|&m| (1..=64).contains(&m))
-                    .ok_or_else(|| bad("slice size", value))?
+                options.slice_mib = number(value, "slice size", |m| (1..=64).contains(m))?
             }
             "--counts" => {
                 options.vcpus = value
                     .split(',')
                     .map(|n| n.parse().ok().filter(|&n| (1..=16).contains(&n)))
                     .collect::<Option<Vec<usize>>>()
-                    .ok_or_else(|| bad("vCPU counts", value))?
+                    .ok_or_else(|| Error::Usage(format!("bad vCPU counts {value}")))?
             }
             "--deadline-s" => {
-                options.deadline = value
-                    .parse()
-                    .ok()
-                    .filter(|&s| s >= 1)
-                    .map(Duration::from_secs)
-                    .ok_or_else(|| bad("deadline", value))?
+                options.deadline = Duration::from_secs(number(value, "deadline", |&s| s >= 1)?)
             }
-            "--repeat" => {
-                options.repeat = value
-                    .parse()
-                    .ok()
-                    .filter(|&n| n >= 1)
-                    .ok_or_else(|| bad("repetition count", value))?
-            }
+            "--repeat" => options.repeat = number(value, "repetition count", |&n| n >= 1)?,
             _ => return Err(Error::Usage(format!("unknown argument {arg} for --vcpus"))),
         }
     }
