@@ -78,44 +78,50 @@ impl Guest {
 
     /// The project's Linux guest: its kernel, its memory workload as init.
     pub fn linux() -> Self {
-        let (kernel, initrd) = (
-            var("MUSERLOAD_LINUX_KERNEL", "/bin/linux-guest-bzImage"),
-            var("MUSERLOAD_LINUX_INITRD", "/bin/linux-guest.cpio.gz"),
-        );
-        let args = [
-            "--kernel",
-            &kernel,
-            "--initrd",
-            &initrd,
+        Self::linux_kernel(
+            ("MUSERLOAD_LINUX_KERNEL", "/bin/linux-guest-bzImage"),
+            ("MUSERLOAD_LINUX_INITRD", "/bin/linux-guest.cpio.gz"),
             // The workload takes half: 64 MiB, as the test guest's.
-            "--mem-mib",
             "128",
-            "--cmdline",
             "workload_mib=64 working_set_mib=8 sweep_mib=8",
-        ];
-        Self::new(&args, None)
+            None,
+        )
     }
 
     /// A stock guest: Debian's kernel, whose init (muserload-guest-init) runs Debian's
     /// `stress-ng` with `stress` (its arguments) and powers off; migrated once stress-ng
     /// runs.
     pub fn stock(stress: &str) -> Self {
-        let (kernel, initrd) = (
-            var("MUSERLOAD_STOCK_KERNEL", "/bin/stock-bzImage"),
-            var("MUSERLOAD_STOCK_INITRD", "/bin/stock-guest.cpio.gz"),
-        );
-        let command = format!("-- stress-ng {stress}");
+        Self::linux_kernel(
+            ("MUSERLOAD_STOCK_KERNEL", "/bin/stock-bzImage"),
+            ("MUSERLOAD_STOCK_INITRD", "/bin/stock-guest.cpio.gz"),
+            "256",
+            &format!("-- stress-ng {stress}"),
+            Some("guest-init: heartbeat"),
+        )
+    }
+
+    /// A Linux guest: the kernel and initramfs that the variables name (`(variable,
+    /// default)`), `mem_mib` of RAM, `cmdline` added to the kernel command line.
+    fn linux_kernel(
+        kernel: (&str, &str),
+        initrd: (&str, &str),
+        mem_mib: &str,
+        cmdline: &str,
+        migrate_on: Option<&'static str>,
+    ) -> Self {
+        let (kernel, initrd) = (var(kernel.0, kernel.1), var(initrd.0, initrd.1));
         let args = [
             "--kernel",
             &kernel,
             "--initrd",
             &initrd,
             "--mem-mib",
-            "256",
+            mem_mib,
             "--cmdline",
-            &command,
+            cmdline,
         ];
-        Self::new(&args, Some("guest-init: heartbeat"))
+        Self::new(&args, migrate_on)
     }
 }
 
