@@ -120,11 +120,19 @@ for sample in 1 2; do
 	echo "info registers -a" >"$root.mon.in"
 	timeout 5 cat "$root.mon.out" | grep -v "(qemu)" || true
 done >"$hang"
+# Whether the kernel took the NMI (vm/wedge.sh weighs it): a kernel that took it panics,
+# prints and ends QEMU (-no-reboot); one that did not leaves its console as it was.
+size=$(stat -c %s "$log" 2>/dev/null || echo 0)
 echo nmi >"$root.mon.in"
 for _ in $(seq 60); do
 	kill -0 "$qemu_pid" 2>/dev/null || break
 	sleep 1
 done
+if kill -0 "$qemu_pid" 2>/dev/null && (($(stat -c %s "$log" 2>/dev/null || echo 0) == size)); then
+	echo "nmi: not taken (in 60 s the console stayed at $size bytes and QEMU ran on)"
+else
+	echo "nmi: taken"
+fi >>"$hang"
 kill "$qemu_pid" 2>/dev/null || true
 wait "$qemu_pid" || true
 exit 124

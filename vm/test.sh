@@ -123,8 +123,9 @@ kernel_of() { # kernel_of FLAVOUR: sets kdir and ko of a built flavour
 # middle of a program (its kernel panicked, wedged or went silent) is followed by a fresh one
 # from the next program. That program runs again first when the evidence clears muserload
 # (vm/wedge.sh: no muserload frame among the trusted stack frames printed after it started,
-# or no stack but a vCPU stuck where QEMU's SVM goes wrong), at most twice: QEMU's emulated
-# SVM has wedged the test kernel on its own, in the stock guest's program in 2 of 4 runs.
+# or no stack but a vCPU stuck where QEMU's SVM goes wrong or an NMI no vCPU took), at most
+# twice: QEMU's emulated SVM has wedged the test kernel on its own, in the stock guest's
+# program in 2 of 4 runs, and in two programs of one run.
 # It fails whenever the evidence does not clear muserload, and on a third boot it ends.
 # Sets p, f, s.
 run_suite() {

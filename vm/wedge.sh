@@ -8,7 +8,7 @@
 # LOG   the boot's serial console log; KDIR its kernel tree (System.map, vmlinux). The vCPU
 #       samples are in LOG's hang file (vm/run-guest.sh), if the host took any.
 #
-# Two kinds of evidence clear muserload:
+# Three kinds of evidence clear muserload:
 # - stacks: the kernel printed stacks after program K started, and no frame the unwinder
 #   trusts has a muserload symbol (the module's, or a Rust symbol of its crate). Frames
 #   marked "? " are not calls: they are stale words the unwinder found on the stack (a vCPU
@@ -18,6 +18,12 @@
 #   right after a VMRUN or STGI (the global interrupt flag's edges, where QEMU has delivered
 #   interrupts it must hold back and has stopped a vCPU), and no vCPU's RIP is outside the
 #   kernel's own text (a module's code).
+# - an NMI no vCPU took: no stack, the host's NMI left the console as it was for 60 s, no
+#   vCPU was on an exception stack (in an NMI handler, which holds the next NMI back) or
+#   outside the kernel's text in either sample. Only the global interrupt flag holds an NMI
+#   back otherwise, and the kernel clears it only around KVM's VMRUN: QEMU's SVM has lost
+#   it (two runs: vCPU 1 halted with interrupts on throughout, vCPU 0 with them off sending
+#   itself a reschedule IPI, then faulting on the kernel's own text in __show_regs).
 set -uo pipefail
 log=$1 k=$2 kdir=$3
 hang="${log%.log}-hang.txt"
@@ -56,15 +62,21 @@ before() { # before RIP START: the mnemonic of the instruction that ends at RIP
 	echo "no stack and no vCPU sample: nothing clears muserload"
 	exit 1
 }
-declare -A first last
-while read -r sample cpu rip; do
+declare -A first=() last=() stack=()
+while read -r sample cpu rip rsp; do
 	[[ "$sample" == 1 ]] && first[$cpu]=$rip
 	[[ "$sample" == 2 ]] && last[$cpu]=$rip
+	[[ "$rsp" == fffffe* ]] && stack[$cpu]=$rsp
 done < <(awk '/^sample / { s = $2 } /^CPU#/ { c = substr($1, 5) }
-	match($0, /RIP=[0-9a-f]+/) { print s, c, substr($0, RSTART + 4, RLENGTH - 4) }' "$hang")
+	match($0, /RSP=[0-9a-f]+/) { sp = substr($0, RSTART + 4, RLENGTH - 4) }
+	match($0, /RIP=[0-9a-f]+/) { print s, c, substr($0, RSTART + 4, RLENGTH - 4), sp }' "$hang")
 stuck="" foreign=""
 for cpu in $(printf '%s\n' "${!first[@]}" | sort -n); do
 	rip=${first[$cpu]} name="" start=""
+	if [[ -n "${last[$cpu]:-}" && -z "$(symbol "${last[$cpu]}")" ]]; then
+		echo "vCPU $cpu: RIP ${last[$cpu]} in the second sample, outside the kernel's text"
+		foreign=1
+	fi
 	read -r name start < <(symbol "$rip")
 	if [[ -z "$name" ]]; then
 		echo "vCPU $cpu: RIP $rip, outside the kernel's text"
@@ -85,5 +97,20 @@ if [[ -n "$stuck" ]]; then
 	echo "a vCPU stuck right after VMRUN or STGI: QEMU's SVM"
 	exit 0
 fi
-echo "no stack and no vCPU stuck right after VMRUN or STGI: nothing clears muserload"
+# The NMI: a kernel holds one back only while it runs an NMI (or another IST) handler, on
+# the cpu_entry_area stacks; otherwise only the global interrupt flag does, which the
+# kernel clears only for KVM's VMRUN, a few instructions before setting it again.
+grep -h '^nmi: ' "$hang"
+if grep -q '^nmi: not taken' "$hang"; then
+	if ((${#stack[@]})); then
+		for cpu in "${!stack[@]}"; do
+			echo "vCPU $cpu: RSP ${stack[$cpu]}, on an exception stack (an NMI handler?)"
+		done
+		echo "the NMI was held back by a handler: nothing clears muserload"
+		exit 1
+	fi
+	echo "no vCPU took the NMI, none in a handler or a module's code: QEMU's SVM"
+	exit 0
+fi
+echo "no stack, no vCPU stuck right after VMRUN or STGI, the NMI taken: nothing clears muserload"
 exit 1
