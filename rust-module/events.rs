@@ -13,8 +13,8 @@
 //!
 //! # Locking
 //!
-//! The lock order is at the top of `object.rs`. `queue` is taken inside `Object::pages` by
-//! the fault path (to queue an event) and alone
+//! The lock order is at the top of `object.rs`. `queue` is taken inside a guest slot's lock
+//! by the fault path (to queue an event) and alone
 //! by readers, and only for short, non-faulting work. Any number of readers (threads calling
 //! `read()` or `MUSERLOAD_IOC_RESOLVE`) share the descriptor: a reader takes its events out
 //! of the queue under `queue`, so each event goes to one reader, and copies them to its
@@ -172,7 +172,7 @@ impl EventQueue {
         })
     }
 
-    /// Queues `event` and wakes readers. Called with `Object::pages` held.
+    /// Queues `event` and wakes readers. Called with the faulting page's slot locked.
     pub(crate) fn push(&self, event: muserload_event) -> Result {
         self.queue.lock().push(event)?;
         self.ready.notify_all();

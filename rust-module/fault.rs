@@ -56,8 +56,8 @@ pub(crate) fn handle(object: Arc<Object>, fault: Fault) -> FaultResult {
     match layout.region(fault.offset()) {
         None => FaultResult::SigBus,
         Some(Region::Staging(index)) => {
-            let mut pages = object.lock_pages();
-            map_or_zero_fill(&mut pages.staging[index], &fault)
+            let mut slot = layout.staging.lock(index, 1, object.lock_waits());
+            map_or_zero_fill(slot.page_mut(0), &fault)
         }
         Some(Region::Guest(index)) => guest(&object, layout, index, fault),
     }
@@ -78,10 +78,11 @@ fn map_or_zero_fill(slot: &mut Option<Page>, fault: &Fault) -> FaultResult {
 }
 
 fn guest(object: &Arc<Object>, layout: &Layout, index: usize, fault: Fault) -> FaultResult {
-    let mut pages = object.lock_pages();
-    let state = layout.states.get(&pages, index);
+    // The page's own lock: faults and loads of other pages go on meanwhile.
+    let mut slot = layout.guest.lock(index, 1, object.lock_waits());
+    let state = slot.state(0);
     let Some(mode) = state.armed() else {
-        return map_or_zero_fill(&mut pages.guest[index], &fault);
+        return map_or_zero_fill(slot.page_mut(0), &fault);
     };
     if object.aborted() {
         return FaultResult::SigBus;
@@ -97,7 +98,7 @@ fn guest(object: &Arc<Object>, layout: &Layout, index: usize, fault: Fault) -> F
         // up with EINTR, as KVM_RUN's does, never tries again), so a second try, or another
         // task's access, which no signal reaches, waits as in queue mode.
         if !(kernel_waits && !access.user && (fault.tried() || fault.remote())) {
-            drop(pages);
+            drop(slot);
             return signal_mode(object, u32::from(signal), fault);
         }
     }
@@ -136,9 +137,9 @@ fn guest(object: &Arc<Object>, layout: &Layout, index: usize, fault: Fault) -> F
             object.stats.sub(counter, 1);
             return FaultResult::Oom;
         }
-        layout.states.set(&mut pages, index, state.report());
+        slot.set_state(0, state.report());
     }
-    drop(pages);
+    drop(slot);
 
     let wait_state = match fault.wait_state() {
         // Its own signal is pending, and its handler can run only once this access is done:
@@ -150,7 +151,7 @@ fn guest(object: &Arc<Object>, layout: &Layout, index: usize, fault: Fault) -> F
     object.stats.wait_begin();
     let start = LocalInstant::now();
     let finished = object.waitq(index).wait_until(wait_state, || {
-        !layout.states.awaits_load(index) || object.aborted()
+        !layout.guest.awaits_load(index) || object.aborted()
     });
     object.stats.wait_end(start.elapsed_ns());
     // Loaded: back to the access at once. A signal (the arch code must see the retry to

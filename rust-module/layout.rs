@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! An object's layout: the sizes `MUSERLOAD_IOC_SETUP` gave it, the state of each guest
-//! page, and which region (guest memory or staging) an object offset lies in.
+//! An object's layout: the sizes `MUSERLOAD_IOC_SETUP` gave it, the slots of its pages
+//! (`slots.rs`), and which region (guest memory or staging) an object offset lies in.
 
 use crate::{
-    state::PageStates,
+    slots::Slots,
     uapi::MUSERLOAD_STAGING_OFFSET, //
 };
 use kernel::{
@@ -12,14 +12,16 @@ use kernel::{
     prelude::*, //
 };
 
-/// The sizes of an object and the states of its guest pages.
+/// The sizes of an object and its page slots.
 pub(crate) struct Layout {
     /// Guest memory pages.
     pub(crate) guest_pages: usize,
     /// Staging pages.
     pub(crate) staging_pages: usize,
-    /// The state of each guest page.
-    pub(crate) states: PageStates,
+    /// The guest pages, with their states.
+    pub(crate) guest: Slots,
+    /// The staging pages.
+    pub(crate) staging: Slots,
 }
 
 /// Where an object offset lies.
@@ -31,13 +33,14 @@ pub(crate) enum Region {
 }
 
 impl Layout {
-    /// The layout of `guest_pages` of guest memory, all of them empty, and `staging_pages`
-    /// of staging.
+    /// The layout of `guest_pages` of guest memory and `staging_pages` of staging, all of
+    /// them empty.
     pub(crate) fn new(guest_pages: usize, staging_pages: usize) -> Result<Self> {
         Ok(Self {
             guest_pages,
             staging_pages,
-            states: PageStates::new(guest_pages)?,
+            guest: Slots::new(guest_pages)?,
+            staging: Slots::new(staging_pages)?,
         })
     }
 

@@ -4,18 +4,20 @@
 //! `MUSERLOAD_IOC_RESOLVE`, which reads the next events after its loads.
 //!
 //! Each target page is loaded only if the object has no page there yet, atomically under
-//! `Object::pages`: a load and a fault, or two loads, never both see the slot empty. A page
+//! its slot's lock (`slots.rs`): a load and a fault, or two loads, never both see the slot
+//! empty, and loads of other pages go on meanwhile. A page
 //! that is there stops the call with EEXIST after the pages before it, and its waiters are
 //! woken even so, so that a racing load never leaves a thread asleep (the bug that bites
 //! userfaultfd users who forget `UFFDIO_WAKE` after `EEXIST`).
 //!
-//! MOVE takes the staging page itself: under `pages` it leaves the staging slot, every
-//! mapping of the staging range is zapped (one TLB flush for each run of adjacent staging
-//! ranges in the call, however many pairs it has), and only then is it mapped in the guest.
-//! COPY fills new pages before taking any lock, since its source may be a page of this very
-//! object. Either maps the loaded pages into the caller's mapping at once (under `pages`, as
-//! the fault path maps), so that a waiter of the same process finds its page mapped when it
-//! wakes instead of faulting a second time. ZERO allocates nothing: the page is marked
+//! MOVE takes the staging page itself: with its guest slot locked it leaves the staging
+//! slot, every mapping of the staging range is zapped (one TLB flush for each run of
+//! adjacent staging ranges in the call, however many pairs it has), and only then is it
+//! mapped in the guest and its guest slot unlocked. COPY fills new pages before taking any
+//! lock, since its source may be a page of this very object. Either maps the loaded pages
+//! into the caller's mapping at once (with their slots locked, as the fault path maps), so
+//! that a waiter of the same process finds its page mapped when it wakes instead of
+//! faulting a second time. ZERO allocates nothing: the page is marked
 //! loaded, and a touch zero-fills it.
 
 use crate::{
@@ -24,11 +26,9 @@ use crate::{
         charged_may_fail,
         zeroed_page_may_fail, //
     },
-    object::{
-        Object,
-        Pages, //
-    },
+    object::Object,
     scratch::Scratch,
+    slots::LockedPages,
     state::PageState,
     stats::Counter,
     uapi::*,
@@ -314,25 +314,19 @@ fn refill_staging(object: ArcBorrow<'_, Object>, src: u64, len: u64) {
         let _ = fresh.push(page);
     }
     // Best effort: a range that no longer maps staging is simply not refilled.
-    let _ = object.locked(
-        src,
-        len,
-        Layout::staging_range,
-        |_, source, first, pages| {
-            let filled = fresh.len();
-            for (slot, page) in pages.staging[first..first + filled]
-                .iter_mut()
-                .zip(fresh.drain())
-            {
-                if slot.is_none() {
-                    *slot = Some(page);
-                }
+    let _ = object.locked(src, len, Layout::staging_range, |source, first, layout| {
+        let filled = fresh.len();
+        let mut slots = layout.staging.lock(first, filled, object.lock_waits());
+        for (i, page) in fresh.drain().enumerate() {
+            let slot = slots.page_mut(i);
+            if slot.is_none() {
+                *slot = Some(page);
             }
-            // A slot that had a page already mapped keeps its pte (EBUSY, skipped).
-            source.prefault_pages(0, &pages.staging[first..first + filled]);
-            Ok(())
-        },
-    );
+        }
+        // A slot that had a page already mapped keeps its pte (EBUSY, skipped).
+        source.prefault_pages(0, &slots);
+        Ok(())
+    });
 }
 
 /// Pages a COPY fills before it takes the locks to install them. The chunk lives on the
@@ -377,23 +371,24 @@ fn copy_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Re
             chunk_dst,
             chunk_len,
             Layout::guest_range,
-            |_, target, first, pages| {
+            |target, first, layout| {
+                let mut slots = layout.guest.lock(first, count, object.lock_waits());
                 let mut installed = 0;
                 let result = chunk[..count].iter_mut().try_for_each(|page| {
-                    let index = first + installed;
-                    if present(object, pages, index) {
-                        return Err(eexist(object, index));
+                    if present(&slots, installed) {
+                        return Err(eexist(object, first + installed));
                     }
-                    pages.guest[index] = page.take();
+                    *slots.page_mut(installed) = page.take();
                     installed += 1;
                     Ok(())
                 });
-                target.prefault_pages(0, &pages.guest[first..first + installed]);
-                for index in first..first + installed {
+                slots.truncate(installed);
+                target.prefault_pages(0, &slots);
+                for i in 0..installed {
                     loaded(
                         object,
-                        pages,
-                        index,
+                        &mut slots,
+                        i,
                         PageState::LOADED,
                         Counter::LoadCopy,
                         progress,
@@ -410,17 +405,19 @@ fn copy_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Re
     Ok(())
 }
 
-/// ZERO of one pair: marks its pages loaded; a touch zero-fills them.
+/// ZERO of one pair: marks its pages loaded; a touch zero-fills them. A page at a time:
+/// nothing is mapped, so nothing gains from holding several.
 fn zero_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Result {
-    object.locked(v.dst, v.len, Layout::guest_range, |_, _, first, pages| {
+    object.locked(v.dst, v.len, Layout::guest_range, |_, first, layout| {
         for index in first..first + (v.len >> PAGE_SHIFT) as usize {
-            if present(object, pages, index) {
+            let mut slot = layout.guest.lock(index, 1, object.lock_waits());
+            if present(&slot, 0) {
                 return Err(eexist(object, index));
             }
             loaded(
                 object,
-                pages,
-                index,
+                &mut slot,
+                0,
                 PageState::ZERO_LOADED,
                 Counter::LoadZero,
                 progress,
@@ -432,7 +429,7 @@ fn zero_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Re
 
 /// WAKE of one pair: loads nothing, wakes its pages' waiters.
 fn wake_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Result {
-    object.locked(v.dst, v.len, Layout::guest_range, |_, _, first, _| {
+    object.locked(v.dst, v.len, Layout::guest_range, |_, first, _| {
         let count = (v.len >> PAGE_SHIFT) as usize;
         for index in first..first + count {
             progress.buckets |= Object::bucket_bit(index);
@@ -454,13 +451,10 @@ fn check_shape(addr: u64, len: u64) -> Result {
     Ok(())
 }
 
-/// Whether guest page `index` is loaded already: it has a page, or is a zero page not yet
-/// allocated. Called with `Object::pages` held.
-fn present(object: &Object, pages: &Pages, index: usize) -> bool {
-    pages.guest[index].is_some()
-        || object
-            .layout()
-            .is_some_and(|layout| layout.states.get(pages, index).zero_loaded())
+/// Whether the guest page of the `i`th slot of `slots` is loaded already: it has a page,
+/// or is a zero page not yet allocated.
+fn present(slots: &LockedPages<'_>, i: usize) -> bool {
+    slots.page(i).is_some() || slots.state(i).zero_loaded()
 }
 
 /// A new page holding the next page of `reader`.
@@ -471,25 +465,24 @@ fn copied_page(reader: &mut UserSliceReader) -> Result<Page> {
     Ok(page)
 }
 
-/// Marks guest page `index`, which just got its content, as loaded, with state `state`
-/// ([`PageState::LOADED`], or [`PageState::ZERO_LOADED`] for a zero page not allocated).
+/// Marks the guest page of the `i`th slot of `slots`, which just got its content, as loaded,
+/// with state `state` ([`PageState::LOADED`], or [`PageState::ZERO_LOADED`] for a zero page
+/// not allocated).
 fn loaded(
     object: &Object,
-    pages: &mut Pages,
-    index: usize,
+    slots: &mut LockedPages<'_>,
+    i: usize,
     state: PageState,
     counter: Counter,
     progress: &mut Progress,
 ) {
-    if let Some(layout) = object.layout() {
-        if layout.states.get(pages, index).armed().is_some() {
-            object.stats.loaded(1);
-        }
-        layout.states.set(pages, index, state);
+    if slots.state(i).armed().is_some() {
+        object.stats.loaded(1);
     }
+    slots.set_state(i, state);
     object.stats.add(counter, 1);
     progress.done += PAGE_SIZE as u64;
-    progress.buckets |= Object::bucket_bit(index);
+    progress.buckets |= Object::bucket_bit(slots.first() + i);
 }
 
 /// EEXIST for guest page `index`: counted, and its waiters woken whatever the flags say.
@@ -514,113 +507,193 @@ struct StagingRun {
     len: u64,
 }
 
-/// A pair whose pages left staging for their guest slots, still to be mapped there.
+/// Pairs whose pages left staging for their guest slots, still to be mapped there: their
+/// guest slots stay locked until then.
 struct Moved<'a> {
     /// The guest range they go to.
     target: LockedRange<'a>,
-    /// Their first guest page index.
+    /// Their guest slots.
+    slots: LockedPages<'a>,
+}
+
+/// A MOVE pair's ranges, and the first guest and staging page indices they name.
+struct PairRanges<'a> {
+    target: LockedRange<'a>,
     first: usize,
-    /// How many.
-    count: usize,
+    source: LockedRange<'a>,
+    staging: usize,
+}
+
+impl<'a> PairRanges<'a> {
+    /// The ranges' page indices, the target's checked first (EINVAL for a range outside
+    /// guest memory, or outside staging).
+    fn new(
+        layout: &Layout,
+        target: LockedRange<'a>,
+        source: LockedRange<'a>,
+        len: u64,
+    ) -> Result<Self> {
+        let first = layout.guest_range(target.offset, len)?;
+        let staging = layout.staging_range(source.offset, len)?;
+        Ok(Self {
+            target,
+            first,
+            source,
+            staging,
+        })
+    }
 }
 
 /// Moves the staging pages of `pairs`, in order, to their guest pages, up to the first
 /// guest page that is already loaded, and maps them there; adds the staging emptied to
 /// `emptied`.
-///
-/// All under one hold of the locks, in three steps, so that staging's ptes are zapped once
-/// per run of adjacent staging ranges (one TLB flush for a loader's batch, whose pages sit
-/// in consecutive slots) instead of once per pair: each pair's pages leave their staging
-/// slots for their guest slots (so a later pair naming the same page finds it loaded, as
-/// if the pairs went one at a time); then every staging pte of them goes; only then are
-/// they mapped into the guest and marked loaded. Faults and loads take `pages` too, so
-/// none sees the pages in between.
 fn move_pages(
     object: &Object,
     pairs: &[muserload_vec],
     progress: &mut Progress,
     emptied: &mut Scratch<StagingRun, INLINE>,
 ) -> Result {
-    object.locked_mm(|guard, layout, pages| {
-        // Its ranges borrow the mmap lock: allocated under it.
-        let mut moved = Scratch::<Moved<'_>, INLINE>::with_capacity(pairs.len(), GFP_KERNEL)?;
-        let result = pairs.iter().try_for_each(|v| {
-            let count = (v.len >> PAGE_SHIFT) as usize;
+    object.locked_mm(|guard, layout| {
+        move_batch(object, layout, pairs, progress, emptied, |v| {
             let target = LockedRange::find(guard, object, v.dst, v.len)?;
-            let first = layout.guest_range(target.offset, v.len)?;
             let source = LockedRange::find(guard, object, v.src, v.len)?;
-            let staging = layout.staging_range(source.offset, v.len)?;
-            let movable = (0..count)
-                .take_while(|&i| !present(object, pages, first + i))
-                .count();
-            // A staging page never touched reads as zeros: move a zeroed one. Allocate before
-            // taking anything, so that a failure leaves this pair's staging where it was.
-            for slot in &mut pages.staging[staging..staging + movable] {
-                if slot.is_none() {
-                    *slot = Some(zeroed_page_may_fail()?);
-                }
-            }
-            for i in 0..movable {
-                pages.guest[first + i] = pages.staging[staging + i].take();
-            }
-            let len = (movable as u64) << PAGE_SHIFT;
-            match emptied.last_mut() {
-                Some(run)
-                    if run.addr + run.len == v.src && run.offset + run.len == source.offset =>
-                {
-                    run.len += len
-                }
-                _ if movable > 0 => {
-                    // Cannot fail: there is room for one run per pair.
-                    let _ = emptied.push(StagingRun {
-                        addr: v.src,
-                        offset: source.offset,
-                        len,
-                    });
-                }
-                _ => {}
-            }
-            match moved.last_mut() {
-                // Guest pages that follow the last pair's: mapped with it, in one batch.
-                Some(last)
-                    if last.first + last.count == first
-                        && last.target.is_followed_by(last.count * PAGE_SIZE, &target) =>
-                {
-                    last.count += movable
-                }
-                _ => {
-                    // Cannot fail: room for every pair.
-                    let _ = moved.push(Moved {
-                        target,
-                        first,
-                        count: movable,
-                    });
-                }
-            }
-            if movable < count {
-                return Err(eexist(object, first + movable));
-            }
-            Ok(())
-        });
-        // The staging ptes go before the pages are mapped anywhere else: after this, no
-        // mapping of staging can read or write them.
-        for run in emptied.iter() {
-            object.mapping.unmap(run.offset, run.len);
-        }
-        for m in moved.iter() {
-            m.target
-                .prefault_pages(0, &pages.guest[m.first..m.first + m.count]);
-            for index in m.first..m.first + m.count {
-                loaded(
-                    object,
-                    pages,
-                    index,
-                    PageState::LOADED,
-                    Counter::LoadMove,
-                    progress,
-                );
-            }
-        }
-        result
+            PairRanges::new(layout, target, source, v.len)
+        })
     })
+}
+
+/// The work of [`move_pages`], with each pair's ranges found by `ranges` under the locks
+/// its caller holds.
+///
+/// Under one hold of the caller's locks, in three steps, so that staging's ptes are zapped
+/// once per run of adjacent staging ranges (one TLB flush for a loader's batch, whose pages
+/// sit in consecutive slots) instead of once per pair: each pair's pages leave their staging
+/// slots for their guest slots, which stay locked (so a later pair naming the same page
+/// finds it loaded, as if the pairs went one at a time); then every staging pte of them
+/// goes; only then are they mapped into the guest, marked loaded and unlocked, so that no
+/// fault or load sees them in between. A pair whose guest slots another thread holds may
+/// not be waited for with slots held (the lock order): the pairs before it are finished
+/// first, and the batch starts again from it.
+fn move_batch<'a>(
+    object: &Object,
+    layout: &'a Layout,
+    pairs: &[muserload_vec],
+    progress: &mut Progress,
+    emptied: &mut Scratch<StagingRun, INLINE>,
+    mut ranges: impl FnMut(&muserload_vec) -> Result<PairRanges<'a>>,
+) -> Result {
+    let waits = object.lock_waits();
+    // Its ranges borrow the caller's locks: allocated under them.
+    let mut moved = Scratch::<Moved<'a>, INLINE>::with_capacity(pairs.len(), GFP_KERNEL)?;
+    // The runs of `emptied` before this one are zapped already.
+    let mut zapped = 0;
+    let result = pairs.iter().try_for_each(|v| {
+        let count = (v.len >> PAGE_SHIFT) as usize;
+        let PairRanges {
+            target,
+            first,
+            source,
+            staging,
+        } = ranges(v)?;
+        let mut slots = match layout.guest.try_lock(first, count, waits) {
+            Some(slots) => slots,
+            None => {
+                zapped = finish(object, emptied, zapped, &mut moved, progress);
+                layout.guest.lock(first, count, waits)
+            }
+        };
+        let movable = (0..count).take_while(|&i| !present(&slots, i)).count();
+        slots.truncate(movable);
+        let mut sources = layout.staging.lock(staging, movable, waits);
+        // A staging page never touched reads as zeros: move a zeroed one. Allocate before
+        // taking anything, so that a failure leaves this pair's staging where it was.
+        for i in 0..movable {
+            if sources.page(i).is_none() {
+                *sources.page_mut(i) = Some(zeroed_page_may_fail()?);
+            }
+        }
+        for i in 0..movable {
+            *slots.page_mut(i) = sources.page_mut(i).take();
+        }
+        drop(sources);
+        let len = (movable as u64) << PAGE_SHIFT;
+        let unzapped = emptied.len() > zapped;
+        match emptied.last_mut() {
+            Some(run)
+                if unzapped
+                    && run.addr + run.len == v.src
+                    && run.offset + run.len == source.offset =>
+            {
+                run.len += len
+            }
+            _ if movable > 0 => {
+                // Cannot fail: there is room for one run per pair.
+                let _ = emptied.push(StagingRun {
+                    addr: v.src,
+                    offset: source.offset,
+                    len,
+                });
+            }
+            _ => {}
+        }
+        let next = Moved { target, slots };
+        let next = match moved.last_mut() {
+            // Guest pages that follow the last pair's: mapped with it, in one batch.
+            Some(last)
+                if last
+                    .target
+                    .is_followed_by(last.slots.len() * PAGE_SIZE, &next.target) =>
+            {
+                match last.slots.extend(next.slots) {
+                    Ok(()) => None,
+                    Err(slots) => Some(Moved {
+                        target: next.target,
+                        slots,
+                    }),
+                }
+            }
+            _ => Some(next),
+        };
+        if let Some(next) = next {
+            // Cannot fail: room for every pair.
+            let _ = moved.push(next);
+        }
+        if movable < count {
+            return Err(eexist(object, first + movable));
+        }
+        Ok(())
+    });
+    finish(object, emptied, zapped, &mut moved, progress);
+    result
+}
+
+/// The end of a batch of [`move_pages`]: zaps the staging runs of `emptied` from the
+/// `zapped`th on, then maps the pages of `moved` in the guest, marks them loaded and unlocks
+/// their slots. Returns how many runs of `emptied` are zapped now.
+fn finish(
+    object: &Object,
+    emptied: &Scratch<StagingRun, INLINE>,
+    zapped: usize,
+    moved: &mut Scratch<Moved<'_>, INLINE>,
+    progress: &mut Progress,
+) -> usize {
+    // The staging ptes go before the pages are mapped anywhere else: after this, no mapping
+    // of staging can read or write them.
+    for run in emptied.iter().skip(zapped) {
+        object.mapping.unmap(run.offset, run.len);
+    }
+    for mut m in moved.drain() {
+        m.target.prefault_pages(0, &m.slots);
+        for i in 0..m.slots.len() {
+            loaded(
+                object,
+                &mut m.slots,
+                i,
+                PageState::LOADED,
+                Counter::LoadMove,
+                progress,
+            );
+        }
+    }
+    emptied.len()
 }

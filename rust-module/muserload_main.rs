@@ -12,7 +12,8 @@
 //! - [`device`]: `/dev/muserload`'s open, mmap and ioctl dispatch.
 //! - [`object`]: the per-open object and its pages; setup, arm, abort, the events
 //!   descriptor's creation.
-//! - [`layout`]: an object's sizes and regions, and its guest pages' states.
+//! - [`layout`]: an object's sizes and regions, and its page slots.
+//! - [`slots`]: the page slots, each with its page, its state and its own lock.
 //! - [`state`]: a guest page's state (armed, reported, zero-loaded) and its transitions.
 //! - [`vma`]: `vm_operations_struct`, `struct vm_fault` and the vma fields the module
 //!   reads, behind a safe API (the only file that touches vmas through raw bindings).
@@ -20,7 +21,7 @@
 //! - [`load`]: the loads (MOVE, COPY, ZERO, WAKE; ranged and vectored; RESOLVE's).
 //! - [`scratch`]: a load's short lists, inline up to a few items.
 //! - [`events`]: queue mode's events and the events descriptor.
-//! - [`wait`]: hashed wait queues for faults that wait for a page.
+//! - [`wait`]: hashed wait queues for faults that wait for a page, and for slot locks.
 //! - [`clock`]: the clock that times those waits (with `clock_shim.c`).
 //! - [`signal`]: signal mode's signal with `si_addr`.
 //! - [`anon_file`]: anonymous-inode files (the events descriptor, the object's mapping).
@@ -54,6 +55,7 @@ mod pool;
 mod sched;
 mod scratch;
 mod signal;
+mod slots;
 mod state;
 mod stats;
 mod sync_table;

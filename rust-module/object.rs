@@ -2,9 +2,10 @@
 
 //! The load object: what each open of `/dev/muserload` creates.
 //!
-//! An object owns two arrays of pages indexed by page offset, guest memory and staging,
-//! sized once by `MUSERLOAD_IOC_SETUP`, and the state of each guest page (`state.rs`),
-//! in its [`Layout`].
+//! An object owns two arrays of page slots indexed by page offset, guest memory (with each
+//! page's state, `state.rs`) and staging, sized once by `MUSERLOAD_IOC_SETUP`, in its
+//! [`Layout`]. Each slot has a lock of its own (`slots.rs`): no lock covers the object, so
+//! faults and loads of different pages do not wait for each other.
 //!
 //! # Lock order
 //!
@@ -12,38 +13,39 @@
 //! held, never one below it. Other files and `Documentation/muserload.rst` point here.
 //!
 //! 1. The mmap lock (read), or in a fault the per-VMA lock. The ioctls take the mmap read
-//!    lock to translate addresses and keep it while they hold `pages`
+//!    lock to translate addresses and keep it while they hold slot locks
 //!    ([`Object::locked`]), as a fault does.
-//! 2. [`Object::pages`]: the page slots, and every change of a page's state.
-//! 3. `EventQueue::queue` (`events.rs`): a fault queues its event under `pages`; readers
-//!    take it alone.
-//! 4. `i_mmap_rwsem`, in `unmap_mapping_range()` under `pages` (an arm's discard, a MOVE's
-//!    zap of staging).
-//! 5. The page table locks, in `vm_insert_page()` and `vm_insert_pages()` under `pages`.
+//! 2. Guest slot locks, in ascending index order. A thread that holds some takes more only
+//!    above them, or with `Slots::try_lock`, which never sleeps (a MOVE's later pairs).
+//! 3. Staging slot locks, in ascending index order. A MOVE takes a pair's staging slots with
+//!    its guest slots held, and releases them before it takes another pair's.
+//! 4. `EventQueue::queue` (`events.rs`): a fault queues its event under its guest slot's
+//!    lock; readers take it alone.
+//! 5. `i_mmap_rwsem`, in `unmap_mapping_range()` under slot locks (an arm's discard, a
+//!    MOVE's zap of staging).
+//! 6. The page table locks, in `vm_insert_page()` and `vm_insert_pages()` under slot locks.
 //!
 //! Leaves, taken under any of these and taking nothing themselves: the wait-queue locks
-//! (`wait.rs`: a load wakes its waiters after it released `pages`, an `EEXIST` under it),
-//! the events condvar's, and the page pool's spinlock (`pool.rs`, taken with none of the
-//! above held).
+//! (`wait.rs`: a load wakes its waiters after it released the slots, an `EEXIST` under
+//! them; a slot's unlock wakes its lock's sleepers), the events condvar's, and the page
+//! pool's spinlock (`pool.rs`, taken with none of the above held).
 //!
 //! Nothing that may fault on user memory (`copy_from_user()`, `copy_to_user()`) runs under
-//! 1-3, since that fault may be one of this object's and wait for a load that cannot come:
-//! a COPY fills its pages first, an events reader copies after dropping the queue's lock.
+//! 1-4, since that fault may be one of this object's and wait for a slot or a load that
+//! cannot come: a COPY fills its pages first, an events reader copies after dropping the
+//! queue's lock.
 //!
-//! The page states are written under `pages` and read without it, with acquire ordering,
-//! by sleeping faults (which may not take a mutex once their task state is set).
+//! The page states are written under their slot's lock and read without it, with acquire
+//! ordering, by sleeping faults (which may not sleep for a lock once their task state is
+//! set).
 
 use crate::{
     anon_file::PrivateMapping,
-    clock::LocalInstant,
     events::EventQueue,
     layout::Layout,
-    memcg::{
-        charged_may_fail,
-        page_array, //
-    },
     module_queue,
     pool::PagePool,
+    slots::LockWaits,
     state::ArmMode,
     stats::Stats,
     uapi::*,
@@ -56,9 +58,8 @@ use crate::{
 use kernel::{
     impl_has_work,
     mm::MmapReadGuard,
-    new_mutex, new_work,
+    new_work,
     page::{
-        Page,
         PAGE_SHIFT,
         PAGE_SIZE, //
     },
@@ -72,8 +73,6 @@ use kernel::{
         },
         Arc,
         ArcBorrow,
-        Mutex,
-        MutexGuard,
         SetOnce, //
     },
     uaccess::UserSlice,
@@ -83,25 +82,17 @@ use kernel::{
     },
 };
 
-/// The pages an object owns. A slot without a page reads as zeros (if not armed).
-pub(crate) struct Pages {
-    pub(crate) guest: VVec<Option<Page>>,
-    pub(crate) staging: KVVec<Option<Page>>,
-}
-
 /// One open of `/dev/muserload`.
 #[pin_data]
 pub(crate) struct Object {
-    /// The pages. See the lock order at the top of this file. Taken only through
-    /// [`Object::lock_pages`], which counts its contention.
-    #[pin]
-    pages: Mutex<Pages>,
-    /// Set once, by `MUSERLOAD_IOC_SETUP`.
+    /// Set once, by `MUSERLOAD_IOC_SETUP`: the sizes and the page slots.
     layout: SetOnce<Layout>,
+    /// Set by the first `MUSERLOAD_IOC_SETUP`, which the others then fail.
+    set_up: AtomicFlag,
     /// Queue mode's fault events and their readers.
     #[pin]
     pub(crate) events: EventQueue,
-    /// Threads waiting for guest pages, hashed by page index.
+    /// Threads waiting for guest pages or for slot locks, hashed by page index.
     #[pin]
     waitqs: [WaitQueue; WAIT_BUCKETS],
     /// Set by `MUSERLOAD_IOC_ABORT` or when the events descriptor is closed.
@@ -135,11 +126,8 @@ impl Object {
     /// A new object, not set up, whose mappings link into `mapping`.
     pub(crate) fn new(mapping: PrivateMapping) -> impl PinInit<Self, Error> {
         try_pin_init!(Object {
-            pages <- new_mutex!(Pages {
-                guest: VVec::new(),
-                staging: KVVec::new(),
-            }),
             layout: SetOnce::new(),
+            set_up: AtomicFlag::new(false),
             events <- EventQueue::new(),
             waitqs <- pin_init::pin_init_array_from_fn(|_| {
                 WaitQueue::new(c"muserload_page", kernel::static_lock_class!())
@@ -153,18 +141,12 @@ impl Object {
         })
     }
 
-    /// Takes [`Object::pages`], counting in the statistics whether another thread held it
-    /// and how long taking it then took: the one lock every fault and load of the object
-    /// takes, and so where many vCPUs faulting at once would queue.
-    pub(crate) fn lock_pages(&self) -> MutexGuard<'_, Pages> {
-        if let Some(pages) = self.pages.try_lock() {
-            self.stats.pages_locked(None);
-            return pages;
+    /// Where the object's slot locks sleep and are counted.
+    pub(crate) fn lock_waits(&self) -> LockWaits<'_> {
+        LockWaits {
+            queues: &self.waitqs,
+            stats: &self.stats,
         }
-        let start = LocalInstant::now();
-        let pages = self.pages.lock();
-        self.stats.pages_locked(Some(start.elapsed_ns()));
-        pages
     }
 
     /// The layout, once the object is set up.
@@ -212,39 +194,40 @@ impl Object {
         self.events.wake_readers();
     }
 
-    /// Runs `f` with the mmap read lock and [`Object::pages`] held, on `[addr, addr + len)`
-    /// of the caller's mapping, given as its locked range and the first page index that
-    /// `region` ([`Layout::guest_range`] or [`Layout::staging_range`]) finds for it. `f` also
-    /// gets the lock guard, to find other ranges under the same lock. See the lock order at
-    /// the top of this file.
+    /// Runs `f` with the mmap read lock held, on `[addr, addr + len)` of the caller's
+    /// mapping, given as its locked range and the first page index that `region`
+    /// ([`Layout::guest_range`] or [`Layout::staging_range`]) finds for it, with the layout.
+    /// See the lock order at the top of this file.
     pub(crate) fn locked(
         &self,
         addr: u64,
         len: u64,
         region: fn(&Layout, u64, u64) -> Result<usize>,
-        f: impl FnOnce(&MmapReadGuard<'_>, &LockedRange<'_>, usize, &mut Pages) -> Result,
-    ) -> Result {
-        self.locked_mm(|guard, layout, pages| {
-            let range = LockedRange::find(guard, self, addr, len)?;
-            let first = region(layout, range.offset, len)?;
-            f(guard, &range, first, pages)
-        })
-    }
-
-    /// Runs `f` with the caller's mmap read lock and [`Object::pages`] held, given the lock
-    /// guard (to find the caller's ranges under it) and the layout: for calls that name
-    /// several ranges. See the lock order at the top of this file.
-    pub(crate) fn locked_mm(
-        &self,
-        f: impl FnOnce(&MmapReadGuard<'_>, &Layout, &mut Pages) -> Result,
+        f: impl FnOnce(&LockedRange<'_>, usize, &Layout) -> Result,
     ) -> Result {
         let layout = self.layout().ok_or(EINVAL)?;
         let task = kernel::current!();
         // A kernel thread has no address space to name: nothing to translate.
         let mm = task.mm().ok_or(EINVAL)?;
         let guard = mm.mmap_read_lock();
-        let mut pages = self.lock_pages();
-        f(&guard, layout, &mut pages)
+        let range = LockedRange::find(&guard, self, addr, len)?;
+        let first = region(layout, range.offset, len)?;
+        f(&range, first, layout)
+    }
+
+    /// Runs `f` with the caller's mmap read lock held, given the lock guard (to find the
+    /// caller's ranges under it) and the layout: for calls that name several ranges. See
+    /// the lock order at the top of this file.
+    pub(crate) fn locked_mm(
+        &self,
+        f: impl FnOnce(&MmapReadGuard<'_>, &Layout) -> Result,
+    ) -> Result {
+        let layout = self.layout().ok_or(EINVAL)?;
+        let task = kernel::current!();
+        // A kernel thread has no address space to name: nothing to translate.
+        let mm = task.mm().ok_or(EINVAL)?;
+        let guard = mm.mmap_read_lock();
+        f(&guard, layout)
     }
 
     /// `MUSERLOAD_IOC_SETUP`.
@@ -263,21 +246,23 @@ impl Object {
         let guest_pages = usize::try_from(setup.size >> PAGE_SHIFT).map_err(|_| EINVAL)?;
         let staging_pages = (setup.staging_size >> PAGE_SHIFT) as usize;
 
-        // Serialise setups on `pages`: the arrays and the layout go in together.
-        let mut pages = self.lock_pages();
-        if self.layout().is_some() {
+        // The first setup is the one: the slots and the layout go in together.
+        if self.set_up.xchg(true, Relaxed) {
             return Err(EBUSY);
         }
-        let layout = Layout::new(guest_pages, staging_pages)?;
-        let guest = page_array(guest_pages, || None)?;
-        let mut staging = KVVec::with_capacity(staging_pages, charged_may_fail())?;
-        for _ in 0..staging_pages {
-            staging.push_within_capacity(None).map_err(|_| ENOMEM)?;
+        let layout = match Layout::new(guest_pages, staging_pages) {
+            Ok(layout) => layout,
+            Err(e) => {
+                self.set_up.store(false, Relaxed);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.pool.set_target(staging_pages) {
+            self.set_up.store(false, Relaxed);
+            return Err(e);
         }
-        self.pool.set_target(staging_pages)?;
-        *pages = Pages { guest, staging };
+        // Cannot fail: only the setup that set `set_up` gets here.
         self.layout.populate(layout);
-        drop(pages);
         self.refill_pool();
         Ok(0)
     }
@@ -301,28 +286,28 @@ impl Object {
         } else {
             ArmMode::Queue
         };
-        let layout = self.layout().ok_or(EINVAL)?;
         let count = (arm.len >> PAGE_SHIFT) as usize;
         self.locked(
             arm.start,
             arm.len,
             Layout::guest_range,
-            |_, range, first, pages| {
-                let mut newly_armed = 0;
-                for index in first..first + count {
+            |range, first, layout| {
+                // Every slot of the range stays locked until the unmap below, so that no fault
+                // maps a discarded page again, and no load maps its page before the unmap
+                // (which would take it away again) in between.
+                let mut slots = layout.guest.lock(first, count, self.lock_waits());
+                for i in 0..count {
                     // Mappings of the page hold references of their own until the unmap below.
-                    drop(pages.guest[index].take());
-                    let old = layout.states.get(pages, index);
+                    drop(slots.page_mut(i).take());
+                    let old = slots.state(i);
+                    // Counted under the slot's lock: a load that follows the unlock counts its
+                    // page out, and must find it counted in (the counter would wrap below zero).
                     if old.armed().is_none() {
-                        newly_armed += 1;
+                        self.stats.armed(1);
                     }
-                    layout.states.set(pages, index, old.arm(mode));
+                    slots.set_state(i, old.arm(mode));
                 }
-                // Unmap under `pages`, so that no fault maps a discarded page again in between.
                 self.mapping.unmap(range.offset, arm.len);
-                // Counted under `pages` too: a load that follows the unlock counts its page
-                // out, and must find it counted in (the counter would wrap below zero).
-                self.stats.armed(newly_armed);
                 Ok(())
             },
         )?;

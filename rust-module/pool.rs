@@ -12,9 +12,8 @@
 //! # Locking
 //!
 //! [`PagePool::pages`] is a leaf spinlock (the lock order is at the top of `object.rs`),
-//! held only to push or pop pages, never while allocating one; it nests inside
-//! [`crate::object::Object::pages`] nowhere (refills take from the pool before taking that
-//! lock).
+//! held only to push or pop pages, never while allocating one; it nests inside no slot lock
+//! (`slots.rs`: refills take from the pool before they lock staging's slots).
 
 use crate::{
     memcg::{

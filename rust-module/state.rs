@@ -12,34 +12,20 @@
 //!        └──────────────────────── COPY / MOVE / ZERO ───────────────────────────┘
 //! ```
 //!
-//! Empty and present differ only in whether the object has a page (`Pages::guest`); the
-//! word says the rest. A page is armed from `MUSERLOAD_IOC_ARM` until a load; in queue mode
-//! (and for signal-mode kernel accesses with `MUSERLOAD_ARM_KERNEL_WAITS`) the first fault
-//! that waits queues one event and marks the page reported, so that later waiters do not
-//! queue another. A load makes it present or zero-loaded (a ZERO load allocates nothing:
-//! a touch zero-fills the page), and a load of a page that is present or zero-loaded fails
-//! with EEXIST.
+//! Empty and present differ only in whether the object has a page in the slot
+//! (`slots.rs`); the word says the rest. A page is armed from `MUSERLOAD_IOC_ARM` until a
+//! load; in queue mode (and for signal-mode kernel accesses with
+//! `MUSERLOAD_ARM_KERNEL_WAITS`) the first fault that waits queues one event and marks the
+//! page reported, so that later waiters do not queue another. A load makes it present or
+//! zero-loaded (a ZERO load allocates nothing: a touch zero-fills the page), and a load of a
+//! page that is present or zero-loaded fails with EEXIST.
 //!
 //! # Locking
 //!
-//! Every state changes under `Object::pages` (the writers take the guarded `Pages` to
-//! show it), together with the page slot it describes. Faults that sleep read the word
-//! without it ([`PageStates::awaits_load`], acquire ordering, pairing with the writers'
-//! release), since a task that has set its sleeping state may not take a mutex.
-
-use crate::{
-    memcg::page_array,
-    object::Pages, //
-};
-use kernel::{
-    prelude::*,
-    sync::atomic::{
-        Acquire,
-        Atomic,
-        Relaxed,
-        Release, //
-    },
-};
+//! A state changes under its slot's lock, together with the page it describes
+//! (`LockedPages::set_state`). Faults that sleep read it without the lock
+//! (`Slots::awaits_load`, acquire ordering, pairing with the writers' release), since a
+//! task that has set its sleeping state may not sleep for a lock.
 
 /// Bits 0-7: the signal of signal mode (0: queue mode).
 const SIGNAL_MASK: u32 = 0xff;
@@ -86,6 +72,16 @@ impl PageState {
         })
     }
 
+    /// The state's word, as a slot keeps it (`slots.rs`).
+    pub(crate) fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// The state a slot's word holds.
+    pub(crate) fn from_bits(bits: u32) -> Self {
+        Self(bits)
+    }
+
     /// Whether the page is loaded as zeros not allocated yet.
     pub(crate) fn zero_loaded(self) -> bool {
         self.0 & ZERO != 0
@@ -123,37 +119,7 @@ impl PageState {
     /// being served), so a load will come and wake it. Armed alone is not enough: a page
     /// loaded and armed again before the faulting thread slept has no event, and would
     /// never be loaded for it; that thread retries, and its next fault queues the event.
-    fn awaits_load(self) -> bool {
+    pub(crate) fn awaits_load(self) -> bool {
         self.0 & ARMED != 0 && self.0 & REPORTED != 0
-    }
-}
-
-/// The state words of an object's guest pages, one per page.
-pub(crate) struct PageStates {
-    words: VVec<Atomic<u32>>,
-}
-
-impl PageStates {
-    /// The states of `pages` pages, all [`PageState::LOADED`] (empty).
-    pub(crate) fn new(pages: usize) -> Result<Self> {
-        Ok(Self {
-            words: page_array(pages, || Atomic::new(0))?,
-        })
-    }
-
-    /// The state of page `index`, read under `Object::pages`.
-    pub(crate) fn get(&self, _pages: &Pages, index: usize) -> PageState {
-        PageState(self.words[index].load(Relaxed))
-    }
-
-    /// Sets the state of page `index`, under `Object::pages`.
-    pub(crate) fn set(&self, _pages: &mut Pages, index: usize, state: PageState) {
-        self.words[index].store(state.0, Release);
-    }
-
-    /// Whether a fault may keep sleeping for page `index` ([`PageState::awaits_load`]);
-    /// read without `Object::pages`, by a task that is about to sleep.
-    pub(crate) fn awaits_load(&self, index: usize) -> bool {
-        PageState(self.words[index].load(Acquire)).awaits_load()
     }
 }

@@ -112,8 +112,8 @@ impl Stats {
         self.wait_hist[bucket.min(HIST - 1)].add(1, Relaxed);
     }
 
-    /// The object's page lock was taken; `waited_ns`: it was held by another thread, and
-    /// taking it took that long.
+    /// A page slot's lock was taken (`slots.rs`); `waited_ns`: it was held by another
+    /// thread, and taking it took that long.
     pub(crate) fn pages_locked(&self, waited_ns: Option<u64>) {
         self.add(Counter::PagesLockTaken, 1);
         if let Some(ns) = waited_ns {

@@ -18,6 +18,7 @@
 
 use crate::{
     object::Object,
+    slots::LockedPages,
     sync_table::AssertSync, //
 };
 use kernel::{
@@ -174,13 +175,13 @@ impl<'a> LockedRange<'a> {
         })
     }
 
-    /// Maps `pages[i]` at byte `delta + i * PAGE_SIZE` of the range for every slot that has
-    /// a page, so that a thread waiting for one finds it mapped instead of faulting again.
-    /// Call it with `Object::pages` held, as the fault path maps, so that no discard can come
-    /// between. Best effort: a page that cannot be mapped (one is there already) is skipped,
-    /// and the next fault maps it. One page-table walk and lock per page table, not per
-    /// page (`vm_insert_pages()`).
-    pub(crate) fn prefault_pages(&self, delta: usize, pages: &[Option<Page>]) {
+    /// Maps the page of the `i`th slot of `pages` at byte `delta + i * PAGE_SIZE` of the
+    /// range for every slot that has a page, so that a thread waiting for one finds it
+    /// mapped instead of faulting again. The slots are locked, as the fault path maps, so
+    /// that no discard can come between. Best effort: a page that cannot be mapped (one is
+    /// there already) is skipped, and the next fault maps it. One page-table walk and lock
+    /// per page table, not per page (`vm_insert_pages()`).
+    pub(crate) fn prefault_pages(&self, delta: usize, pages: &LockedPages<'_>) {
         /// Pages per `vm_insert_pages()` call: its array lives on the stack.
         const BATCH: usize = 32;
         let Some(mixed) = self.vma.as_mixedmap_vma() else {
@@ -190,10 +191,9 @@ impl<'a> LockedRange<'a> {
         let mut index = 0;
         while index < pages.len() {
             // A run of slots that have pages, at most `BATCH` long.
-            let run = pages[index..]
-                .iter()
+            let run = (index..pages.len())
                 .take(BATCH)
-                .map_while(|slot| slot.as_ref())
+                .map_while(|i| pages.page(i))
                 .enumerate()
                 .map(|(i, page)| raw[i] = page.as_ptr())
                 .count();

@@ -184,8 +184,8 @@ static struct muserload_stats stats(struct __test_metadata *_metadata, struct ml
 
 /*
  * Whether @a and @b are the same snapshot: nothing counted in between. The
- * page lock's counters, last in the struct, are left out: they count every
- * taking of the lock, a failed call's too, and change nothing else.
+ * page locks' counters, last in the struct, are left out: they count every
+ * taking of a page's lock, a failed call's too, and change nothing else.
  */
 static int same_stats(const struct muserload_stats *a, const struct muserload_stats *b)
 {

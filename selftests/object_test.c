@@ -370,7 +370,14 @@ struct race {
 	struct ml *ml;
 	volatile int stop;
 	volatile unsigned long long worst;
+	int pages;	/* how many pages the loops go round: all if 0 */
 };
+
+/* The page after @i that the loops of @r go to. */
+static int next_page(const struct race *r, int i)
+{
+	return (i + 1) % (r->pages ? r->pages : GUEST_PAGES);
+}
 
 /* Arms one page at a time, round the object: many arms, each one short. */
 static void *arm_loop(void *arg)
@@ -380,7 +387,7 @@ static void *arm_loop(void *arg)
 
 	while (!r->stop) {
 		ml_arm(r->ml, r->ml->guest + i * PAGE, PAGE, 0);
-		i = (i + 1) % GUEST_PAGES;
+		i = next_page(r, i);
 	}
 	return NULL;
 }
@@ -393,7 +400,7 @@ static void *load_loop(void *arg)
 
 	while (!r->stop) {
 		ml_load(r->ml, r->ml->guest + i * PAGE, NULL, PAGE, MUSERLOAD_LOAD_ZERO, NULL);
-		i = (i + 1) % GUEST_PAGES;
+		i = next_page(r, i);
 	}
 	return NULL;
 }
@@ -433,15 +440,15 @@ TEST_F_TIMEOUT(obj, unloaded_never_wraps, 60)
 }
 
 /*
- * STATS counts every taking of the object's page lock, and the takings that
- * found it held by another thread, with the time they waited: alone, an arm
- * and a load take it once each and never wait; arm and load loops in more
- * threads than CPUs find it held.
+ * STATS counts every taking of a page's lock, and the takings that found it
+ * held by another thread, with the time they waited: alone, an arm and a load
+ * of one page take it once each and never wait; arm and load loops on that
+ * page in more threads than CPUs find it held.
  */
 TEST_F_TIMEOUT(obj, pages_lock_contention_counted, 60)
 {
 	void *(*loops[])(void *) = { arm_loop, arm_loop, load_loop, load_loop };
-	struct race r = { .ml = &self->ml };
+	struct race r = { .ml = &self->ml, .pages = 1 };
 	struct muserload_stats before, after;
 	pthread_t t[4];
 	int i, tries;

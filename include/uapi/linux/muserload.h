@@ -256,9 +256,9 @@ struct muserload_stats {
 	__u64 wait_ns_total;		/* fault-to-wake time of all waits */
 	__u64 wait_ns_max;
 	__u64 wait_hist[MUSERLOAD_WAIT_HIST_BUCKETS];
-	__u64 pages_lock_taken;		/* the object's page lock: times taken, */
-	__u64 pages_lock_contended;	/* times found held by another thread, */
-	__u64 pages_lock_wait_ns;	/* and the time spent waiting for it */
+	__u64 pages_lock_taken;		/* the pages' own locks: times one was taken, */
+	__u64 pages_lock_contended;	/* times one was held by another thread, */
+	__u64 pages_lock_wait_ns;	/* and the time spent waiting for them */
 };
 
 #define MUSERLOAD_IOC_API _IOWR(MUSERLOAD_IOCTL_BASE, _MUSERLOAD_API, \
