@@ -32,7 +32,10 @@ use crate::{
     state::PageState,
     stats::Counter,
     uapi::*,
-    vma::LockedRange,
+    vma::{
+        check_shape,
+        LockedRange, //
+    },
 };
 use kernel::{
     page::{
@@ -96,7 +99,7 @@ impl Mode {
     fn check(self, v: &muserload_vec) -> Result {
         check_shape(v.dst, v.len)?;
         match self.kind {
-            Kind::Move => check_shape(v.src, v.len),
+            Kind::Move => check_shape(v.src, v.len).map(|_| ()),
             Kind::Copy => Ok(()),
             Kind::Zero | Kind::Wake if v.src == 0 => Ok(()),
             Kind::Zero | Kind::Wake => Err(EINVAL),
@@ -440,17 +443,6 @@ fn wake_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Re
     })
 }
 
-/// EINVAL unless `[addr, addr + len)` is page aligned, nonempty and does not wrap: the
-/// checks of [`LockedRange::find`] that need no lock.
-fn check_shape(addr: u64, len: u64) -> Result {
-    let page_mask = PAGE_SIZE as u64 - 1;
-    if addr & page_mask != 0 || len & page_mask != 0 || len == 0 || addr.checked_add(len).is_none()
-    {
-        return Err(EINVAL);
-    }
-    Ok(())
-}
-
 /// Whether the guest page of the `i`th slot of `slots` is loaded already: it has a page,
 /// or is a zero page not yet allocated.
 fn present(slots: &LockedPages<'_>, i: usize) -> bool {
@@ -546,13 +538,25 @@ impl<'a> PairRanges<'a> {
 
 /// Moves the staging pages of `pairs`, in order, to their guest pages, up to the first
 /// guest page that is already loaded, and maps them there; adds the staging emptied to
-/// `emptied`.
+/// `emptied`. A single pair (a fault's reply) runs under its two mappings' per-VMA locks
+/// where the kernel gives them, any other under the mmap read lock.
 fn move_pages(
     object: &Object,
     pairs: &[muserload_vec],
     progress: &mut Progress,
     emptied: &mut Scratch<StagingRun, INLINE>,
 ) -> Result {
+    if let [v] = pairs {
+        let moved = object.locked_pair(v.dst, v.src, v.len, |target, source, layout| {
+            let mut ranges = Some(PairRanges::new(layout, target, source, v.len));
+            move_batch(object, layout, pairs, progress, emptied, |_| {
+                ranges.take().unwrap_or(Err(EINVAL))
+            })
+        });
+        if let Some(result) = moved {
+            return result;
+        }
+    }
     object.locked_mm(|guard, layout| {
         move_batch(object, layout, pairs, progress, emptied, |v| {
             let target = LockedRange::find(guard, object, v.dst, v.len)?;

@@ -12,9 +12,12 @@
 //! The module's one lock order, outermost first: a lock is taken only with locks above it
 //! held, never one below it. Other files and `Documentation/muserload.rst` point here.
 //!
-//! 1. The mmap lock (read), or in a fault the per-VMA lock. The ioctls take the mmap read
-//!    lock to translate addresses and keep it while they hold slot locks
-//!    ([`Object::locked`]), as a fault does.
+//! 1. The per-VMA locks of the mappings a call names, or the mmap lock (read) where the
+//!    kernel does not give them. The ioctls translate addresses under them and keep them
+//!    while they hold slot locks ([`Object::locked`], [`Object::locked_pair`]), as a fault
+//!    does. A thread holding a per-VMA lock never waits for the mmap lock (it would wait
+//!    for a writer that waits for that VMA): it tries another VMA's lock, or gives up all
+//!    it holds and takes the mmap lock.
 //! 2. Guest slot locks, in ascending index order. A thread that holds some takes more only
 //!    above them, or with `Slots::try_lock`, which never sleeps (a MOVE's later pairs).
 //! 3. Staging slot locks, in ascending index order. A MOVE takes a pair's staging slots with
@@ -194,10 +197,12 @@ impl Object {
         self.events.wake_readers();
     }
 
-    /// Runs `f` with the mmap read lock held, on `[addr, addr + len)` of the caller's
-    /// mapping, given as its locked range and the first page index that `region`
-    /// ([`Layout::guest_range`] or [`Layout::staging_range`]) finds for it, with the layout.
-    /// See the lock order at the top of this file.
+    /// Runs `f` on `[addr, addr + len)` of the caller's mapping, given as its locked range
+    /// and the first page index that `region` ([`Layout::guest_range`] or
+    /// [`Layout::staging_range`]) finds for it, with the layout. The lock held is the
+    /// mapping's own per-VMA lock, as userfaultfd's fill path takes it, or where the kernel
+    /// does not give it (a writer waits for the mapping) or the range is not in the mapping
+    /// of its first byte, the mmap read lock. See the lock order at the top of this file.
     pub(crate) fn locked(
         &self,
         addr: u64,
@@ -209,10 +214,45 @@ impl Object {
         let task = kernel::current!();
         // A kernel thread has no address space to name: nothing to translate.
         let mm = task.mm().ok_or(EINVAL)?;
+        if let Some(vma) = usize::try_from(addr)
+            .ok()
+            .and_then(|start| mm.lock_vma_under_rcu(start))
+        {
+            if let Ok(range) = LockedRange::in_vma(&vma, self, addr, len) {
+                let first = region(layout, range.offset, len)?;
+                return f(&range, first, layout);
+            }
+        }
         let guard = mm.mmap_read_lock();
         let range = LockedRange::find(&guard, self, addr, len)?;
         let first = region(layout, range.offset, len)?;
         f(&range, first, layout)
+    }
+
+    /// Runs `f` on a pair of ranges of the caller's mappings, `[dst, dst + len)` and
+    /// `[src, src + len)` (a MOVE's), with the per-VMA locks of their mappings held, if the
+    /// kernel gives them and each range lies in the mapping of its first byte; `None` if not,
+    /// and then the caller takes the mmap read lock ([`Object::locked_mm`]), which finds
+    /// the ranges or their errors.
+    pub(crate) fn locked_pair(
+        &self,
+        dst: u64,
+        src: u64,
+        len: u64,
+        f: impl FnOnce(LockedRange<'_>, LockedRange<'_>, &Layout) -> Result,
+    ) -> Option<Result> {
+        let layout = self.layout()?;
+        let task = kernel::current!();
+        let mm = task.mm()?;
+        let target_vma = mm.lock_vma_under_rcu(usize::try_from(dst).ok()?)?;
+        let target = LockedRange::in_vma(&target_vma, self, dst, len).ok()?;
+        // Both in one mapping: its lock is held once.
+        if let Ok(source) = LockedRange::in_vma(&target_vma, self, src, len) {
+            return Some(f(target, source, layout));
+        }
+        let source_vma = mm.lock_vma_under_rcu(usize::try_from(src).ok()?)?;
+        let source = LockedRange::in_vma(&source_vma, self, src, len).ok()?;
+        Some(f(target, source, layout))
     }
 
     /// Runs `f` with the caller's mmap read lock held, given the lock guard (to find the

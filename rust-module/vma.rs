@@ -130,7 +130,8 @@ fn object_of(vma: &VmaRef) -> Option<ArcBorrow<'_, Object>> {
     Some(unsafe { <Arc<Object> as ForeignOwnable>::borrow((*file).private_data) })
 }
 
-/// A range of a caller's mapping of its own object, found with the mmap read lock held.
+/// A range of a caller's mapping of its own object, found with the mmap read lock or the
+/// mapping's own per-VMA lock held, for as long as `'a`.
 pub(crate) struct LockedRange<'a> {
     vma: &'a VmaRef,
     /// The address of the range's first byte.
@@ -151,21 +152,26 @@ impl<'a> LockedRange<'a> {
         addr: u64,
         len: u64,
     ) -> Result<Self> {
-        let page_mask = PAGE_SIZE as u64 - 1;
-        if addr & page_mask != 0 || len & page_mask != 0 || len == 0 {
-            return Err(EINVAL);
-        }
-        let end = addr.checked_add(len).ok_or(EINVAL)?;
         let start = usize::try_from(addr).map_err(|_| EINVAL)?;
-        let vma = guard.vma_lookup(start).ok_or(EFAULT)?;
-        if end > vma.end() as u64 {
+        // Misaligned or empty: EINVAL before EFAULT, whatever is mapped there.
+        check_shape(addr, len)?;
+        Self::in_vma(guard.vma_lookup(start).ok_or(EFAULT)?, object, addr, len)
+    }
+
+    /// As [`Self::find`], in `vma`, which the caller holds the per-VMA lock of, or which the
+    /// mmap read lock it holds keeps: EFAULT if the range does not lie in it.
+    pub(crate) fn in_vma(vma: &'a VmaRef, object: &Object, addr: u64, len: u64) -> Result<Self> {
+        let end = check_shape(addr, len)?;
+        let start = usize::try_from(addr).map_err(|_| EINVAL)?;
+        if addr < vma.start() as u64 || end > vma.end() as u64 {
             return Err(EFAULT);
         }
         match object_of(vma) {
             Some(owner) if core::ptr::eq(&*owner, object) => {}
             _ => return Err(EFAULT),
         }
-        // SAFETY: The mmap read lock is held, so `vm_pgoff` is stable.
+        // SAFETY: The vma's read lock or the mmap read lock is held, so `vm_pgoff` is
+        // stable.
         let pgoff = unsafe { (*vma.as_ptr()).vm_pgoff } as u64;
         let offset = (pgoff << PAGE_SHIFT) + (addr - vma.start() as u64);
         Ok(Self {
@@ -200,11 +206,11 @@ impl<'a> LockedRange<'a> {
             let mut done = 0;
             while done < run {
                 let mut left = (run - done) as kernel::ffi::c_ulong;
-                // SAFETY: The caller holds the mmap read lock on a vma of ours, which has
-                // `VM_MIXEDMAP` (type invariant of `VmaMixedMap`); `raw[done..run]` point to
-                // order-0 pages the object owns (not anonymous, not slab), which
-                // `vm_insert_pages` takes references of its own on. It writes back in `left`
-                // how many it did not map.
+                // SAFETY: The caller holds the mmap read lock or the vma's own lock on a vma
+                // of ours, which has `VM_MIXEDMAP` (type invariant of `VmaMixedMap`);
+                // `raw[done..run]` point to order-0 pages the object owns (not anonymous, not
+                // slab), which `vm_insert_pages` takes references of its own on. It writes
+                // back in `left` how many it did not map.
                 let ret = unsafe {
                     bindings::vm_insert_pages(
                         mixed.as_ptr(),
@@ -230,6 +236,16 @@ impl<'a> LockedRange<'a> {
     pub(crate) fn is_followed_by(&self, len: usize, next: &LockedRange<'_>) -> bool {
         core::ptr::eq(self.vma, next.vma) && self.addr + len == next.addr
     }
+}
+
+/// EINVAL unless `[addr, addr + len)` is page aligned, nonempty and does not wrap; its end
+/// otherwise. The checks of a range that need no lock.
+pub(crate) fn check_shape(addr: u64, len: u64) -> Result<u64> {
+    let page_mask = PAGE_SIZE as u64 - 1;
+    if addr & page_mask != 0 || len & page_mask != 0 || len == 0 {
+        return Err(EINVAL);
+    }
+    addr.checked_add(len).ok_or(EINVAL)
 }
 
 /// Why the fault happened.
