@@ -27,8 +27,8 @@ use crate::{
     Error, Result,
 };
 
-/// The object's page lock over a run (muserload's `STATS`): the one lock every fault and
-/// load of the object takes.
+/// The page locks over a run (muserload's `STATS`): each fault and load takes the locks of
+/// the pages it touches.
 #[derive(Clone, Copy, Serialize, Deserialize, Debug, Default)]
 pub struct PagesLock {
     /// Times taken.
@@ -50,13 +50,13 @@ impl PagesLock {
     }
 }
 
-/// A backend's run: each vCPU's, the vCPUs' TSC rate, and muserload's page lock.
+/// A backend's run: each vCPU's, the vCPUs' TSC rate, and muserload's page locks.
 pub struct Outcome {
     /// Each vCPU's run.
     pub runs: Vec<VcpuRun>,
     /// The vCPUs' TSC rate, in kHz.
     pub tsc_khz: u32,
-    /// The object's page lock (muserload only).
+    /// The page locks (muserload only).
     pub pages_lock: Option<PagesLock>,
 }
 

@@ -38,7 +38,7 @@ pub struct Options {
 }
 
 /// One case's run: the aggregate and mean per-vCPU rates, every touch's latency, and
-/// muserload's page lock.
+/// muserload's page locks.
 struct Run {
     pages_per_s: f64,
     per_vcpu_pages_per_s: f64,

@@ -31,7 +31,7 @@ pub struct Point {
     pub p50_us: f64,
     /// The 99th percentile touch.
     pub p99_us: f64,
-    /// muserload's page lock over the run.
+    /// muserload's page locks over the run.
     pub pages_lock: Option<PagesLock>,
     /// Why each run that has no figures failed: its vCPUs stuck past the deadline.
     #[serde(default)]
@@ -159,7 +159,7 @@ pub fn print(points: &[Point]) {
         "# each case {repeat} times, interleaved; pages/s: the median run, [min, max] beside; \
          a ratio is called (> faster, < slower) only when the runs' ranges do not overlap \
          (~: they do); latencies as each vCPU's TSC measured its touches; lock held: the \
-         share of the object's page lock's takings that found it held by another thread, \
+         share of the page locks' takings that found one held by another thread, \
          lock wait: the time they waited, per page (muserload's STATS)"
     );
 }
