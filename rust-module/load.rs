@@ -518,7 +518,8 @@ struct PairRanges<'a> {
 
 impl<'a> PairRanges<'a> {
     /// The ranges' page indices, the target's checked first (EINVAL for a range outside
-    /// guest memory, or outside staging).
+    /// guest memory, or outside staging), for ranges that were both found: the errors come
+    /// in the order [`move_pages`]' mmap path finds them.
     fn new(
         layout: &Layout,
         target: LockedRange<'a>,
@@ -559,9 +560,17 @@ fn move_pages(
     }
     object.locked_mm(|guard, layout| {
         move_batch(object, layout, pairs, progress, emptied, |v| {
+            // In this order: a target outside guest memory is EINVAL whatever the source.
             let target = LockedRange::find(guard, object, v.dst, v.len)?;
+            let first = layout.guest_range(target.offset, v.len)?;
             let source = LockedRange::find(guard, object, v.src, v.len)?;
-            PairRanges::new(layout, target, source, v.len)
+            let staging = layout.staging_range(source.offset, v.len)?;
+            Ok(PairRanges {
+                target,
+                first,
+                source,
+                staging,
+            })
         })
     })
 }

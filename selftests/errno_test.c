@@ -1034,7 +1034,8 @@ TEST_F(errnos, loadv_move_src_in_guest)
 
 /*
  * A RESOLVE whose loads fail after a good pair: EFAULT (the vec, a COPY source, a target
- * outside the object), EINVAL (a target in staging, a MOVE from guest memory). Each
+ * outside the object), EINVAL (a target in staging, a MOVE from guest memory, a MOVE into
+ * staging from an unreadable page: the target is checked first). Each
  * reports the pair it loaded and reads no event: the toucher's event stays queued, and
  * the call that finally loads its page gets it.
  */
@@ -1061,6 +1062,8 @@ TEST_F(errnos, resolve_load_errors)
 		  MUSERLOAD_LOAD_COPY, EINVAL, 4 },
 		{ { { g + 5 * PAGE, s, PAGE }, { g + 6 * PAGE, g + 10 * PAGE, PAGE } },
 		  MUSERLOAD_LOAD_MOVE, EINVAL, 5 },
+		{ { { g + 7 * PAGE, s, PAGE }, { s + PAGE, (uintptr_t)none, PAGE } },
+		  MUSERLOAD_LOAD_MOVE, EINVAL, 7 },
 	};
 	struct muserload_resolve res;
 	struct muserload_event ev[4];
@@ -1091,9 +1094,11 @@ TEST_F(errnos, resolve_load_errors)
 		struct muserload_stats before = stats(_metadata, ml), after;
 		int seed = 30;
 
-		/* A MOVE's page is staging's, a COPY's buf's. */
-		if (cases[i].mode == MUSERLOAD_LOAD_MOVE)
+		/* A MOVE's page is staging's (filled again: a MOVE empties it), a COPY's buf's. */
+		if (cases[i].mode == MUSERLOAD_LOAD_MOVE) {
 			seed = 31;
+			ml_fill(ml->staging, seed);
+		}
 
 		res = (struct muserload_resolve){
 			.load = { (uintptr_t)cases[i].vec, 2, cases[i].mode, 0 },
