@@ -113,6 +113,10 @@ impl Slots {
         let mut locked = LockedPages::empty(self, first, waits);
         for index in first..first + count {
             lock_slot(&self.slots[index], index, waits);
+            if locked.len == 0 {
+                // The hold counts from here, not from a wait for the first lock.
+                locked.since = LocalInstant::now();
+            }
             locked.len += 1;
         }
         locked
@@ -181,6 +185,8 @@ pub(crate) struct LockedPages<'a> {
     first: usize,
     len: usize,
     waits: LockWaits<'a>,
+    /// When the run's first lock was taken: the pages' hold time is counted from it.
+    since: LocalInstant,
     /// A lock is released by the thread that took it: not `Send`.
     _not_send: PhantomData<*mut ()>,
 }
@@ -193,6 +199,7 @@ impl<'a> LockedPages<'a> {
             first,
             len: 0,
             waits,
+            since: LocalInstant::now(),
             _not_send: PhantomData,
         }
     }
@@ -251,6 +258,12 @@ impl<'a> LockedPages<'a> {
 
     /// Unlocks the slots from the `len`th on, keeping the first `len`.
     pub(crate) fn truncate(&mut self, len: usize) {
+        if self.len <= len {
+            return;
+        }
+        self.waits
+            .stats
+            .pages_unlocked((self.len - len) as u64, self.since.elapsed_ns());
         while self.len > len {
             self.len -= 1;
             let index = self.first + self.len;

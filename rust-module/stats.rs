@@ -55,6 +55,7 @@ pub(crate) struct Stats {
     wait_ns_max: Atomic<u64>,
     wait_hist: [Atomic<u64>; HIST],
     pages_lock_wait_ns: Atomic<u64>,
+    pages_lock_held_ns: Atomic<u64>,
 }
 
 impl Stats {
@@ -67,6 +68,7 @@ impl Stats {
             wait_ns_max: Atomic::new(0),
             wait_hist: [const { Atomic::new(0) }; HIST],
             pages_lock_wait_ns: Atomic::new(0),
+            pages_lock_held_ns: Atomic::new(0),
         }
     }
 
@@ -122,6 +124,11 @@ impl Stats {
         }
     }
 
+    /// `pages` page slots were unlocked, each held for `held_ns`.
+    pub(crate) fn pages_unlocked(&self, pages: u64, held_ns: u64) {
+        self.pages_lock_held_ns.add(pages * held_ns, Relaxed);
+    }
+
     /// A snapshot for userspace.
     pub(crate) fn snapshot(&self) -> muserload_stats {
         let c = |counter: Counter| self.counters[counter as usize].load(Relaxed);
@@ -144,6 +151,7 @@ impl Stats {
             pages_lock_taken: c(Counter::PagesLockTaken),
             pages_lock_contended: c(Counter::PagesLockContended),
             pages_lock_wait_ns: self.pages_lock_wait_ns.load(Relaxed),
+            pages_lock_held_ns: self.pages_lock_held_ns.load(Relaxed),
         }
     }
 }

@@ -440,10 +440,11 @@ TEST_F_TIMEOUT(obj, unloaded_never_wraps, 60)
 }
 
 /*
- * STATS counts every taking of a page's lock, and the takings that found it
- * held by another thread, with the time they waited: alone, an arm and a load
- * of one page take it once each and never wait; arm and load loops on that
- * page in more threads than CPUs find it held.
+ * STATS counts every taking of a page's lock, the time it was held, and the
+ * takings that found it held by another thread, with the time they waited:
+ * alone, an arm and a load of one page take it once each, hold it a while and
+ * never wait; arm and load loops on that page in more threads than CPUs find
+ * it held.
  */
 TEST_F_TIMEOUT(obj, pages_lock_contention_counted, 60)
 {
@@ -460,6 +461,7 @@ TEST_F_TIMEOUT(obj, pages_lock_contention_counted, 60)
 	EXPECT_EQ(before.pages_lock_taken + 2, after.pages_lock_taken);
 	EXPECT_EQ(0, after.pages_lock_contended);
 	EXPECT_EQ(0, after.pages_lock_wait_ns);
+	EXPECT_LT(before.pages_lock_held_ns, after.pages_lock_held_ns);
 
 	for (i = 0; i < 4; i++)
 		ASSERT_EQ(0, pthread_create(&t[i], NULL, loops[i], &r));

@@ -258,7 +258,8 @@ struct muserload_stats {
 	__u64 wait_hist[MUSERLOAD_WAIT_HIST_BUCKETS];
 	__u64 pages_lock_taken;		/* the pages' own locks: times one was taken, */
 	__u64 pages_lock_contended;	/* times one was held by another thread, */
-	__u64 pages_lock_wait_ns;	/* and the time spent waiting for them */
+	__u64 pages_lock_wait_ns;	/* the time spent waiting for them, */
+	__u64 pages_lock_held_ns;	/* and the time they were held */
 };
 
 #define MUSERLOAD_IOC_API _IOWR(MUSERLOAD_IOCTL_BASE, _MUSERLOAD_API, \

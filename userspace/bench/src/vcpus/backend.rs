@@ -37,6 +37,9 @@ pub struct PagesLock {
     pub contended: u64,
     /// Time those waited, in nanoseconds.
     pub wait_ns: u64,
+    /// Time the locks were held, in nanoseconds, over all takings.
+    #[serde(default)]
+    pub held_ns: u64,
 }
 
 impl PagesLock {
@@ -46,6 +49,7 @@ impl PagesLock {
             taken: stats.pages_lock_taken,
             contended: stats.pages_lock_contended,
             wait_ns: stats.pages_lock_wait_ns,
+            held_ns: stats.pages_lock_held_ns,
         })
     }
 }

@@ -93,7 +93,7 @@ pub fn print(points: &[Point]) {
             n * slice_mib * 256
         );
         println!(
-            "{:<40} {:>10} {:>21} {:>10} {:>8} {:>9} {:>9} {:>10} {:>11}",
+            "{:<40} {:>10} {:>21} {:>10} {:>8} {:>9} {:>9} {:>10} {:>11} {:>12}",
             "backend",
             "pages/s",
             "[min, max]",
@@ -101,8 +101,9 @@ pub fn print(points: &[Point]) {
             "/ceiling",
             "p50 us",
             "p99 us",
-            "lock held",
-            "lock wait"
+            "contended",
+            "lock wait",
+            "lock hold"
         );
         let top = find(points, n, ceiling);
         for p in points.iter().filter(|p| p.vcpus == n) {
@@ -114,17 +115,22 @@ pub fn print(points: &[Point]) {
                 let (r, v) = ratio(p, t);
                 format!("{:.0}%{v}", r * 100.0)
             });
-            let (held, wait) = p.pages_lock.map_or(("-".into(), "-".into()), |l| {
+            let none = || ("-".into(), "-".into(), "-".into());
+            let (contended, wait, hold) = p.pages_lock.map_or_else(none, |l| {
                 (
                     format!("{:.1}%", 100.0 * l.contended as f64 / l.taken.max(1) as f64),
                     format!(
                         "{:.1} us/pg",
                         l.wait_ns as f64 / 1000.0 / p.pages.max(1) as f64
                     ),
+                    format!(
+                        "{:.2} us/tk",
+                        l.held_ns as f64 / 1000.0 / l.taken.max(1) as f64
+                    ),
                 )
             });
             println!(
-                "{:<40} {:>10.0} {:>21} {:>10.0} {:>8} {:>9.1} {:>9.1} {:>10} {:>11}",
+                "{:<40} {:>10.0} {:>21} {:>10.0} {:>8} {:>9.1} {:>9.1} {:>10} {:>11} {:>12}",
                 p.name,
                 p.pages_per_s,
                 format!(
@@ -135,8 +141,9 @@ pub fn print(points: &[Point]) {
                 of_ceiling,
                 p.p50_us,
                 p.p99_us,
-                held,
-                wait
+                contended,
+                wait,
+                hold
             );
             for why in &p.stuck {
                 println!("{:<40} a run stuck: {why}", "");
@@ -158,9 +165,10 @@ pub fn print(points: &[Point]) {
     println!(
         "# each case {repeat} times, interleaved; pages/s: the median run, [min, max] beside; \
          a ratio is called (> faster, < slower) only when the runs' ranges do not overlap \
-         (~: they do); latencies as each vCPU's TSC measured its touches; lock held: the \
+         (~: they do); latencies as each vCPU's TSC measured its touches; contended: the \
          share of the page locks' takings that found one held by another thread, \
-         lock wait: the time they waited, per page (muserload's STATS)"
+         lock wait: the time they waited, per page; lock hold: how long a taking held its \
+         lock, on average (muserload's STATS)"
     );
 }
 
