@@ -332,8 +332,9 @@ fn refill_staging(object: ArcBorrow<'_, Object>, src: u64, len: u64) {
     });
 }
 
-/// Pages a COPY fills before it takes the locks to install them. The chunk lives on the
-/// stack (512 bytes): a single-page COPY, a fault's reply, allocates nothing but its page.
+/// Pages a COPY fills before it takes the locks to install them (and a ZERO marks under one
+/// locking). The chunk lives on the stack (512 bytes): a single-page COPY, a fault's reply,
+/// allocates nothing but its page.
 const COPY_CHUNK: usize = 64;
 
 /// COPY of one pair: fills new pages from `v.src`, then installs them at `v.dst`.
@@ -408,23 +409,27 @@ fn copy_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Re
     Ok(())
 }
 
-/// ZERO of one pair: marks its pages loaded; a touch zero-fills them. A page at a time:
-/// nothing is mapped, so nothing gains from holding several.
+/// ZERO of one pair: marks its pages loaded; a touch zero-fills them. A chunk of pages at a
+/// time, as COPY installs them: one locking and its bookkeeping per chunk, not per page.
 fn zero_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Result {
     object.locked(v.dst, v.len, Layout::guest_range, |_, first, layout| {
-        for index in first..first + (v.len >> PAGE_SHIFT) as usize {
-            let mut slot = layout.guest.lock(index, 1, object.lock_waits());
-            if present(&slot, 0) {
-                return Err(eexist(object, index));
+        let end = first + (v.len >> PAGE_SHIFT) as usize;
+        for chunk in (first..end).step_by(COPY_CHUNK) {
+            let count = (end - chunk).min(COPY_CHUNK);
+            let mut slots = layout.guest.lock(chunk, count, object.lock_waits());
+            for i in 0..count {
+                if present(&slots, i) {
+                    return Err(eexist(object, chunk + i));
+                }
+                loaded(
+                    object,
+                    &mut slots,
+                    i,
+                    PageState::ZERO_LOADED,
+                    Counter::LoadZero,
+                    progress,
+                );
             }
-            loaded(
-                object,
-                &mut slot,
-                0,
-                PageState::ZERO_LOADED,
-                Counter::LoadZero,
-                progress,
-            );
         }
         Ok(())
     })

@@ -110,16 +110,19 @@ impl Slots {
         count: usize,
         waits: LockWaits<'a>,
     ) -> LockedPages<'a> {
-        let mut locked = LockedPages::empty(self, first, waits);
+        let (mut contended, mut wait_ns) = (0, 0);
+        let mut since = None;
         for index in first..first + count {
-            lock_slot(&self.slots[index], index, waits);
-            if locked.len == 0 {
-                // The hold counts from here, not from a wait for the first lock.
-                locked.since = LocalInstant::now();
+            if let Some(ns) = lock_slot(&self.slots[index], index, waits) {
+                contended += 1;
+                wait_ns += ns;
             }
-            locked.len += 1;
+            // The hold counts from the first taking, not from a wait for it.
+            since.get_or_insert_with(LocalInstant::now);
         }
-        locked
+        waits.stats.pages_locked(count as u64, contended, wait_ns);
+        // INVARIANT: Slots `first..first + count` were locked above.
+        LockedPages::new(self, first, count, waits, since)
     }
 
     /// Locks slots `first..first + count` if none is held, else none of them: for a thread
@@ -130,13 +133,18 @@ impl Slots {
         count: usize,
         waits: LockWaits<'a>,
     ) -> Option<LockedPages<'a>> {
-        let mut locked = LockedPages::empty(self, first, waits);
-        for slot in &self.slots[first..first + count] {
-            slot.lock.cmpxchg(UNLOCKED, LOCKED, Acquire).ok()?;
-            waits.stats.pages_locked(None);
-            locked.len += 1;
+        let since = LocalInstant::now();
+        for (taken, slot) in self.slots[first..first + count].iter().enumerate() {
+            if slot.lock.cmpxchg(UNLOCKED, LOCKED, Acquire).is_err() {
+                // INVARIANT: The slots before this one were locked above: released at once,
+                // neither counted nor timed.
+                drop(LockedPages::new(self, first, taken, waits, None));
+                return None;
+            }
         }
-        Some(locked)
+        waits.stats.pages_locked(count as u64, 0, 0);
+        // INVARIANT: Slots `first..first + count` were locked above.
+        Some(LockedPages::new(self, first, count, waits, Some(since)))
     }
 
     /// Whether a fault may keep sleeping for guest page `index`
@@ -148,11 +156,10 @@ impl Slots {
     }
 }
 
-/// Takes `slot`'s lock, counting the taking and, if it was held, the wait.
-fn lock_slot(slot: &Slot, index: usize, waits: LockWaits<'_>) {
+/// Takes `slot`'s lock; if another thread held it, returns how long the wait took.
+fn lock_slot(slot: &Slot, index: usize, waits: LockWaits<'_>) -> Option<u64> {
     let Err(seen) = slot.lock.cmpxchg(UNLOCKED, LOCKED, Acquire) else {
-        waits.stats.pages_locked(None);
-        return;
+        return None;
     };
     let start = LocalInstant::now();
     // As a futex mutex: a thread that may sleep leaves the word CONTENDED, so that the
@@ -171,7 +178,7 @@ fn lock_slot(slot: &Slot, index: usize, waits: LockWaits<'_>) {
             });
         seen = slot.lock.xchg(CONTENDED, Acquire);
     }
-    waits.stats.pages_locked(Some(start.elapsed_ns()));
+    Some(start.elapsed_ns())
 }
 
 /// The locks of slots `first..first + len` of a region, held: the only way to their pages
@@ -185,21 +192,29 @@ pub(crate) struct LockedPages<'a> {
     first: usize,
     len: usize,
     waits: LockWaits<'a>,
-    /// When the run's first lock was taken: the pages' hold time is counted from it.
-    since: LocalInstant,
+    /// When the run's first lock was taken (none for an empty run): the pages' hold time is
+    /// counted from it.
+    since: Option<LocalInstant>,
     /// A lock is released by the thread that took it: not `Send`.
     _not_send: PhantomData<*mut ()>,
 }
 
 impl<'a> LockedPages<'a> {
-    fn empty(slots: &'a Slots, first: usize, waits: LockWaits<'a>) -> Self {
-        // INVARIANT: No slot yet.
+    /// The run of slots `first..first + len` of `slots`, which the caller has locked.
+    fn new(
+        slots: &'a Slots,
+        first: usize,
+        len: usize,
+        waits: LockWaits<'a>,
+        since: Option<LocalInstant>,
+    ) -> Self {
+        // INVARIANT: The caller holds the slots' locks.
         Self {
             slots,
             first,
-            len: 0,
+            len,
             waits,
-            since: LocalInstant::now(),
+            since,
             _not_send: PhantomData,
         }
     }
@@ -261,9 +276,11 @@ impl<'a> LockedPages<'a> {
         if self.len <= len {
             return;
         }
-        self.waits
-            .stats
-            .pages_unlocked((self.len - len) as u64, self.since.elapsed_ns());
+        if let Some(since) = self.since {
+            self.waits
+                .stats
+                .pages_unlocked((self.len - len) as u64, since.elapsed_ns());
+        }
         while self.len > len {
             self.len -= 1;
             let index = self.first + self.len;

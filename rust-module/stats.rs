@@ -114,13 +114,14 @@ impl Stats {
         self.wait_hist[bucket.min(HIST - 1)].add(1, Relaxed);
     }
 
-    /// A page slot's lock was taken (`slots.rs`); `waited_ns`: it was held by another
-    /// thread, and taking it took that long.
-    pub(crate) fn pages_locked(&self, waited_ns: Option<u64>) {
-        self.add(Counter::PagesLockTaken, 1);
-        if let Some(ns) = waited_ns {
-            self.add(Counter::PagesLockContended, 1);
-            self.pages_lock_wait_ns.add(ns, Relaxed);
+    /// A run of `taken` page slots was locked (`slots.rs`), `contended` of them held by
+    /// another thread, which took `wait_ns` to wait for. Once per run: a fault's or a load's
+    /// run pays one shared counter, not one per page.
+    pub(crate) fn pages_locked(&self, taken: u64, contended: u64, wait_ns: u64) {
+        self.add(Counter::PagesLockTaken, taken);
+        if contended > 0 {
+            self.add(Counter::PagesLockContended, contended);
+            self.pages_lock_wait_ns.add(wait_ns, Relaxed);
         }
     }
 
