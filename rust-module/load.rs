@@ -522,16 +522,18 @@ struct PairRanges<'a> {
 }
 
 impl<'a> PairRanges<'a> {
-    /// The ranges' page indices, the target's checked first (EINVAL for a range outside
-    /// guest memory, or outside staging), for ranges that were both found: the errors come
-    /// in the order [`move_pages`]' mmap path finds them.
-    fn new(
+    /// The ranges of a pair of `len` bytes that `target` and `source` find, with their page
+    /// indices, checked in this order: a target outside guest memory is EINVAL whatever the
+    /// source.
+    fn find(
         layout: &Layout,
-        target: LockedRange<'a>,
-        source: LockedRange<'a>,
         len: u64,
+        target: impl FnOnce() -> Result<LockedRange<'a>>,
+        source: impl FnOnce() -> Result<LockedRange<'a>>,
     ) -> Result<Self> {
+        let target = target()?;
         let first = layout.guest_range(target.offset, len)?;
+        let source = source()?;
         let staging = layout.staging_range(source.offset, len)?;
         Ok(Self {
             target,
@@ -554,7 +556,12 @@ fn move_pages(
 ) -> Result {
     if let [v] = pairs {
         let moved = object.locked_pair(v.dst, v.src, v.len, |target, source, layout| {
-            let mut ranges = Some(PairRanges::new(layout, target, source, v.len));
+            let mut ranges = Some(PairRanges::find(
+                layout,
+                v.len,
+                || Ok(target),
+                || Ok(source),
+            ));
             move_batch(object, layout, pairs, progress, emptied, |_| {
                 ranges.take().unwrap_or(Err(EINVAL))
             })
@@ -565,17 +572,12 @@ fn move_pages(
     }
     object.locked_mm(|guard, layout| {
         move_batch(object, layout, pairs, progress, emptied, |v| {
-            // In this order: a target outside guest memory is EINVAL whatever the source.
-            let target = LockedRange::find(guard, object, v.dst, v.len)?;
-            let first = layout.guest_range(target.offset, v.len)?;
-            let source = LockedRange::find(guard, object, v.src, v.len)?;
-            let staging = layout.staging_range(source.offset, v.len)?;
-            Ok(PairRanges {
-                target,
-                first,
-                source,
-                staging,
-            })
+            PairRanges::find(
+                layout,
+                v.len,
+                || LockedRange::find(guard, object, v.dst, v.len),
+                || LockedRange::find(guard, object, v.src, v.len),
+            )
         })
     })
 }
