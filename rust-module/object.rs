@@ -290,17 +290,9 @@ impl Object {
         if self.set_up.xchg(true, Relaxed) {
             return Err(EBUSY);
         }
-        let layout = match Layout::new(guest_pages, staging_pages) {
-            Ok(layout) => layout,
-            Err(e) => {
-                self.set_up.store(false, Relaxed);
-                return Err(e);
-            }
-        };
-        if let Err(e) = self.pool.set_target(staging_pages) {
-            self.set_up.store(false, Relaxed);
-            return Err(e);
-        }
+        let layout = Layout::new(guest_pages, staging_pages)
+            .and_then(|layout| self.pool.set_target(staging_pages).map(|()| layout))
+            .inspect_err(|_| self.set_up.store(false, Relaxed))?;
         // Cannot fail: only the setup that set `set_up` gets here.
         self.layout.populate(layout);
         self.refill_pool();
