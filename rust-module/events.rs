@@ -93,7 +93,14 @@ impl Queue {
 
     /// The slot of the `i`th unread event (`i` may be `len`: the next free slot).
     fn slot(&self, i: usize) -> usize {
-        (self.head + i) % self.slots.len()
+        // A wrap, not `%`: `head < slots.len()` and `i <= len`, so one subtraction does; and
+        // objtool does not know the divide-by-zero panic of a `%` by a variable as noreturn.
+        let slot = self.head + i;
+        if slot >= self.slots.len() {
+            slot - self.slots.len()
+        } else {
+            slot
+        }
     }
 
     /// Queues `event` at the back, growing the ring if every slot is taken or kept.
@@ -145,7 +152,7 @@ impl Queue {
     fn settle(&mut self, lent: usize, back: &[muserload_event]) {
         for event in back.iter().rev() {
             // There is room: `lent` slots were kept for this loan and the ones before it.
-            self.head = (self.head + self.slots.len() - 1) % self.slots.len();
+            self.head = self.head.checked_sub(1).unwrap_or(self.slots.len() - 1);
             self.slots[self.head] = *event;
         }
         // INVARIANT: `back.len() <= lent`: `len + lent` does not grow.
