@@ -179,11 +179,19 @@ impl EventQueue {
         })
     }
 
-    /// Queues `event` and wakes readers. Called with the faulting page's slot locked.
+    /// Queues `event`. Called with the faulting page's slot locked, which orders the event
+    /// with the page's state; [`Self::notify`] follows once the slot is unlocked.
     pub(crate) fn push(&self, event: muserload_event) -> Result {
-        self.queue.lock().push(event)?;
-        self.ready.notify_all();
-        Ok(())
+        self.queue.lock().push(event)
+    }
+
+    /// Wakes one reader, and every poller, for an event [`Self::push`] queued. After the
+    /// faulting page's slot is unlocked: a reader woken under it would run its load into
+    /// that lock (on another CPU at once) and sleep again. One reader: any number of
+    /// resolvers share the queue, and waking them all for one event would send all but one
+    /// back to sleep.
+    pub(crate) fn notify(&self) {
+        self.ready.notify_one();
     }
 
     /// Wakes readers and pollers (the object was aborted).
@@ -224,6 +232,11 @@ impl EventQueue {
                 return Err(EAGAIN);
             }
             if self.ready.wait_interruptible(&mut q) {
+                // The wakeup this reader took may have been an event's only one
+                // ([`Self::notify`]): another reader gets it.
+                if q.len > 0 {
+                    self.ready.notify_one();
+                }
                 return Err(ERESTARTSYS);
             }
         };

@@ -138,8 +138,11 @@ fn guest(object: &Arc<Object>, layout: &Layout, index: usize, fault: Fault) -> F
             return FaultResult::Oom;
         }
         slot.set_state(0, state.report());
+        drop(slot);
+        object.events.notify();
+    } else {
+        drop(slot);
     }
-    drop(slot);
 
     let wait_state = match fault.wait_state() {
         // Its own signal is pending, and its handler can run only once this access is done:
