@@ -21,6 +21,10 @@
 //! loaded, and a touch zero-fills it.
 
 use crate::{
+    copy_chunk::{
+        CopyChunk,
+        COPY_CHUNK, //
+    },
     layout::Layout,
     memcg::{
         charged_may_fail,
@@ -332,11 +336,6 @@ fn refill_staging(object: ArcBorrow<'_, Object>, src: u64, len: u64) {
     });
 }
 
-/// Pages a COPY fills before it takes the locks to install them (and a ZERO marks under one
-/// locking). The chunk lives on the stack (512 bytes): a single-page COPY, a fault's reply,
-/// allocates nothing but its page.
-const COPY_CHUNK: usize = 64;
-
 /// COPY of one pair: fills new pages from `v.src`, then installs them at `v.dst`.
 fn copy_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Result {
     let (dst, src, len) = (v.dst, v.src, v.len);
@@ -348,24 +347,21 @@ fn copy_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Re
     let mut done = 0;
     while done < total {
         // Fill the pages without locks: the source may be a page of this very object. Pages
-        // the install does not take are freed with the array.
-        let mut chunk: [Option<Page>; COPY_CHUNK] = [const { None }; COPY_CHUNK];
-        let want = (total - done).min(COPY_CHUNK);
-        let mut count = 0;
+        // the install does not take are freed with the chunk.
+        let mut chunk = CopyChunk::new();
+        let want = total - done;
         // A source that stops being readable stops the load after the pages before it.
         let mut copy_error = None;
-        while count < want {
+        while chunk.filled() < want && !chunk.is_full() {
             match copied_page(&mut reader) {
-                Ok(page) => {
-                    chunk[count] = Some(page);
-                    count += 1;
-                }
+                Ok(page) => chunk.push(page),
                 Err(e) => {
                     copy_error = Some(e);
                     break;
                 }
             }
         }
+        let count = chunk.filled();
         if count == 0 {
             return Err(copy_error.unwrap_or(EFAULT));
         }
@@ -378,11 +374,11 @@ fn copy_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Re
             |target, first, layout| {
                 let mut slots = layout.guest.lock(first, count, object.lock_waits());
                 let mut installed = 0;
-                let result = chunk[..count].iter_mut().try_for_each(|page| {
-                    if present(&slots, installed) {
-                        return Err(eexist(object, first + installed));
+                let result = (0..count).try_for_each(|i| {
+                    if present(&slots, i) {
+                        return Err(eexist(object, first + i));
                     }
-                    *slots.page_mut(installed) = page.take();
+                    *slots.page_mut(i) = chunk.take();
                     installed += 1;
                     Ok(())
                 });

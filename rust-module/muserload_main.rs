@@ -42,6 +42,7 @@ use kernel::prelude::*;
 mod anon_file;
 mod api;
 mod clock;
+mod copy_chunk;
 mod device;
 mod events;
 mod fault;

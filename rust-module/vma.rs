@@ -21,6 +21,7 @@ use crate::{
     slots::LockedPages,
     sync_table::AssertSync, //
 };
+use core::mem::MaybeUninit;
 use kernel::{
     bindings,
     mm::{
@@ -193,7 +194,9 @@ impl<'a> LockedRange<'a> {
         let Some(mixed) = self.vma.as_mixedmap_vma() else {
             return;
         };
-        let mut raw = [core::ptr::null_mut::<bindings::page>(); BATCH];
+        // Left uninitialised: zeroing it would cost a 256-byte `memset` on every load, and a
+        // single-page load (a fault's reply) uses one entry.
+        let mut raw = [MaybeUninit::<*mut bindings::page>::uninit(); BATCH];
         let mut index = 0;
         while index < pages.len() {
             // A run of slots that have pages, at most `BATCH` long.
@@ -201,21 +204,21 @@ impl<'a> LockedRange<'a> {
                 .take(BATCH)
                 .map_while(|i| pages.page(i))
                 .enumerate()
-                .map(|(i, page)| raw[i] = page.as_ptr())
+                .map(|(i, page)| raw[i] = MaybeUninit::new(page.as_ptr()))
                 .count();
             let mut done = 0;
             while done < run {
                 let mut left = (run - done) as kernel::ffi::c_ulong;
                 // SAFETY: The caller holds the mmap read lock or the vma's own lock on a vma
                 // of ours, which has `VM_MIXEDMAP` (type invariant of `VmaMixedMap`);
-                // `raw[done..run]` point to order-0 pages the object owns (not anonymous, not
-                // slab), which `vm_insert_pages` takes references of its own on. It writes
-                // back in `left` how many it did not map.
+                // `raw[done..run]` were written above and point to order-0 pages the object
+                // owns (not anonymous, not slab), which `vm_insert_pages` takes references of
+                // its own on. It writes back in `left` how many it did not map.
                 let ret = unsafe {
                     bindings::vm_insert_pages(
                         mixed.as_ptr(),
                         self.addr + delta + (index + done) * PAGE_SIZE,
-                        raw.as_mut_ptr().add(done),
+                        raw.as_mut_ptr().add(done).cast(),
                         &mut left,
                     )
                 };
