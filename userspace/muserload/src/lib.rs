@@ -41,6 +41,7 @@ mod mapping;
 mod object;
 pub mod signal;
 pub mod uapi;
+pub mod vcpu_signal;
 
 pub use error::{Error, Result};
 pub use events::{Event, Events};
