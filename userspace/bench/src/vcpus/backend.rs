@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     guest,
-    machine::{Machine, VcpuRun},
+    machine::{Machine, TakenFaults, VcpuRun},
 };
 use crate::{
     anon::Anon,
@@ -100,23 +100,34 @@ pub enum Backend {
     Userfaultfd(Readers, Kind),
     /// muserload queue mode: `MUSERLOAD_IOC_RESOLVE` loads each batch and reads the next.
     Queue(Readers, Kind),
-    /// muserload signal mode: each vCPU thread's handler loads its own page (`KVM_RUN`
-    /// returns `EINTR`, entering again completes the access).
-    Signal(Kind),
+    /// muserload signal mode: each vCPU thread loads its own page (`KVM_RUN` returns
+    /// `EINTR`, entering again completes the access), the signal taken as [`Taking`] says.
+    Signal(Kind, Taking),
+}
+
+/// How signal mode's vCPU thread takes its fault signal.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub enum Taking {
+    /// A handler runs and loads the page, on the thread's way out of `KVM_RUN`.
+    Handler,
+    /// Blocked outside `KVM_RUN`, taken by the vCPU loop with `sigtimedwait()` once
+    /// `KVM_RUN` returned ([`muserload::vcpu_signal`]): no signal frame.
+    InLoop,
 }
 
 impl Backend {
     /// Every backend, in the order of the table.
-    pub const ALL: [Backend; 9] = [
+    pub const ALL: [Backend; 10] = [
         Backend::FirstTouch,
         Backend::Userfaultfd(Readers::One, Kind::Copy),
         Backend::Userfaultfd(Readers::PerVcpu, Kind::Copy),
         Backend::Queue(Readers::One, Kind::Copy),
         Backend::Queue(Readers::PerVcpu, Kind::Copy),
-        Backend::Signal(Kind::Copy),
+        Backend::Signal(Kind::Copy, Taking::Handler),
+        Backend::Signal(Kind::Copy, Taking::InLoop),
         Backend::Userfaultfd(Readers::One, Kind::Move),
         Backend::Queue(Readers::One, Kind::Move),
-        Backend::Signal(Kind::Move),
+        Backend::Signal(Kind::Move, Taking::InLoop),
     ];
 
     /// Its name in the table.
@@ -137,13 +148,20 @@ impl Backend {
             Backend::Queue(r, k) => {
                 format!("muserload queue, {}{}", readers(r, "resolver"), kind(k))
             }
-            Backend::Signal(k) => format!("muserload signal{}", kind(k)),
+            Backend::Signal(k, t) => format!(
+                "muserload signal{}{}",
+                match t {
+                    Taking::Handler => ", handler",
+                    Taking::InLoop => "",
+                },
+                kind(k)
+            ),
         }
     }
 
     /// Whether it is muserload.
     pub fn is_muserload(self) -> bool {
-        matches!(self, Backend::Queue(..) | Backend::Signal(_))
+        matches!(self, Backend::Queue(..) | Backend::Signal(..))
     }
 
     /// Runs the VM `shape` says on this backend; checks every page afterwards.
@@ -153,7 +171,7 @@ impl Backend {
             Backend::FirstTouch => {
                 let memory = Anon::new(pages * PAGE_SIZE)?;
                 memory.no_huge_pages()?;
-                let (runs, tsc_khz) = run_machine(memory.as_ptr(), shape, false, || Ok(()))?;
+                let (runs, tsc_khz) = run_machine(memory.as_ptr(), shape, false, None, || Ok(()))?;
                 verify(self, memory.as_ptr(), pages, false)?;
                 Ok(Outcome {
                     runs,
@@ -163,7 +181,7 @@ impl Backend {
             }
             Backend::Userfaultfd(readers, kind) => userfaultfd(self, readers, kind, shape),
             Backend::Queue(readers, kind) => queue(self, readers, kind, shape),
-            Backend::Signal(kind) => signal_mode(self, kind, shape),
+            Backend::Signal(kind, taking) => signal_mode(self, kind, taking, shape),
         }
     }
 }
@@ -174,11 +192,12 @@ fn run_machine(
     memory: *mut u8,
     shape: Shape,
     loaded: bool,
+    taken: Option<&TakenFaults<'_>>,
     stop: impl FnOnce() -> Result<()>,
 ) -> Result<(Vec<VcpuRun>, u32)> {
     let ran =
         Machine::new(memory, shape.vcpus, shape.slice_pages, loaded).and_then(|mut machine| {
-            let runs = machine.run(shape.deadline)?;
+            let runs = machine.run(shape.deadline, taken)?;
             Ok((runs, machine.tsc_khz()))
         });
     stop()?;
@@ -236,7 +255,7 @@ fn userfaultfd(backend: Backend, readers: Readers, kind: Kind, shape: Shape) -> 
                 s.spawn(move || serve_uffd(uffd, region, source, kind, done))
             })
             .collect();
-        run_machine(region.as_ptr(), shape, true, || {
+        run_machine(region.as_ptr(), shape, true, None, || {
             done.store(true, Ordering::Release);
             for reader in serving {
                 reader
@@ -315,7 +334,7 @@ fn queue(backend: Backend, readers: Readers, kind: Kind, shape: Shape) -> Result
                 })
             })
             .collect();
-        run_machine(guest.as_ptr(), shape, true, || {
+        run_machine(guest.as_ptr(), shape, true, None, || {
             // The vCPUs are done (or failed): the resolvers, waiting for faults, end.
             object.abort()?;
             for resolver in serving {
@@ -354,57 +373,67 @@ fn resolve(
     }
 }
 
-/// What signal mode's handler loads from and into.
+/// What signal mode's vCPU threads load from and into.
 struct SignalTarget {
     object: Object,
     guest: GuestMemory,
     /// For MOVE: a mapping of staging per vCPU, slot `vcpu` of which only that vCPU's
-    /// handler touches.
-    staging: Vec<HandlerStaging>,
+    /// thread touches.
+    staging: Vec<VcpuStaging>,
     source: Vec<u8>,
     slice_bytes: u64,
 }
 
-/// Staging that only one vCPU thread's signal handler touches.
-struct HandlerStaging(UnsafeCell<Staging>);
+/// Staging that only one vCPU thread touches.
+struct VcpuStaging(UnsafeCell<Staging>);
 
-// SAFETY: Only one vCPU thread's handler touches it (the vCPU whose slice faulted), and a
-// handler does not nest in itself: its signal is blocked while it runs.
-unsafe impl Sync for HandlerStaging {}
+// SAFETY: Only one vCPU thread touches it (the vCPU whose slice faulted), one load at a
+// time: a handler does not nest in itself (its signal is blocked while it runs), and the
+// vCPU loop loads between its runs.
+unsafe impl Sync for VcpuStaging {}
+
+impl SignalTarget {
+    /// Loads the page at `address`, in the thread of the vCPU whose slice holds it; an
+    /// address outside this run's memory loads nothing (the access fails again, and the
+    /// run with it).
+    fn load(&self, address: u64) -> muserload::Result<()> {
+        let offset = address.wrapping_sub(self.guest.as_ptr() as u64) & !(PAGE_SIZE as u64 - 1);
+        let Some(data) = self
+            .source
+            .get(offset as usize..offset as usize + PAGE_SIZE)
+        else {
+            return Ok(());
+        };
+        let vcpu = (offset / self.slice_bytes) as usize;
+        match self.staging.get(vcpu) {
+            None => self
+                .object
+                .load_copy(&self.guest, offset, data, Wake::Now)?,
+            Some(staging) => {
+                // SAFETY: Only this vCPU's thread touches its staging (`VcpuStaging`).
+                let staging = unsafe { &mut *staging.0.get() };
+                staging.slot_mut(vcpu)?.copy_from_slice(data);
+                self.object
+                    .load_move(&self.guest, offset, staging, vcpu, 1, Wake::Now)?
+            }
+        };
+        Ok(())
+    }
+}
 
 static SIGNAL_TARGET: HandlerSlot<SignalTarget> = HandlerSlot::new();
 const SIGNAL: Signal = Signal::SIGUSR1;
 
-/// Signal mode's handler, in the vCPU thread whose access faulted: loads the page.
+/// Signal mode's handler ([`Taking::Handler`]), in the vCPU thread whose access faulted:
+/// loads the page. A load that fails leaves it to fault again.
 fn load_in_handler(address: u64) {
     // SAFETY: A handler of a fault of the run that installed the target.
-    let Some(t) = (unsafe { SIGNAL_TARGET.get() }) else {
-        return;
-    };
-    let offset = address.wrapping_sub(t.guest.as_ptr() as u64) & !(PAGE_SIZE as u64 - 1);
-    // Not this run's memory: nothing to load (the access fails again, and the run with it).
-    let Some(data) = t.source.get(offset as usize..offset as usize + PAGE_SIZE) else {
-        return;
-    };
-    let vcpu = (offset / t.slice_bytes) as usize;
-    let _ = match t.staging.get(vcpu) {
-        None => t.object.load_copy(&t.guest, offset, data, Wake::Now),
-        Some(staging) => {
-            // SAFETY: Only this vCPU's handler touches its staging (`HandlerStaging`).
-            let staging = unsafe { &mut *staging.0.get() };
-            match staging.slot_mut(vcpu) {
-                Ok(slot) => {
-                    slot.copy_from_slice(data);
-                    t.object
-                        .load_move(&t.guest, offset, staging, vcpu, 1, Wake::Now)
-                }
-                Err(e) => Err(e),
-            }
-        }
-    };
+    if let Some(target) = unsafe { SIGNAL_TARGET.get() } {
+        let _ = target.load(address);
+    }
 }
 
-fn signal_mode(backend: Backend, kind: Kind, shape: Shape) -> Result<Outcome> {
+fn signal_mode(backend: Backend, kind: Kind, taking: Taking, shape: Shape) -> Result<Outcome> {
     let Shape {
         vcpus, slice_pages, ..
     } = shape;
@@ -422,7 +451,7 @@ fn signal_mode(backend: Backend, kind: Kind, shape: Shape) -> Result<Outcome> {
     let staging = match kind {
         Kind::Copy => Vec::new(),
         Kind::Move => (0..vcpus)
-            .map(|_| Ok(HandlerStaging(UnsafeCell::new(object.map_staging()?))))
+            .map(|_| Ok(VcpuStaging(UnsafeCell::new(object.map_staging()?))))
             .collect::<Result<_>>()?,
     };
     object.arm(
@@ -438,13 +467,24 @@ fn signal_mode(backend: Backend, kind: Kind, shape: Shape) -> Result<Outcome> {
         source: guest::source(pages),
         slice_bytes: (slice_pages * PAGE_SIZE) as u64,
     });
-    signal::install(SIGNAL, load_in_handler)?;
-    let memory = installed.target().guest.as_ptr();
-    let (runs, tsc_khz) = run_machine(memory, shape, true, || Ok(()))?;
+    let target = installed.target();
+    let memory = target.guest.as_ptr();
+    let load = |address| Ok(target.load(address)?);
+    let taken = TakenFaults {
+        signal: SIGNAL,
+        load: &load,
+    };
+    let (runs, tsc_khz) = match taking {
+        Taking::Handler => {
+            signal::install(SIGNAL, load_in_handler)?;
+            run_machine(memory, shape, true, None, || Ok(()))?
+        }
+        Taking::InLoop => run_machine(memory, shape, true, Some(&taken), || Ok(()))?,
+    };
     verify(backend, memory, pages, true)?;
     Ok(Outcome {
         runs,
         tsc_khz,
-        pages_lock: Some(PagesLock::of(&installed.target().object)?),
+        pages_lock: Some(PagesLock::of(&target.object)?),
     })
 }

@@ -14,7 +14,7 @@ use std::{
 
 use kvm_bindings::{kvm_segment, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use muserload::PAGE_SIZE;
+use muserload::{vcpu_signal::VcpuFaultSignal, PAGE_SIZE};
 use nix::{
     errno::Errno,
     sys::{
@@ -70,6 +70,18 @@ pub struct VcpuRun {
     /// Each page's touch, in order.
     pub cycles: Vec<u32>,
 }
+
+/// Signal mode's faults taken by the vCPU loop ([`muserload::vcpu_signal`]): the signal the
+/// memory is armed with, and what loads the page at a faulting address.
+pub struct TakenFaults<'a> {
+    /// The signal.
+    pub signal: Signal,
+    /// The load, in the faulting vCPU's thread.
+    pub load: Load<'a>,
+}
+
+/// What loads the page at a faulting address.
+pub type Load<'a> = &'a (dyn Fn(u64) -> Result<()> + Sync);
 
 /// A VM whose guest memory (from guest physical address 0) is `memory`, split into
 /// `vcpus` slices of `slice_pages` pages.
@@ -142,7 +154,11 @@ impl Machine {
     /// together. Returns each vCPU's run; [`MachineError::Stuck`] if some are not done by
     /// `deadline` (their threads are kicked out of `KVM_RUN` first): a case that hangs ends
     /// the run with where its vCPUs stopped, long before the guest's timeout.
-    pub fn run(&mut self, deadline: Duration) -> Result<Vec<VcpuRun>> {
+    pub fn run(
+        &mut self,
+        deadline: Duration,
+        taken: Option<&TakenFaults<'_>>,
+    ) -> Result<Vec<VcpuRun>> {
         let n = self.vcpus.len();
         install_kick()?;
         let start = Barrier::new(n);
@@ -160,9 +176,17 @@ impl Machine {
                     s.spawn(
                         move || -> Result<std::result::Result<(Instant, Instant), String>> {
                             pthreads[id].store(pthread_self() as usize, Ordering::Release);
+                            let faults = taken
+                                .map(|t| {
+                                    VcpuFaultSignal::block_outside_run(t.signal, vcpu)
+                                        .map(|signal| (signal, t.load))
+                                })
+                                .transpose();
                             start.wait();
                             let began = Instant::now();
-                            let finished = run_loop(vcpu, id, abandon);
+                            let finished = faults
+                                .map_err(Error::from)
+                                .and_then(|faults| run_loop(vcpu, id, abandon, faults.as_ref()));
                             let _ = done.send(id);
                             if finished? {
                                 return Ok(Ok((began, Instant::now())));
@@ -321,9 +345,14 @@ fn enter_loop(vcpu: &VcpuFd, id: usize, slice_pages: usize, loaded: bool) -> Res
 }
 
 /// Runs `vcpu` until the loop writes to its port: `true`; `false` if told to `abandon`
-/// it. A signal (signal mode's fault, loaded by the handler, or a kick) makes KVM_RUN
-/// return `EINTR`; entering again retries the access.
-fn run_loop(vcpu: &mut VcpuFd, id: usize, abandon: &AtomicBool) -> Result<bool> {
+/// it. A signal (signal mode's fault, loaded by the handler or here from `taken`, or a
+/// kick) makes KVM_RUN return `EINTR`; entering again retries the access.
+fn run_loop(
+    vcpu: &mut VcpuFd,
+    id: usize,
+    abandon: &AtomicBool,
+    taken: Option<&(VcpuFaultSignal, Load<'_>)>,
+) -> Result<bool> {
     loop {
         match vcpu.run() {
             Ok(VcpuExit::IoOut(DONE_PORT, _)) => return Ok(true),
@@ -335,6 +364,11 @@ fn run_loop(vcpu: &mut VcpuFd, id: usize, abandon: &AtomicBool) -> Result<bool> 
                 .into())
             }
             Err(e) if e.errno() == Errno::EINTR as i32 || e.errno() == Errno::EAGAIN as i32 => {
+                if let Some((signal, load)) = taken {
+                    if let Some(address) = signal.take()? {
+                        load(address)?;
+                    }
+                }
                 if abandon.load(Ordering::Acquire) {
                     return Ok(false);
                 }

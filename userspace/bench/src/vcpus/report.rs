@@ -4,7 +4,7 @@
 use muserload::PAGE_SIZE;
 use serde::{Deserialize, Serialize};
 
-use super::backend::{Backend, PagesLock, Readers};
+use super::backend::{Backend, PagesLock, Readers, Taking};
 use crate::roundtrip::Kind;
 
 /// One backend at one vCPU count: the repetition with the median aggregate rate.
@@ -178,7 +178,7 @@ pub fn targets(points: &[Point]) -> Vec<String> {
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
     let counts = counts(points);
     for kind in [Kind::Copy, Kind::Move] {
-        let signal = Backend::Signal(kind);
+        let signal = Backend::Signal(kind, Taking::InLoop);
         let shares: Vec<(usize, f64)> = counts
             .iter()
             .filter_map(|&n| {
@@ -278,7 +278,7 @@ mod tests {
 
     #[test]
     fn the_targets_are_judged_from_the_points() {
-        let signal = Backend::Signal(Kind::Copy);
+        let signal = Backend::Signal(Kind::Copy, Taking::InLoop);
         let uffd = Backend::Userfaultfd(Readers::One, Kind::Copy);
         let each = Backend::Userfaultfd(Readers::PerVcpu, Kind::Copy);
         let points = vec![
