@@ -23,7 +23,10 @@ use nix::{
     },
 };
 
-use super::guest::{self, CODE, CODE_GPA, DONE_PORT, LOG_GPA, MISMATCH};
+use super::{
+    guest::{self, CODE, CODE_GPA, DONE_PORT, LOG_GPA, MISMATCH},
+    kvm_stats::Exits,
+};
 use crate::{anon::Anon, Error, Result};
 
 /// Why the nested VM could not be set up or run.
@@ -69,6 +72,8 @@ pub struct VcpuRun {
     pub end: Instant,
     /// Each page's touch, in order.
     pub cycles: Vec<u32>,
+    /// What the run cost the vCPU in exits.
+    pub exits: Exits,
 }
 
 /// Signal mode's faults taken by the vCPU loop ([`muserload::vcpu_signal`]): the signal the
@@ -230,17 +235,19 @@ impl Machine {
             }
             .into());
         }
-        Ok(runs
-            .into_iter()
+        runs.into_iter()
             .enumerate()
             .filter_map(|(id, run)| {
-                run.ok().map(|(start, end)| VcpuRun {
-                    start,
-                    end,
-                    cycles: cycles(id),
+                run.ok().map(|(start, end)| {
+                    Ok(VcpuRun {
+                        start,
+                        end,
+                        cycles: cycles(id),
+                        exits: Exits::of(&self.vcpus[id])?,
+                    })
                 })
             })
-            .collect())
+            .collect()
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod backend;
 mod guest;
+mod kvm_stats;
 mod machine;
 mod plot;
 mod report;
@@ -20,6 +21,7 @@ pub use plot::plot;
 pub use report::{print, Point};
 
 use backend::{Outcome, PagesLock};
+use kvm_stats::Exits;
 use machine::{cycles_to_duration, mismatches};
 use muserload::PAGE_SIZE;
 
@@ -44,6 +46,7 @@ struct Run {
     per_vcpu_pages_per_s: f64,
     latencies_ns: Vec<u64>,
     pages_lock: Option<PagesLock>,
+    exits: Exits,
 }
 
 impl Run {
@@ -69,6 +72,9 @@ impl Run {
             per_vcpu_pages_per_s: per_vcpu,
             latencies_ns,
             pages_lock: outcome.pages_lock,
+            exits: runs
+                .iter()
+                .fold(Exits::default(), |sum, r| sum.plus(r.exits)),
         }
     }
 
@@ -161,6 +167,7 @@ fn point(
         p50_us: median.map_or(0.0, |m| m.latency_us(0.5)),
         p99_us: median.map_or(0.0, |m| m.latency_us(0.99)),
         pages_lock: median.and_then(|m| m.pages_lock),
+        exits: median.map(|m| m.exits).unwrap_or_default(),
         stuck,
     }
 }
@@ -236,6 +243,7 @@ mod tests {
             per_vcpu_pages_per_s: rate / 2.0,
             latencies_ns: vec![1000, 2000, 3000],
             pages_lock: None,
+            exits: Exits::default(),
         };
         let p = point(
             Backend::FirstTouch,

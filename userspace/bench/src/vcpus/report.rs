@@ -4,7 +4,10 @@
 use muserload::PAGE_SIZE;
 use serde::{Deserialize, Serialize};
 
-use super::backend::{Backend, PagesLock, Readers, Taking};
+use super::{
+    backend::{Backend, PagesLock, Readers, Taking},
+    kvm_stats::Exits,
+};
 use crate::roundtrip::Kind;
 
 /// One backend at one vCPU count: the repetition with the median aggregate rate.
@@ -33,6 +36,9 @@ pub struct Point {
     pub p99_us: f64,
     /// muserload's page locks over the run.
     pub pages_lock: Option<PagesLock>,
+    /// The vCPUs' exits over the run, all together.
+    #[serde(default)]
+    pub exits: Exits,
     /// Why each run that has no figures failed: its vCPUs stuck past the deadline.
     #[serde(default)]
     pub stuck: Vec<String>,
@@ -93,7 +99,7 @@ pub fn print(points: &[Point]) {
             n * slice_mib * 256
         );
         println!(
-            "{:<40} {:>10} {:>21} {:>10} {:>8} {:>9} {:>9} {:>10} {:>11} {:>12}",
+            "{:<40} {:>10} {:>21} {:>10} {:>8} {:>9} {:>9} {:>14} {:>10} {:>11} {:>12}",
             "backend",
             "pages/s",
             "[min, max]",
@@ -101,6 +107,7 @@ pub fn print(points: &[Point]) {
             "/ceiling",
             "p50 us",
             "p99 us",
+            "exit/pf/sig",
             "contended",
             "lock wait",
             "lock hold"
@@ -129,8 +136,15 @@ pub fn print(points: &[Point]) {
                     ),
                 )
             });
+            let per_page = |n: u64| n as f64 / p.pages.max(1) as f64;
+            let exits = format!(
+                "{:.2}/{:.2}/{:.2}",
+                per_page(p.exits.exits),
+                per_page(p.exits.page_faults),
+                per_page(p.exits.signal_exits)
+            );
             println!(
-                "{:<40} {:>10.0} {:>21} {:>10.0} {:>8} {:>9.1} {:>9.1} {:>10} {:>11} {:>12}",
+                "{:<40} {:>10.0} {:>21} {:>10.0} {:>8} {:>9.1} {:>9.1} {:>14} {:>10} {:>11} {:>12}",
                 p.name,
                 p.pages_per_s,
                 format!(
@@ -141,6 +155,7 @@ pub fn print(points: &[Point]) {
                 of_ceiling,
                 p.p50_us,
                 p.p99_us,
+                exits,
                 contended,
                 wait,
                 hold
@@ -168,7 +183,9 @@ pub fn print(points: &[Point]) {
          (~: they do); latencies as each vCPU's TSC measured its touches; contended: the \
          share of the page locks' takings that found one held by another thread, \
          lock wait: the time they waited, per page; lock hold: how long a taking held its \
-         lock, on average (muserload's STATS)"
+         lock, on average (muserload's STATS); exit/pf/sig: per page, the vCPUs' exits to \
+         KVM, the nested page faults KVM took, and the returns to userspace for a signal \
+         (KVM's stats: work that carries to hardware)"
     );
 }
 
@@ -258,6 +275,7 @@ mod tests {
             p50_us: 0.0,
             p99_us: 0.0,
             pages_lock: None,
+            exits: Exits::default(),
             stuck: Vec::new(),
         }
     }
