@@ -4,6 +4,8 @@
 
 use std::error::Error;
 
+use kvm_ioctls::VcpuFd;
+
 /// Why a fault could not be handled: the failure of whatever serves faults (on a
 /// destination, its loading of pages), which the vCPU stops with.
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +15,11 @@ pub struct FaultError(pub Box<dyn Error + Send + Sync>);
 /// What a thread does when a KVM call of its was interrupted by a signal: signal mode's
 /// fault handling on a destination. The default does nothing.
 pub trait Interrupted: Send + Sync {
+    /// Called in a vCPU's thread before its first KVM_RUN.
+    fn vcpu_started(&self, _vcpu: &VcpuFd) -> Result<(), FaultError> {
+        Ok(())
+    }
+
     /// Called in the thread after KVM_RUN returned `EINTR`, or KVM_SET_MSRS stopped short;
     /// returns whether it handled a fault (the call may then succeed if made again).
     fn interrupted(&self) -> Result<bool, FaultError> {

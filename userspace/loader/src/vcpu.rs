@@ -288,6 +288,7 @@ fn run(
     stop: &AtomicBool,
     (interrupted, power): (&dyn Interrupted, &PowerOff),
 ) -> Result<VcpuState, VcpuError> {
+    interrupted.vcpu_started(&vcpu)?;
     loop {
         if stop.load(Ordering::SeqCst) {
             // Let KVM finish the instruction of the last I/O exit, so that the state is

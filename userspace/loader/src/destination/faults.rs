@@ -4,11 +4,12 @@
 //! to the vCPU thread, which asks for the page and waits for it itself.
 
 use std::{
-    cell::Cell,
+    cell::{Cell, OnceCell},
     sync::{atomic::Ordering, Arc},
 };
 
-use muserload::{Event, Events, FaultMode, Wake};
+use kvm_ioctls::VcpuFd;
+use muserload::{vcpu_signal::VcpuFaultSignal, Event, Events, FaultMode, Wake};
 use nix::{errno::Errno, sys::signal::Signal};
 
 use super::{
@@ -115,14 +116,30 @@ impl Loading {
 }
 
 thread_local! {
-    /// The address signal mode's handler saw last in this thread (0: none).
+    /// The address signal mode's handler saw last in this thread (0: none): a thread that
+    /// is no vCPU's (restoring a vCPU's MSRs).
     static FAULT_ADDRESS: Cell<u64> = const { Cell::new(0) };
+    /// A vCPU thread's signal, which it takes in its loop instead
+    /// ([`muserload::vcpu_signal`]): no signal frame per fault.
+    static VCPU_SIGNAL: OnceCell<VcpuFaultSignal> = const { OnceCell::new() };
 }
 
-/// Signal mode's handler: notes the address for the vCPU loop, which sees KVM_RUN fail
-/// with EINTR next. A thread-local `Cell` store is async-signal-safe.
+/// Signal mode's handler: notes the address for the interrupted KVM call's caller, which
+/// sees it fail next. A thread-local `Cell` store is async-signal-safe.
 fn note_fault(address: u64) {
     FAULT_ADDRESS.with(|a| a.set(address));
+}
+
+/// The fault this thread was signalled, if any: the handler's note, or the vCPU signal
+/// pending.
+fn fault_address() -> Result<Option<u64>, LoadError> {
+    let noted = FAULT_ADDRESS.with(|a| a.replace(0));
+    if noted != 0 {
+        return Ok(Some(noted));
+    }
+    Ok(VCPU_SIGNAL
+        .with(|signal| signal.get().map(VcpuFaultSignal::take).transpose())?
+        .flatten())
 }
 
 /// Signal mode's faults, handled in the vCPU threads.
@@ -132,10 +149,9 @@ impl SignalFaults {
     /// Handles the fault the handler noted in this thread, if any: asks for its page and
     /// waits until it is loaded. Returns whether there was one.
     fn handle(&self) -> Result<bool, LoadError> {
-        let address = FAULT_ADDRESS.with(|a| a.replace(0));
-        if address == 0 {
+        let Some(address) = fault_address()? else {
             return Ok(false);
-        }
+        };
         let base = self.0.ram().guest().as_ptr() as u64;
         let page = address
             .checked_sub(base)
@@ -149,6 +165,14 @@ impl SignalFaults {
 }
 
 impl Interrupted for SignalFaults {
+    fn vcpu_started(&self, vcpu: &VcpuFd) -> Result<(), FaultError> {
+        let signal = VcpuFaultSignal::block_outside_run(FAULT_SIGNAL, vcpu)
+            .map_err(|e| FaultError(Box::new(LoadError::from(e))))?;
+        // A thread starts one vCPU: the cell is empty.
+        let _ = VCPU_SIGNAL.with(|cell| cell.set(signal));
+        Ok(())
+    }
+
     fn interrupted(&self) -> Result<bool, FaultError> {
         self.handle().map_err(|e| FaultError(Box::new(e)))
     }
