@@ -384,16 +384,13 @@ fn copy_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Re
                 });
                 slots.truncate(installed);
                 target.prefault_pages(0, &slots);
-                for i in 0..installed {
-                    loaded(
-                        object,
-                        &mut slots,
-                        i,
-                        PageState::LOADED,
-                        Counter::LoadCopy,
-                        progress,
-                    );
-                }
+                loaded(
+                    object,
+                    &mut slots,
+                    PageState::LOADED,
+                    Counter::LoadCopy,
+                    progress,
+                );
                 result
             },
         )?;
@@ -413,18 +410,17 @@ fn zero_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Re
         for chunk in (first..end).step_by(COPY_CHUNK) {
             let count = (end - chunk).min(COPY_CHUNK);
             let mut slots = layout.guest.lock(chunk, count, object.lock_waits());
-            for i in 0..count {
-                if present(&slots, i) {
-                    return Err(eexist(object, chunk + i));
-                }
-                loaded(
-                    object,
-                    &mut slots,
-                    i,
-                    PageState::ZERO_LOADED,
-                    Counter::LoadZero,
-                    progress,
-                );
+            let fresh = (0..count).take_while(|&i| !present(&slots, i)).count();
+            slots.truncate(fresh);
+            loaded(
+                object,
+                &mut slots,
+                PageState::ZERO_LOADED,
+                Counter::LoadZero,
+                progress,
+            );
+            if fresh < count {
+                return Err(eexist(object, chunk + fresh));
             }
         }
         Ok(())
@@ -458,24 +454,31 @@ fn copied_page(reader: &mut UserSliceReader) -> Result<Page> {
     Ok(page)
 }
 
-/// Marks the guest page of the `i`th slot of `slots`, which just got its content, as loaded,
-/// with state `state` ([`PageState::LOADED`], or [`PageState::ZERO_LOADED`] for a zero page
-/// not allocated).
+/// Marks the guest pages of every slot `slots` holds, which just got their content, as
+/// loaded, with state `state` ([`PageState::LOADED`], or [`PageState::ZERO_LOADED`] for
+/// zero pages not allocated). The shared counters are updated once for the run, not once a
+/// page.
 fn loaded(
     object: &Object,
     slots: &mut LockedPages<'_>,
-    i: usize,
     state: PageState,
     counter: Counter,
     progress: &mut Progress,
 ) {
-    if slots.state(i).armed().is_some() {
-        object.stats.loaded(1);
+    let mut armed = 0;
+    for i in 0..slots.len() {
+        if slots.state(i).armed().is_some() {
+            armed += 1;
+        }
+        slots.set_state(i, state);
+        progress.buckets |= Object::bucket_bit(slots.first() + i);
     }
-    slots.set_state(i, state);
-    object.stats.add(counter, 1);
-    progress.done += PAGE_SIZE as u64;
-    progress.buckets |= Object::bucket_bit(slots.first() + i);
+    if armed > 0 {
+        object.stats.loaded(armed);
+    }
+    let pages = slots.len() as u64;
+    object.stats.add(counter, pages);
+    progress.done += pages << PAGE_SHIFT;
 }
 
 /// EEXIST for guest page `index`: counted, and its waiters woken whatever the flags say.
@@ -700,16 +703,13 @@ fn finish(
     }
     for mut m in moved.drain() {
         m.target.prefault_pages(0, &m.slots);
-        for i in 0..m.slots.len() {
-            loaded(
-                object,
-                &mut m.slots,
-                i,
-                PageState::LOADED,
-                Counter::LoadMove,
-                progress,
-            );
-        }
+        loaded(
+            object,
+            &mut m.slots,
+            PageState::LOADED,
+            Counter::LoadMove,
+            progress,
+        );
     }
     emptied.len()
 }
