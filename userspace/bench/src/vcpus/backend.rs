@@ -113,11 +113,14 @@ pub enum Taking {
     /// Blocked outside `KVM_RUN`, taken by the vCPU loop with `sigtimedwait()` once
     /// `KVM_RUN` returned ([`muserload::vcpu_signal`]): no signal frame.
     InLoop,
+    /// As [`Taking::InLoop`], and the loop maps the page it loaded into the VM before it
+    /// enters again (`KVM_PRE_FAULT_MEMORY`): no second exit for the access.
+    InLoopPreFault,
 }
 
 impl Backend {
     /// Every backend, in the order of the table.
-    pub const ALL: [Backend; 10] = [
+    pub const ALL: [Backend; 11] = [
         Backend::FirstTouch,
         Backend::Userfaultfd(Readers::One, Kind::Copy),
         Backend::Userfaultfd(Readers::PerVcpu, Kind::Copy),
@@ -125,6 +128,7 @@ impl Backend {
         Backend::Queue(Readers::PerVcpu, Kind::Copy),
         Backend::Signal(Kind::Copy, Taking::Handler),
         Backend::Signal(Kind::Copy, Taking::InLoop),
+        Backend::Signal(Kind::Copy, Taking::InLoopPreFault),
         Backend::Userfaultfd(Readers::One, Kind::Move),
         Backend::Queue(Readers::One, Kind::Move),
         Backend::Signal(Kind::Move, Taking::InLoop),
@@ -153,6 +157,7 @@ impl Backend {
                 match t {
                     Taking::Handler => ", handler",
                     Taking::InLoop => "",
+                    Taking::InLoopPreFault => ", pre-fault",
                 },
                 kind(k)
             ),
@@ -393,16 +398,16 @@ struct VcpuStaging(UnsafeCell<Staging>);
 unsafe impl Sync for VcpuStaging {}
 
 impl SignalTarget {
-    /// Loads the page at `address`, in the thread of the vCPU whose slice holds it; an
-    /// address outside this run's memory loads nothing (the access fails again, and the
-    /// run with it).
-    fn load(&self, address: u64) -> muserload::Result<()> {
+    /// Loads the page at `address`, in the thread of the vCPU whose slice holds it, and
+    /// returns its guest physical address; an address outside this run's memory loads
+    /// nothing (the access fails again, and the run with it).
+    fn load(&self, address: u64) -> muserload::Result<Option<u64>> {
         let offset = address.wrapping_sub(self.guest.as_ptr() as u64) & !(PAGE_SIZE as u64 - 1);
         let Some(data) = self
             .source
             .get(offset as usize..offset as usize + PAGE_SIZE)
         else {
-            return Ok(());
+            return Ok(None);
         };
         let vcpu = (offset / self.slice_bytes) as usize;
         match self.staging.get(vcpu) {
@@ -417,7 +422,8 @@ impl SignalTarget {
                     .load_move(&self.guest, offset, staging, vcpu, 1, Wake::Now)?
             }
         };
-        Ok(())
+        // The memory is the VM's from guest physical address 0 on.
+        Ok(Some(offset))
     }
 }
 
@@ -470,16 +476,18 @@ fn signal_mode(backend: Backend, kind: Kind, taking: Taking, shape: Shape) -> Re
     let target = installed.target();
     let memory = target.guest.as_ptr();
     let load = |address| Ok(target.load(address)?);
-    let taken = TakenFaults {
+    let taken = |pre_fault| TakenFaults {
         signal: SIGNAL,
         load: &load,
+        pre_fault,
     };
     let (runs, tsc_khz) = match taking {
         Taking::Handler => {
             signal::install(SIGNAL, load_in_handler)?;
             run_machine(memory, shape, true, None, || Ok(()))?
         }
-        Taking::InLoop => run_machine(memory, shape, true, Some(&taken), || Ok(()))?,
+        Taking::InLoop => run_machine(memory, shape, true, Some(&taken(false)), || Ok(()))?,
+        Taking::InLoopPreFault => run_machine(memory, shape, true, Some(&taken(true)), || Ok(()))?,
     };
     verify(backend, memory, pages, true)?;
     Ok(Outcome {

@@ -4,6 +4,8 @@
 //! No interrupt controller: nothing interrupts the loop, and its end is a port write.
 
 use std::{
+    mem::size_of,
+    os::fd::AsRawFd,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc, Barrier,
@@ -12,11 +14,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kvm_bindings::{kvm_segment, kvm_userspace_memory_region};
+use kvm_bindings::{kvm_pre_fault_memory, kvm_segment, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use muserload::{vcpu_signal::VcpuFaultSignal, PAGE_SIZE};
 use nix::{
     errno::Errno,
+    libc,
     sys::{
         pthread::{pthread_kill, pthread_self, Pthread},
         signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal},
@@ -77,16 +80,45 @@ pub struct VcpuRun {
 }
 
 /// Signal mode's faults taken by the vCPU loop ([`muserload::vcpu_signal`]): the signal the
-/// memory is armed with, and what loads the page at a faulting address.
+/// memory is armed with, what loads the page at a faulting address, and whether the loop
+/// maps that page into the VM itself before it enters again.
 pub struct TakenFaults<'a> {
     /// The signal.
     pub signal: Signal,
     /// The load, in the faulting vCPU's thread.
     pub load: Load<'a>,
+    /// Whether the loop maps each page it loaded into the VM's nested page tables
+    /// (`KVM_PRE_FAULT_MEMORY`): the access it entered again for then finds it mapped,
+    /// where otherwise it exits to KVM a second time and KVM maps it then.
+    pub pre_fault: bool,
 }
 
-/// What loads the page at a faulting address.
-pub type Load<'a> = &'a (dyn Fn(u64) -> Result<()> + Sync);
+/// What loads the page at a faulting address; returns the guest physical address of the
+/// page it loaded, if it loaded one.
+pub type Load<'a> = &'a (dyn Fn(u64) -> Result<Option<u64>> + Sync);
+
+/// `KVM_PRE_FAULT_MEMORY`: `_IOWR(KVMIO, 0xd5, struct kvm_pre_fault_memory)`.
+const KVM_PRE_FAULT_MEMORY: libc::Ioctl =
+    nix::request_code_readwrite!(0xae, 0xd5, size_of::<kvm_pre_fault_memory>()) as libc::Ioctl;
+
+/// Maps guest page `gpa` of `vcpu`'s VM into its nested page tables now. Interrupted (a
+/// kick), it leaves the page to the access's own exit.
+fn pre_fault(vcpu: &VcpuFd, gpa: u64) -> Result<()> {
+    let mut range = kvm_pre_fault_memory {
+        gpa,
+        size: PAGE_SIZE as u64,
+        ..Default::default()
+    };
+    // SAFETY: `range` is a `struct kvm_pre_fault_memory`, which KVM reads and updates.
+    let ret = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_PRE_FAULT_MEMORY, &mut range) };
+    match Errno::result(ret) {
+        Ok(_) | Err(Errno::EINTR | Errno::EAGAIN) => Ok(()),
+        Err(errno) => Err(Error::Sys {
+            op: "KVM_PRE_FAULT_MEMORY",
+            errno,
+        }),
+    }
+}
 
 /// A VM whose guest memory (from guest physical address 0) is `memory`, split into
 /// `vcpus` slices of `slice_pages` pages.
@@ -184,7 +216,7 @@ impl Machine {
                             let faults = taken
                                 .map(|t| {
                                     VcpuFaultSignal::block_outside_run(t.signal, vcpu)
-                                        .map(|signal| (signal, t.load))
+                                        .map(|signal| (signal, t))
                                 })
                                 .transpose();
                             start.wait();
@@ -358,7 +390,7 @@ fn run_loop(
     vcpu: &mut VcpuFd,
     id: usize,
     abandon: &AtomicBool,
-    taken: Option<&(VcpuFaultSignal, Load<'_>)>,
+    taken: Option<&(VcpuFaultSignal, &TakenFaults<'_>)>,
 ) -> Result<bool> {
     loop {
         match vcpu.run() {
@@ -371,9 +403,12 @@ fn run_loop(
                 .into())
             }
             Err(e) if e.errno() == Errno::EINTR as i32 || e.errno() == Errno::EAGAIN as i32 => {
-                if let Some((signal, load)) = taken {
+                if let Some((signal, taken)) = taken {
                     if let Some(address) = signal.take()? {
-                        load(address)?;
+                        match (taken.load)(address)? {
+                            Some(gpa) if taken.pre_fault => pre_fault(vcpu, gpa)?,
+                            _ => {}
+                        }
                     }
                 }
                 if abandon.load(Ordering::Acquire) {
