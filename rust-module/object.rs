@@ -60,7 +60,10 @@ use crate::{
 };
 use kernel::{
     impl_has_work,
-    mm::MmapReadGuard,
+    mm::{
+        MmWithUser,
+        MmapReadGuard, //
+    },
     new_work,
     page::{
         PAGE_SHIFT,
@@ -210,23 +213,22 @@ impl Object {
         region: fn(&Layout, u64, u64) -> Result<usize>,
         f: impl FnOnce(&LockedRange<'_>, usize, &Layout) -> Result,
     ) -> Result {
-        let layout = self.layout().ok_or(EINVAL)?;
-        let task = kernel::current!();
-        // A kernel thread has no address space to name: nothing to translate.
-        let mm = task.mm().ok_or(EINVAL)?;
-        if let Some(vma) = usize::try_from(addr)
-            .ok()
-            .and_then(|start| mm.lock_vma_under_rcu(start))
-        {
-            if let Ok(range) = LockedRange::in_vma(&vma, self, addr, len) {
-                let first = region(layout, range.offset, len)?;
-                return f(&range, first, layout);
+        self.with_caller_mm(|layout, mm| {
+            if let Some(vma) = usize::try_from(addr)
+                .ok()
+                .and_then(|start| mm.lock_vma_under_rcu(start))
+            {
+                if let Ok(range) = LockedRange::in_vma(&vma, self, addr, len) {
+                    let first = region(layout, range.offset, len)?;
+                    return f(&range, first, layout);
+                }
             }
-        }
-        let guard = mm.mmap_read_lock();
-        let range = LockedRange::find(&guard, self, addr, len)?;
-        let first = region(layout, range.offset, len)?;
-        f(&range, first, layout)
+            let guard = mm.mmap_read_lock();
+            let range = LockedRange::find(&guard, self, addr, len)?;
+            let first = region(layout, range.offset, len)?;
+            f(&range, first, layout)
+        })
+        .ok_or(EINVAL)?
     }
 
     /// Runs `f` on a pair of ranges of the caller's mappings, `[dst, dst + len)` and
@@ -241,18 +243,18 @@ impl Object {
         len: u64,
         f: impl FnOnce(LockedRange<'_>, LockedRange<'_>, &Layout) -> Result,
     ) -> Option<Result> {
-        let layout = self.layout()?;
-        let task = kernel::current!();
-        let mm = task.mm()?;
-        let target_vma = mm.lock_vma_under_rcu(usize::try_from(dst).ok()?)?;
-        let target = LockedRange::in_vma(&target_vma, self, dst, len).ok()?;
-        // Both in one mapping: its lock is held once.
-        if let Ok(source) = LockedRange::in_vma(&target_vma, self, src, len) {
-            return Some(f(target, source, layout));
-        }
-        let source_vma = mm.lock_vma_under_rcu(usize::try_from(src).ok()?)?;
-        let source = LockedRange::in_vma(&source_vma, self, src, len).ok()?;
-        Some(f(target, source, layout))
+        self.with_caller_mm(|layout, mm| {
+            let target_vma = mm.lock_vma_under_rcu(usize::try_from(dst).ok()?)?;
+            let target = LockedRange::in_vma(&target_vma, self, dst, len).ok()?;
+            // Both in one mapping: its lock is held once.
+            if let Ok(source) = LockedRange::in_vma(&target_vma, self, src, len) {
+                return Some(f(target, source, layout));
+            }
+            let source_vma = mm.lock_vma_under_rcu(usize::try_from(src).ok()?)?;
+            let source = LockedRange::in_vma(&source_vma, self, src, len).ok()?;
+            Some(f(target, source, layout))
+        })
+        .flatten()
     }
 
     /// Runs `f` with the caller's mmap read lock held, given the lock guard (to find the
@@ -262,12 +264,16 @@ impl Object {
         &self,
         f: impl FnOnce(&MmapReadGuard<'_>, &Layout) -> Result,
     ) -> Result {
-        let layout = self.layout().ok_or(EINVAL)?;
+        self.with_caller_mm(|layout, mm| f(&mm.mmap_read_lock(), layout))
+            .ok_or(EINVAL)?
+    }
+
+    /// Runs `f` with the layout and the caller's address space; `None` before the object
+    /// is set up, or in a kernel thread, which has no address space to name.
+    fn with_caller_mm<R>(&self, f: impl FnOnce(&Layout, &MmWithUser) -> R) -> Option<R> {
+        let layout = self.layout()?;
         let task = kernel::current!();
-        // A kernel thread has no address space to name: nothing to translate.
-        let mm = task.mm().ok_or(EINVAL)?;
-        let guard = mm.mmap_read_lock();
-        f(&guard, layout)
+        Some(f(layout, task.mm()?))
     }
 
     /// `MUSERLOAD_IOC_SETUP`.
