@@ -66,7 +66,8 @@ struct Slot {
     page: UnsafeCell<Option<Page>>,
 }
 
-/// The slots of one region of an object, and where their lock sleepers wait.
+/// The slots of one region of an object (guest memory or staging). Their lock sleepers
+/// wait on the object's queues, which each locking names ([`LockWaits`]).
 pub(crate) struct Slots {
     slots: VVec<Slot>,
 }
@@ -120,7 +121,9 @@ impl Slots {
             // The hold counts from the first taking, not from a wait for it.
             since.get_or_insert_with(LocalInstant::now);
         }
-        waits.stats.pages_locked(count as u64, contended, wait_ns);
+        if count > 0 {
+            waits.stats.pages_locked(count as u64, contended, wait_ns);
+        }
         // INVARIANT: Slots `first..first + count` were locked above.
         LockedPages::new(self, first, count, waits, since)
     }
@@ -142,7 +145,9 @@ impl Slots {
                 return None;
             }
         }
-        waits.stats.pages_locked(count as u64, 0, 0);
+        if count > 0 {
+            waits.stats.pages_locked(count as u64, 0, 0);
+        }
         // INVARIANT: Slots `first..first + count` were locked above.
         Some(LockedPages::new(self, first, count, waits, Some(since)))
     }
