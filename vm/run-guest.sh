@@ -97,6 +97,10 @@ trap 'rm -rf "$root" "$root.cpio.gz" "$root.mon.in" "$root.mon.out"' EXIT
 qemu_pid=$!
 deadline=$((SECONDS + ${GUEST_TIMEOUT:-1200}))
 # Only the test suite writes a heartbeat (vm/guest/run-tests); other modes may be quiet.
+# How many bytes the guest's console has written so far.
+console_size() {
+	stat -c %s "$log" 2>/dev/null || echo 0
+}
 silence=0
 [[ "$mode" == test ]] && silence=${GUEST_SILENCE:-180}
 heard=$SECONDS size=0
@@ -106,7 +110,7 @@ while kill -0 "$qemu_pid" 2>/dev/null; do
 		why="outlived ${GUEST_TIMEOUT:-1200} s"
 		break
 	fi
-	now=$(stat -c %s "$log" 2>/dev/null || echo 0)
+	now=$(console_size)
 	((now != size)) && heard=$SECONDS size=$now
 	if ((silence && SECONDS - heard >= silence)); then
 		why="was silent for $silence s (no heartbeat on its console)"
@@ -129,13 +133,13 @@ for sample in 1 2; do
 done >"$hang"
 # Whether the kernel took the NMI (vm/wedge.sh weighs it): a kernel that took it panics,
 # prints and ends QEMU (-no-reboot); one that did not leaves its console as it was.
-size=$(stat -c %s "$log" 2>/dev/null || echo 0)
+size=$(console_size)
 echo nmi >"$root.mon.in"
 for _ in $(seq 60); do
 	kill -0 "$qemu_pid" 2>/dev/null || break
 	sleep 1
 done
-if kill -0 "$qemu_pid" 2>/dev/null && (($(stat -c %s "$log" 2>/dev/null || echo 0) == size)); then
+if kill -0 "$qemu_pid" 2>/dev/null && (($(console_size) == size)); then
 	echo "nmi: not taken (in 60 s the console stayed at $size bytes and QEMU ran on)"
 else
 	echo "nmi: taken"
