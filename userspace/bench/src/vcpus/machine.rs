@@ -396,11 +396,12 @@ fn run_loop(
         match vcpu.run() {
             Ok(VcpuExit::IoOut(DONE_PORT, _)) => return Ok(true),
             Ok(exit) => {
+                let exit = format!("{exit:?}");
                 return Err(MachineError::Exit {
                     vcpu: id,
-                    exit: format!("{exit:?}"),
+                    exit: format!("{exit} ({})", whereabouts(vcpu)),
                 }
-                .into())
+                .into());
             }
             Err(e) if e.errno() == Errno::EINTR as i32 || e.errno() == Errno::EAGAIN as i32 => {
                 if let Some((signal, taken)) = taken {

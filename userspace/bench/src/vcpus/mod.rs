@@ -97,9 +97,9 @@ pub fn run(options: &Options) -> Result<Vec<Point>> {
         .flat_map(|&n| Backend::ALL.map(|b| (n, b)))
         .collect();
     let mut runs: Vec<Vec<Run>> = cases.iter().map(|_| Vec::new()).collect();
-    let mut stuck: Vec<Vec<String>> = cases.iter().map(|_| Vec::new()).collect();
+    let mut failed: Vec<Vec<String>> = cases.iter().map(|_| Vec::new()).collect();
     for repetition in 1..=options.repeat {
-        for ((&(vcpus, backend), runs), stuck) in cases.iter().zip(&mut runs).zip(&mut stuck) {
+        for ((&(vcpus, backend), runs), failed) in cases.iter().zip(&mut runs).zip(&mut failed) {
             eprintln!(
                 "# {vcpus} vCPUs, {} ({repetition}/{})",
                 backend.name(),
@@ -110,10 +110,15 @@ pub fn run(options: &Options) -> Result<Vec<Point>> {
                 slice_pages,
                 deadline: options.deadline,
             }) {
-                // Its vCPUs were kicked out and the VM is gone: the other cases go on.
-                Err(Error::Machine(e @ MachineError::Stuck { .. })) => {
+                // Its vCPUs were kicked out, or one left the guest loop (its registers
+                // corrupted: no backend touches them, the emulated machine did), and the VM
+                // is gone: the run has no figures, says why, and the other cases go on. A
+                // page with wrong content stays fatal: that is a backend's.
+                Err(Error::Machine(
+                    e @ (MachineError::Stuck { .. } | MachineError::Exit { .. }),
+                )) => {
                     eprintln!("# {e}");
-                    stuck.push(e.to_string());
+                    failed.push(e.to_string());
                     continue;
                 }
                 outcome => outcome?,
@@ -131,21 +136,21 @@ pub fn run(options: &Options) -> Result<Vec<Point>> {
     Ok(cases
         .into_iter()
         .zip(runs)
-        .zip(stuck)
-        .map(|(((vcpus, backend), runs), stuck)| {
-            point(backend, vcpus * slice_pages, vcpus, runs, stuck)
+        .zip(failed)
+        .map(|(((vcpus, backend), runs), failed)| {
+            point(backend, vcpus * slice_pages, vcpus, runs, failed)
         })
         .collect())
 }
 
 /// A case's point from its runs: the one with the median aggregate rate, with the range of
-/// all (a case whose every run was stuck has none: rates 0).
+/// all (a case whose every run failed has none: rates 0).
 fn point(
     backend: Backend,
     pages: usize,
     vcpus: usize,
     mut runs: Vec<Run>,
-    stuck: Vec<String>,
+    failed: Vec<String>,
 ) -> Point {
     runs.sort_by(|a, b| a.pages_per_s.total_cmp(&b.pages_per_s));
     let range = runs
@@ -168,7 +173,7 @@ fn point(
         p99_us: median.map_or(0.0, |m| m.latency_us(0.99)),
         pages_lock: median.and_then(|m| m.pages_lock),
         exits: median.map(|m| m.exits).unwrap_or_default(),
-        stuck,
+        failed,
     }
 }
 
@@ -225,7 +230,7 @@ mod tests {
     }
 
     #[test]
-    fn a_case_stuck_in_every_run_has_no_figures_but_says_why() {
+    fn a_case_failed_in_every_run_has_no_figures_but_says_why() {
         let p = point(
             Backend::FirstTouch,
             64,
@@ -237,7 +242,7 @@ mod tests {
             (p.runs, p.pages_per_s, p.pages_per_s_range),
             (0, 0.0, (0.0, 0.0))
         );
-        assert_eq!(p.stuck, ["vCPU 1"]);
+        assert_eq!(p.failed, ["vCPU 1"]);
         let run = |rate| Run {
             pages_per_s: rate,
             per_vcpu_pages_per_s: rate / 2.0,

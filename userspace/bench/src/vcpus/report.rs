@@ -39,9 +39,10 @@ pub struct Point {
     /// The vCPUs' exits over the run, all together.
     #[serde(default)]
     pub exits: Exits,
-    /// Why each run that has no figures failed: its vCPUs stuck past the deadline.
-    #[serde(default)]
-    pub stuck: Vec<String>,
+    /// Why each run that has no figures failed: its vCPUs stuck past the deadline, or one
+    /// left the guest loop.
+    #[serde(default, alias = "stuck")]
+    pub failed: Vec<String>,
 }
 
 /// How `a`'s rate compares with `b`'s, and whether it is called: ">" (faster in every pair
@@ -57,7 +58,7 @@ pub fn ratio(a: &Point, b: &Point) -> (f64, &'static str) {
     (a.pages_per_s / b.pages_per_s, verdict)
 }
 
-/// The point of `backend` at `vcpus`, if it has figures (not every run stuck).
+/// The point of `backend` at `vcpus`, if it has figures (not every run failed).
 fn find(points: &[Point], vcpus: usize, backend: Backend) -> Option<&Point> {
     points
         .iter()
@@ -87,7 +88,7 @@ pub fn print(points: &[Point]) {
         .map_or(0, |p| (p.pages / p.vcpus.max(1) * PAGE_SIZE) >> 20);
     let repeat = points
         .iter()
-        .map(|p| p.runs + p.stuck.len())
+        .map(|p| p.runs + p.failed.len())
         .max()
         .unwrap_or(0);
     let ceiling = Backend::FirstTouch;
@@ -115,7 +116,11 @@ pub fn print(points: &[Point]) {
         let top = find(points, n, ceiling);
         for p in points.iter().filter(|p| p.vcpus == n) {
             if p.runs == 0 {
-                println!("{:<40} stuck in every run: {}", p.name, p.stuck.join("; "));
+                println!(
+                    "{:<40} failed in every run: {}",
+                    p.name,
+                    p.failed.join("; ")
+                );
                 continue;
             }
             let of_ceiling = top.map_or(String::from("-"), |t| {
@@ -160,8 +165,8 @@ pub fn print(points: &[Point]) {
                 wait,
                 hold
             );
-            for why in &p.stuck {
-                println!("{:<40} a run stuck: {why}", "");
+            for why in &p.failed {
+                println!("{:<40} a run failed: {why}", "");
             }
         }
         if let Some(best) = best_muserload(points, n) {
@@ -276,7 +281,7 @@ mod tests {
             p99_us: 0.0,
             pages_lock: None,
             exits: Exits::default(),
-            stuck: Vec::new(),
+            failed: Vec::new(),
         }
     }
 
@@ -323,15 +328,15 @@ mod tests {
             "{lines:?}"
         );
         assert!(lines[3].ends_with(": met"), "{lines:?}");
-        // A case stuck in every run has no figures: no ratio is made of it.
-        let mut stuck = points.clone();
-        stuck[6] = Point {
+        // A case failed in every run has no figures: no ratio is made of it.
+        let mut failed = points.clone();
+        failed[6] = Point {
             runs: 0,
             pages_per_s: 0.0,
             pages_per_s_range: (0.0, 0.0),
-            ..stuck[6].clone()
+            ..failed[6].clone()
         };
-        let lines = targets(&stuck);
+        let lines = targets(&failed);
         assert!(
             !lines.iter().any(|l| l.contains("userfaultfd, 1 reader:")),
             "{lines:?}"
