@@ -2,7 +2,8 @@
 # `make bench-vcpus`: demand paging of a nested KVM VM whose vCPUs all fault at once (KVM's
 # demand_paging_test, on each of the benchmark's backends: first touch, userfaultfd with one
 # reader and a reader per vCPU, muserload's queue with one resolver and a resolver per vCPU,
-# muserload's signal mode; copies, and moves from staging), in one boot of the plain
+# muserload's signal mode, its signal taken by a handler or in the vCPU loop, there with the page
+# mapped into the VM before re-entry; copies, and moves from staging), in one boot of the plain
 # (non-debug) kernel booted with 8 vCPUs. Prints the table; writes it, the JSON and an SVG
 # plot to $MUSERLOAD_CACHE/results/bench-vcpus.{txt,json,svg}. COUNTS="1,2,4" picks the
 # vCPU counts (1,2,4,8,16), SLICE_MIB each vCPU's memory (16), RUNS the repetitions (3),

@@ -131,7 +131,7 @@ impl Backend {
         Backend::Signal(Kind::Copy, Taking::InLoopPreFault),
         Backend::Userfaultfd(Readers::One, Kind::Move),
         Backend::Queue(Readers::One, Kind::Move),
-        Backend::Signal(Kind::Move, Taking::InLoop),
+        Backend::Signal(Kind::Move, Taking::InLoopPreFault),
     ];
 
     /// Its name in the table.

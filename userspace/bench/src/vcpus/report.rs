@@ -200,7 +200,7 @@ pub fn targets(points: &[Point]) -> Vec<String> {
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
     let counts = counts(points);
     for kind in [Kind::Copy, Kind::Move] {
-        let signal = Backend::Signal(kind, Taking::InLoop);
+        let signal = Backend::Signal(kind, Taking::InLoopPreFault);
         let shares: Vec<(usize, f64)> = counts
             .iter()
             .filter_map(|&n| {
@@ -301,7 +301,7 @@ mod tests {
 
     #[test]
     fn the_targets_are_judged_from_the_points() {
-        let signal = Backend::Signal(Kind::Copy, Taking::InLoop);
+        let signal = Backend::Signal(Kind::Copy, Taking::InLoopPreFault);
         let uffd = Backend::Userfaultfd(Readers::One, Kind::Copy);
         let each = Backend::Userfaultfd(Readers::PerVcpu, Kind::Copy);
         let points = vec![
