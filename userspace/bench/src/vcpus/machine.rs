@@ -4,8 +4,6 @@
 //! No interrupt controller: nothing interrupts the loop, and its end is a port write.
 
 use std::{
-    mem::size_of,
-    os::fd::AsRawFd,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc, Barrier,
@@ -14,12 +12,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kvm_bindings::{kvm_pre_fault_memory, kvm_segment, kvm_userspace_memory_region};
+use kvm_bindings::{kvm_segment, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use muserload::{vcpu_signal::VcpuFaultSignal, PAGE_SIZE};
+use muserload::{
+    vcpu_signal::{self, VcpuFaultSignal},
+    PAGE_SIZE,
+};
 use nix::{
     errno::Errno,
-    libc,
     sys::{
         pthread::{pthread_kill, pthread_self, Pthread},
         signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal},
@@ -96,29 +96,6 @@ pub struct TakenFaults<'a> {
 /// What loads the page at a faulting address; returns the guest physical address of the
 /// page it loaded, if it loaded one.
 pub type Load<'a> = &'a (dyn Fn(u64) -> Result<Option<u64>> + Sync);
-
-/// `KVM_PRE_FAULT_MEMORY`: `_IOWR(KVMIO, 0xd5, struct kvm_pre_fault_memory)`.
-const KVM_PRE_FAULT_MEMORY: libc::Ioctl =
-    nix::request_code_readwrite!(0xae, 0xd5, size_of::<kvm_pre_fault_memory>()) as libc::Ioctl;
-
-/// Maps guest page `gpa` of `vcpu`'s VM into its nested page tables now. Interrupted (a
-/// kick), it leaves the page to the access's own exit.
-fn pre_fault(vcpu: &VcpuFd, gpa: u64) -> Result<()> {
-    let mut range = kvm_pre_fault_memory {
-        gpa,
-        size: PAGE_SIZE as u64,
-        ..Default::default()
-    };
-    // SAFETY: `range` is a `struct kvm_pre_fault_memory`, which KVM reads and updates.
-    let ret = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_PRE_FAULT_MEMORY, &mut range) };
-    match Errno::result(ret) {
-        Ok(_) | Err(Errno::EINTR | Errno::EAGAIN) => Ok(()),
-        Err(errno) => Err(Error::Sys {
-            op: "KVM_PRE_FAULT_MEMORY",
-            errno,
-        }),
-    }
-}
 
 /// A VM whose guest memory (from guest physical address 0) is `memory`, split into
 /// `vcpus` slices of `slice_pages` pages.
@@ -407,7 +384,9 @@ fn run_loop(
                 if let Some((signal, taken)) = taken {
                     if let Some(address) = signal.take()? {
                         match (taken.load)(address)? {
-                            Some(gpa) if taken.pre_fault => pre_fault(vcpu, gpa)?,
+                            Some(gpa) if taken.pre_fault => {
+                                vcpu_signal::map_loaded(vcpu, gpa, PAGE_SIZE as u64)?
+                            }
                             _ => {}
                         }
                     }
