@@ -20,9 +20,10 @@ pub trait Interrupted: Send + Sync {
         Ok(())
     }
 
-    /// Called in the thread after KVM_RUN returned `EINTR`, or KVM_SET_MSRS stopped short;
-    /// returns whether it handled a fault (the call may then succeed if made again).
-    fn interrupted(&self) -> Result<bool, FaultError> {
+    /// Called in the thread after KVM_RUN of `vcpu` returned `EINTR`, or KVM_SET_MSRS on it
+    /// stopped short; returns whether it handled a fault (the call may then succeed if made
+    /// again).
+    fn interrupted(&self, _vcpu: &VcpuFd) -> Result<bool, FaultError> {
         Ok(false)
     }
 }

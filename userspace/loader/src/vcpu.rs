@@ -313,7 +313,7 @@ fn run(
             Ok(VcpuExit::InternalError) => return Err(internal_error(&mut vcpu).into()),
             Ok(exit) => return Err(Exit::Unexpected(format!("{exit:?}")).into()),
             Err(e) if e.errno() == Errno::EINTR as i32 || e.errno() == Errno::EAGAIN as i32 => {
-                interrupted.interrupted()?;
+                interrupted.interrupted(&vcpu)?;
                 power.look(id, &vcpu);
             }
             Err(source) => {

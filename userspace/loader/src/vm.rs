@@ -338,7 +338,7 @@ impl Vm {
             let set = vcpu.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
             // KVM maps the page some MSRs name (kvmclock, steal time): one not loaded yet
             // makes it stop there in signal mode, after signalling this thread.
-            if set < chunk.len() && !faults.interrupted()? {
+            if set < chunk.len() && !faults.interrupted(&vcpu)? {
                 return Err(VmError::MsrRefused {
                     index: chunk[set].index,
                 });

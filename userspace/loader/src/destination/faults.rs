@@ -9,7 +9,10 @@ use std::{
 };
 
 use kvm_ioctls::VcpuFd;
-use muserload::{vcpu_signal::VcpuFaultSignal, Event, Events, FaultMode, Wake};
+use muserload::{
+    vcpu_signal::{self, VcpuFaultSignal},
+    Event, Events, FaultMode, Wake,
+};
 use nix::{errno::Errno, sys::signal::Signal};
 
 use super::{
@@ -146,9 +149,9 @@ fn fault_address() -> Result<Option<u64>, LoadError> {
 struct SignalFaults(Arc<Loading>);
 
 impl SignalFaults {
-    /// Handles the fault the handler noted in this thread, if any: asks for its page and
-    /// waits until it is loaded. Returns whether there was one.
-    fn handle(&self) -> Result<bool, LoadError> {
+    /// Handles the fault this thread was signalled, if any: asks for its page, waits until
+    /// it is loaded and maps it into `vcpu`'s VM. Returns whether there was one.
+    fn handle(&self, vcpu: &VcpuFd) -> Result<bool, LoadError> {
         let Some(address) = fault_address()? else {
             return Ok(false);
         };
@@ -160,6 +163,9 @@ impl SignalFaults {
             .ok_or(LoadError::StrayFault { address })?;
         self.0.resolve([page])?;
         self.0.wait_loaded(page)?;
+        // Guest RAM is guest physical memory from 0 on. Only a saving (the access would
+        // exit once more and KVM map the page then): a failure is no fault's.
+        let _ = vcpu_signal::map_loaded(vcpu, page * PAGE, PAGE);
         Ok(true)
     }
 }
@@ -173,7 +179,7 @@ impl Interrupted for SignalFaults {
         Ok(())
     }
 
-    fn interrupted(&self) -> Result<bool, FaultError> {
-        self.handle().map_err(|e| FaultError(Box::new(e)))
+    fn interrupted(&self, vcpu: &VcpuFd) -> Result<bool, FaultError> {
+        self.handle(vcpu).map_err(|e| FaultError(Box::new(e)))
     }
 }
