@@ -6,7 +6,7 @@
 # mapped into the VM before re-entry; copies, and moves from staging), in one boot of the plain
 # (non-debug) kernel booted with 8 vCPUs. Prints the table; writes it, the JSON and an SVG
 # plot to $MUSERLOAD_CACHE/results/bench-vcpus.{txt,json,svg}. COUNTS="1,2,4" picks the
-# vCPU counts (1,2,4,8,16), SLICE_MIB each vCPU's memory (16), RUNS the repetitions (3),
+# vCPU counts (1,2,4,8; up to 16), SLICE_MIB each vCPU's memory (16), RUNS the repetitions (3),
 # DEADLINE_S how long a case's vCPUs may take before those not done end the run as stuck
 # (600).
 set -euo pipefail
@@ -18,7 +18,7 @@ mkdir -p "$results"
 raw="$results/bench-vcpus.log"
 console="$results/console-bench-vcpus.log"
 echo "[bench-vcpus] booting the plain guest with ${GUEST_CPUS:-8} vCPUs (console: $console)" >&2
-append="mlcounts=${COUNTS:-1,2,4,8,16} mlslice=${SLICE_MIB:-16} mlruns=${RUNS:-3}"
+append="mlcounts=${COUNTS:-1,2,4,8} mlslice=${SLICE_MIB:-16} mlruns=${RUNS:-3}"
 append+=" mldeadline=${DEADLINE_S:-600}"
 GUEST_CPUS=${GUEST_CPUS:-8} GUEST_TIMEOUT=${GUEST_TIMEOUT:-5400} GUEST_APPEND="$append" \
 	"$here/run-guest.sh" bench-vcpus "$kdir" "$ko" "$payload" "$console" | tee "$raw"

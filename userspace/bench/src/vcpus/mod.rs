@@ -182,7 +182,9 @@ fn point(
 pub fn parse(args: &[(String, String)]) -> Result<Options> {
     let mut options = Options {
         slice_mib: 16,
-        vcpus: vec![1, 2, 4, 8, 16],
+        // 16 too where the host has the cores: on 2, its MOVE case alone outlasts the
+        // deadline (a TLB shootdown per page to 16 vCPUs' CPUs).
+        vcpus: vec![1, 2, 4, 8],
         repeat: 3,
         // Ten times the slowest case measured (about 60 s at 8 vCPUs), far below the
         // guest's timeout: a vCPU that hangs ends the run saying where it stopped.
