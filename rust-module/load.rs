@@ -373,16 +373,10 @@ fn copy_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Re
             Layout::guest_range,
             |target, first, layout| {
                 let mut slots = layout.guest.lock(first, count, object.lock_waits());
-                let mut installed = 0;
-                let result = (0..count).try_for_each(|i| {
-                    if present(&slots, i) {
-                        return Err(eexist(object, first + i));
-                    }
+                let fresh = keep_unloaded(&mut slots);
+                for i in 0..fresh {
                     *slots.page_mut(i) = chunk.take();
-                    installed += 1;
-                    Ok(())
-                });
-                slots.truncate(installed);
+                }
                 target.prefault_pages(0, &slots);
                 loaded(
                     object,
@@ -391,7 +385,10 @@ fn copy_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Re
                     Counter::LoadCopy,
                     progress,
                 );
-                result
+                if fresh < count {
+                    return Err(eexist(object, first + fresh));
+                }
+                Ok(())
             },
         )?;
         if let Some(e) = copy_error {
@@ -410,8 +407,7 @@ fn zero_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Re
         for chunk in (first..end).step_by(COPY_CHUNK) {
             let count = (end - chunk).min(COPY_CHUNK);
             let mut slots = layout.guest.lock(chunk, count, object.lock_waits());
-            let fresh = (0..count).take_while(|&i| !present(&slots, i)).count();
-            slots.truncate(fresh);
+            let fresh = keep_unloaded(&mut slots);
             loaded(
                 object,
                 &mut slots,
@@ -444,6 +440,15 @@ fn wake_pages(object: &Object, v: &muserload_vec, progress: &mut Progress) -> Re
 /// or is a zero page not yet allocated.
 fn present(slots: &LockedPages<'_>, i: usize) -> bool {
     slots.page(i).is_some() || slots.state(i).zero_loaded()
+}
+
+/// Keeps of the run `slots` holds the guest pages before its first one loaded already,
+/// unlocking that one and those after it; returns how many it kept. A load stops there with
+/// EEXIST.
+fn keep_unloaded(slots: &mut LockedPages<'_>) -> usize {
+    let kept = (0..slots.len()).take_while(|&i| !present(slots, i)).count();
+    slots.truncate(kept);
+    kept
 }
 
 /// A new page holding the next page of `reader`.
@@ -621,8 +626,7 @@ fn move_batch<'a>(
                 layout.guest.lock(first, count, waits)
             }
         };
-        let movable = (0..count).take_while(|&i| !present(&slots, i)).count();
-        slots.truncate(movable);
+        let movable = keep_unloaded(&mut slots);
         let mut sources = layout.staging.lock(staging, movable, waits);
         // A staging page never touched reads as zeros: move a zeroed one. Allocate before
         // taking anything, so that a failure leaves this pair's staging where it was.
