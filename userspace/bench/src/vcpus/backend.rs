@@ -476,18 +476,19 @@ fn signal_mode(backend: Backend, kind: Kind, taking: Taking, shape: Shape) -> Re
     let target = installed.target();
     let memory = target.guest.as_ptr();
     let load = |address| Ok(target.load(address)?);
-    let taken = |pre_fault| TakenFaults {
-        signal: SIGNAL,
-        load: &load,
-        pre_fault,
-    };
     let (runs, tsc_khz) = match taking {
         Taking::Handler => {
             signal::install(SIGNAL, load_in_handler)?;
             run_machine(memory, shape, true, None, || Ok(()))?
         }
-        Taking::InLoop => run_machine(memory, shape, true, Some(&taken(false)), || Ok(()))?,
-        Taking::InLoopPreFault => run_machine(memory, shape, true, Some(&taken(true)), || Ok(()))?,
+        Taking::InLoop | Taking::InLoopPreFault => {
+            let taken = TakenFaults {
+                signal: SIGNAL,
+                load: &load,
+                pre_fault: taking == Taking::InLoopPreFault,
+            };
+            run_machine(memory, shape, true, Some(&taken), || Ok(()))?
+        }
     };
     verify(backend, memory, pages, true)?;
     Ok(Outcome {
