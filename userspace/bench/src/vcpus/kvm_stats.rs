@@ -5,7 +5,10 @@
 use std::{
     fs::File,
     mem::size_of,
-    os::{fd::FromRawFd, unix::fs::FileExt},
+    os::{
+        fd::{AsRawFd, FromRawFd},
+        unix::fs::FileExt,
+    },
 };
 
 use kvm_bindings::{kvm_stats_desc, kvm_stats_header};
@@ -33,7 +36,6 @@ pub struct Exits {
 impl Exits {
     /// The counters of `vcpu` so far.
     pub fn of(vcpu: &VcpuFd) -> Result<Self> {
-        use std::os::fd::AsRawFd;
         // SAFETY: A KVM ioctl without argument on a vCPU descriptor.
         let fd = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_GET_STATS_FD) };
         if fd < 0 {
@@ -41,17 +43,12 @@ impl Exits {
         }
         // SAFETY: The descriptor is new and ours.
         let stats = unsafe { File::from_raw_fd(fd) };
-        let counters = read(&stats)?;
-        let get = |name: &str| {
-            counters
-                .iter()
-                .find(|(n, _)| n == name)
-                .map_or(0, |&(_, value)| value)
-        };
+        let [exits, page_faults, signal_exits] =
+            read(&stats, ["exits", "pf_taken", "signal_exits"])?;
         Ok(Self {
-            exits: get("exits"),
-            page_faults: get("pf_taken"),
-            signal_exits: get("signal_exits"),
+            exits,
+            page_faults,
+            signal_exits,
         })
     }
 
@@ -69,8 +66,9 @@ fn sys(op: &'static str) -> impl Fn(Errno) -> Error {
     move |errno| Error::Sys { op, errno }
 }
 
-/// Every single-valued statistic of the stats file `stats`: its name and value.
-fn read(stats: &File) -> Result<Vec<(String, u64)>> {
+/// The values of the single-valued statistics `names` of the stats file `stats`, in that
+/// order; 0 for one the kernel does not have. Only those values are read.
+fn read<const N: usize>(stats: &File, names: [&str; N]) -> Result<[u64; N]> {
     let io = |e: std::io::Error| {
         sys("pread of KVM stats")(Errno::from_raw(e.raw_os_error().unwrap_or(0)))
     };
@@ -85,27 +83,26 @@ fn read(stats: &File) -> Result<Vec<(String, u64)>> {
     let desc_size = size_of::<kvm_stats_desc>() + name_size;
     let mut descs = vec![0u8; desc_size * count];
     stats.read_exact_at(&mut descs, desc_offset).map_err(io)?;
-    let mut counters = Vec::new();
+    let mut values = [0; N];
     for desc in descs.chunks_exact(desc_size) {
         // `kvm_stats_desc`: flags (u32), exponent (s16), size (u16), offset (u32),
         // bucket_size (u32), name.
         let size = u16::from_ne_bytes([desc[6], desc[7]]);
+        let name = &desc[size_of::<kvm_stats_desc>()..];
+        let name = name.split(|&b| b == 0).next().unwrap_or_default();
+        let Some(i) = names.iter().position(|n| n.as_bytes() == name) else {
+            continue;
+        };
         if size != 1 {
             continue;
         }
-        let offset = u64::from(word(desc, 8));
-        let name = &desc[size_of::<kvm_stats_desc>()..];
-        let name = name.split(|&b| b == 0).next().unwrap_or_default();
         let mut value = [0u8; 8];
         stats
-            .read_exact_at(&mut value, data_offset + offset)
+            .read_exact_at(&mut value, data_offset + u64::from(word(desc, 8)))
             .map_err(io)?;
-        counters.push((
-            String::from_utf8_lossy(name).into_owned(),
-            u64::from_ne_bytes(value),
-        ));
+        values[i] = u64::from_ne_bytes(value);
     }
-    Ok(counters)
+    Ok(values)
 }
 
 #[cfg(test)]
